@@ -43,7 +43,10 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
-const RETRYABLE_BY_DEFAULT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([ErrorCodes.UNAVAILABLE, ErrorCodes.INTERNAL]);
+const RETRYABLE_BY_DEFAULT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCodes.UNAVAILABLE,
+  ErrorCodes.INTERNAL,
+]);
 
 export interface WalArchiverErrorOptions {
   cause?: unknown;
