@@ -1,0 +1,215 @@
+import { chmod, link, mkdir, readFile, rm, rmdir, stat, unlink } from 'node:fs/promises';
+import { dirname, join, posix } from 'node:path';
+import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { atomicWriteFile, isNotFound } from '../fs-atomic.js';
+import type { LogEntry } from '../wal/log-entry.js';
+
+/**
+ * The partition's state machine: how a committed WAL entry changes `state/`.
+ *
+ * The same code applies entries on the storage node and on restore, so a
+ * restored `state/` is byte-identical to the node's own.
+ *
+ * Layout of a state directory:
+ *   repositories/<relative path>/…   the storage root: every operation path is relative to it
+ *   kv-state                          the key-value state, one file, rewritten atomically
+ *
+ * Application is idempotent (a crash between applying and recording
+ * `applied_lsn` re-applies the entry) and never writes outside the state
+ * directory: every path is checked before use. Files are only ever replaced by
+ * rename or link, never modified in place, so a hard-linked copy of `state/`
+ * is a consistent snapshot.
+ */
+
+export const REPOSITORIES_DIR = 'repositories';
+export const KV_STATE_FILE = 'kv-state';
+const ZERO_OID = /^0+$/;
+const FILE_MODE = 0o644;
+
+function corrupt(lsn: number, message: string): WalArchiverError {
+  return new WalArchiverError(ErrorCodes.CORRUPT, `entry ${lsn}: ${message}`, { details: { lsn } });
+}
+
+/**
+ * A relative path that stays below its root: no absolute paths, no `..`, no
+ * empty or `.` segments, no NUL. Returns the normalised POSIX form.
+ */
+export function safeRelativePath(raw: string, lsn: number, what: string): string {
+  if (raw === '' || raw.includes('\0') || raw.startsWith('/') || raw.includes('\\')) {
+    throw corrupt(lsn, `unsafe ${what} "${raw}"`);
+  }
+  const segments = raw.split('/');
+  if (segments.some((s) => s === '' || s === '.' || s === '..'))
+    throw corrupt(lsn, `unsafe ${what} "${raw}"`);
+  return posix.normalize(raw);
+}
+
+export interface ApplyOptions {
+  /** The partition's `state/` directory. */
+  stateDir: string;
+  /** The entry's directory: staged files named in the operations are read from here. */
+  entryDir: string;
+  lsn: number;
+}
+
+/** Applies one committed entry to the state directory. */
+export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promise<void> {
+  const { stateDir, entryDir, lsn } = options;
+  const root = join(stateDir, REPOSITORIES_DIR);
+  await mkdir(root, { recursive: true });
+  let kv: Map<string, Buffer> | undefined;
+  for (const op of entry.operations) {
+    switch (op.kind) {
+      case 'createDirectory': {
+        const path = join(root, safeRelativePath(op.path.toString('utf8'), lsn, 'directory path'));
+        await mkdir(path, { recursive: true });
+        // mkdir's mode is filtered by the umask; the entry's mode is exact.
+        await chmod(path, op.mode & 0o7777 || 0o755);
+        break;
+      }
+      case 'createHardLink': {
+        const source = op.sourceInStorage
+          ? join(root, safeRelativePath(op.sourcePath.toString('utf8'), lsn, 'link source'))
+          : join(entryDir, safeRelativePath(op.sourcePath.toString('utf8'), lsn, 'link source'));
+        const destination = join(
+          root,
+          safeRelativePath(op.destinationPath.toString('utf8'), lsn, 'link destination'),
+        );
+        await mkdir(dirname(destination), { recursive: true });
+        try {
+          await link(source, destination);
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code === 'ENOENT')
+            throw corrupt(lsn, `link source ${op.sourcePath.toString('utf8')} is missing`);
+          if (code !== 'EEXIST') throw err;
+          // Re-applied after a crash: replace whatever is there with the entry's file.
+          const [a, b] = await Promise.all([stat(source), stat(destination)]);
+          if (a.ino !== b.ino || a.dev !== b.dev) {
+            await unlink(destination);
+            await link(source, destination);
+          }
+        }
+        break;
+      }
+      case 'removeDirectoryEntry': {
+        const path = join(root, safeRelativePath(op.path.toString('utf8'), lsn, 'removed path'));
+        try {
+          const info = await stat(path);
+          if (info.isDirectory()) await rmdir(path);
+          else await unlink(path);
+        } catch (err) {
+          if (!isNotFound(err)) throw err;
+        }
+        break;
+      }
+      case 'setKey':
+        kv ??= await readKvState(stateDir);
+        kv.set(op.key.toString('base64'), op.value);
+        break;
+      case 'deleteKey':
+        kv ??= await readKvState(stateDir);
+        kv.delete(op.key.toString('base64'));
+        break;
+      case 'unknown':
+        throw corrupt(lsn, 'operation of an unknown kind (written by a newer version?)');
+    }
+  }
+  if (entry.repositoryDeletion && entry.relativePath) {
+    const repo = join(root, safeRelativePath(entry.relativePath, lsn, 'relative path'));
+    await rm(repo, { recursive: true, force: true });
+  }
+  for (const tx of entry.referenceTransactions) {
+    for (const change of tx.changes) await applyReferenceChange(root, entry.relativePath, change, lsn);
+  }
+  if (kv) await writeKvState(stateDir, kv);
+}
+
+async function applyReferenceChange(
+  root: string,
+  relativePath: string,
+  change: { referenceName: Buffer; newOid: Buffer; newTarget: Buffer },
+  lsn: number,
+): Promise<void> {
+  if (!relativePath) throw corrupt(lsn, 'reference change without a relative path');
+  const repo = join(root, safeRelativePath(relativePath, lsn, 'relative path'));
+  const name = safeRelativePath(change.referenceName.toString('utf8'), lsn, 'reference name');
+  if (name !== 'HEAD' && !name.startsWith('refs/'))
+    throw corrupt(lsn, `reference name "${name}" is not under refs/`);
+  const path = join(repo, name);
+  const target = change.newTarget.toString('utf8');
+  const oid = change.newOid.toString('utf8');
+  if (target) {
+    safeRelativePath(target, lsn, 'symbolic reference target');
+    await writeStateFile(path, `ref: ${target}\n`);
+  } else if (oid === '' || ZERO_OID.test(oid)) {
+    try {
+      await unlink(path);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  } else {
+    if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(oid))
+      throw corrupt(lsn, `reference ${name}: "${oid}" is not an object ID`);
+    await writeStateFile(path, `${oid}\n`);
+  }
+}
+
+async function writeStateFile(path: string, content: string | Buffer): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  await atomicWriteFile(path, typeof content === 'string' ? Buffer.from(content) : content, {
+    mode: FILE_MODE,
+  });
+}
+
+/**
+ * kv-state encoding: pairs sorted by key, each `u32 key length, key, u32
+ * value length, value` (big-endian). Deterministic, so equal states are
+ * byte-identical files.
+ */
+export function encodeKvState(kv: Map<string, Buffer>): Buffer {
+  const keys = [...kv.keys()].map((k) => Buffer.from(k, 'base64')).sort(Buffer.compare);
+  const parts: Buffer[] = [];
+  for (const key of keys) {
+    const value = kv.get(key.toString('base64'))!;
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(key.length);
+    const vHeader = Buffer.alloc(4);
+    vHeader.writeUInt32BE(value.length);
+    parts.push(header, key, vHeader, value);
+  }
+  return Buffer.concat(parts);
+}
+
+export function decodeKvState(buf: Buffer, what = KV_STATE_FILE): Map<string, Buffer> {
+  const kv = new Map<string, Buffer>();
+  let at = 0;
+  const take = (n: number): Buffer => {
+    if (at + n > buf.length) {
+      throw new WalArchiverError(ErrorCodes.CORRUPT, `${what}: truncated at byte ${at}`);
+    }
+    const out = buf.subarray(at, at + n);
+    at += n;
+    return out;
+  };
+  while (at < buf.length) {
+    const key = take(take(4).readUInt32BE());
+    const value = take(take(4).readUInt32BE());
+    kv.set(key.toString('base64'), Buffer.from(value));
+  }
+  return kv;
+}
+
+/** The key-value state; keys are base64 in the map so binary keys stay exact. */
+export async function readKvState(stateDir: string): Promise<Map<string, Buffer>> {
+  try {
+    return decodeKvState(await readFile(join(stateDir, KV_STATE_FILE)), join(stateDir, KV_STATE_FILE));
+  } catch (err) {
+    if (isNotFound(err)) return new Map();
+    throw err;
+  }
+}
+
+async function writeKvState(stateDir: string, kv: Map<string, Buffer>): Promise<void> {
+  await writeStateFile(join(stateDir, KV_STATE_FILE), encodeKvState(kv));
+}

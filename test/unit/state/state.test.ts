@@ -1,0 +1,184 @@
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import tar from 'tar-stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { applyEntry, decodeKvState, encodeKvState, readKvState } from '../../../src/state/apply.js';
+import { extractState, linkTree, packState } from '../../../src/state/snapshot.js';
+import { newLogEntry, operation, referenceChange } from '../../../src/wal/log-entry.js';
+
+let root: string;
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'state-'));
+});
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** Every file and directory below `dir` with its mode and content, for byte-identical comparisons. */
+async function tree(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const visit = async (d: string, rel: string) => {
+    for (const name of (await readdir(d)).sort()) {
+      const p = join(d, name);
+      const info = await lstat(p);
+      const r = rel ? `${rel}/${name}` : name;
+      if (info.isDirectory()) {
+        out[`${r}/`] = (info.mode & 0o7777).toString(8);
+        await visit(p, r);
+      } else out[r] = `${(info.mode & 0o777).toString(8)}:${(await readFile(p)).toString('base64')}`;
+    }
+  };
+  await visit(dir, '');
+  return out;
+}
+
+const OID = 'a'.repeat(40);
+
+async function stageEntry(lsn: number, files: Buffer[]): Promise<string> {
+  const dir = join(root, 'wal', String(lsn));
+  await mkdir(dir, { recursive: true });
+  for (let i = 0; i < files.length; i++) await writeFile(join(dir, String(i + 1)), files[i]!);
+  return dir;
+}
+
+describe('applyEntry', () => {
+  it('applies every operation kind and reference changes, idempotently', async () => {
+    const state = join(root, 'state');
+    const pack = randomBytes(1000);
+    const entryDir = await stageEntry(1, [pack]);
+    const entry = newLogEntry({
+      relativePath: 'repo.git',
+      operations: [
+        operation.createDirectory('repo.git', 0o755),
+        operation.createDirectory('repo.git/objects/pack', 0o750),
+        operation.createHardLink('1', 'repo.git/objects/pack/p.pack'),
+        operation.setKey('k1', 'v1'),
+        operation.setKey(Buffer.from([0, 255]), 'binary'),
+        operation.setKey('gone', 'x'),
+        operation.deleteKey('gone'),
+      ],
+      referenceTransactions: [
+        {
+          changes: [referenceChange('refs/heads/main', OID), referenceChange('HEAD', '', 'refs/heads/main')],
+        },
+      ],
+    });
+    await applyEntry(entry, { stateDir: state, entryDir, lsn: 1 });
+    const once = await tree(state);
+    await applyEntry(entry, { stateDir: state, entryDir, lsn: 1 });
+    expect(await tree(state)).toEqual(once);
+    expect(await readFile(join(state, 'repositories/repo.git/objects/pack/p.pack'))).toEqual(pack);
+    expect((await stat(join(state, 'repositories/repo.git/objects/pack'))).mode & 0o777).toBe(0o750);
+    expect(await readFile(join(state, 'repositories/repo.git/refs/heads/main'), 'utf8')).toBe(`${OID}\n`);
+    expect(await readFile(join(state, 'repositories/repo.git/HEAD'), 'utf8')).toBe('ref: refs/heads/main\n');
+    const kv = await readKvState(state);
+    expect([...kv.keys()].length).toBe(2);
+    expect(kv.get(Buffer.from('k1').toString('base64'))?.toString()).toBe('v1');
+
+    // A zero OID deletes the reference; removing a directory entry removes the file.
+    const del = newLogEntry({
+      relativePath: 'repo.git',
+      operations: [operation.removeDirectoryEntry('repo.git/objects/pack/p.pack')],
+      referenceTransactions: [{ changes: [referenceChange('refs/heads/main', '0'.repeat(40))] }],
+    });
+    await applyEntry(del, { stateDir: state, entryDir, lsn: 2 });
+    await expect(stat(join(state, 'repositories/repo.git/refs/heads/main'))).rejects.toThrow();
+    await expect(stat(join(state, 'repositories/repo.git/objects/pack/p.pack'))).rejects.toThrow();
+  });
+
+  it.each([
+    ['../escape', 'link destination'],
+    ['/etc/passwd', 'link destination'],
+    ['a/../../b', 'link destination'],
+  ])('refuses the unsafe path %s', async (path) => {
+    const entryDir = await stageEntry(1, [Buffer.from('x')]);
+    const entry = newLogEntry({ operations: [operation.createHardLink('1', path)] });
+    await expect(applyEntry(entry, { stateDir: join(root, 'state'), entryDir, lsn: 7 })).rejects.toThrow(
+      /entry 7: unsafe/,
+    );
+  });
+
+  it('reports a missing staged file as corruption naming the LSN', async () => {
+    const entryDir = await stageEntry(1, []);
+    const entry = newLogEntry({ operations: [operation.createHardLink('1', 'repo.git/x')] });
+    await expect(applyEntry(entry, { stateDir: join(root, 'state'), entryDir, lsn: 9 })).rejects.toThrow(
+      /entry 9: link source 1 is missing/,
+    );
+  });
+
+  it('kv-state encoding is deterministic and detects truncation', () => {
+    const a = new Map([
+      [Buffer.from('b').toString('base64'), Buffer.from('2')],
+      [Buffer.from('a').toString('base64'), Buffer.from('1')],
+    ]);
+    const b = new Map([...a.entries()].reverse());
+    expect(encodeKvState(a)).toEqual(encodeKvState(b));
+    const bytes = encodeKvState(a);
+    expect(decodeKvState(bytes)).toEqual(a);
+    expect(() => decodeKvState(bytes.subarray(0, bytes.length - 1))).toThrow(/truncated/);
+  });
+});
+
+describe('state snapshots', () => {
+  it('pack → extract gives a byte-identical state, and a link copy is a consistent snapshot', async () => {
+    const state = join(root, 'state');
+    const entryDir = await stageEntry(1, [randomBytes(300_000), randomBytes(10)]);
+    await applyEntry(
+      newLogEntry({
+        relativePath: 'r.git',
+        operations: [
+          operation.createDirectory('r.git', 0o755),
+          operation.createHardLink('1', 'r.git/objects/big'),
+          operation.createHardLink('2', 'r.git/objects/small'),
+          operation.setKey('k', 'v'),
+        ],
+        referenceTransactions: [{ changes: [referenceChange('refs/heads/main', OID)] }],
+      }),
+      { stateDir: state, entryDir, lsn: 1 },
+    );
+    const copy = join(root, 'copy');
+    await linkTree(state, copy);
+    // Changing the live state afterwards (as apply does: by replacing files) leaves the copy alone.
+    await applyEntry(
+      newLogEntry({
+        relativePath: 'r.git',
+        referenceTransactions: [{ changes: [referenceChange('refs/heads/main', 'b'.repeat(40))] }],
+      }),
+      { stateDir: state, entryDir, lsn: 2 },
+    );
+    expect(await readFile(join(copy, 'repositories/r.git/refs/heads/main'), 'utf8')).toBe(`${OID}\n`);
+    const before = await tree(copy);
+    const restored = join(root, 'restored');
+    await extractState(packState(copy), restored);
+    expect(await tree(restored)).toEqual(before);
+  });
+
+  async function hostile(build: (pack: tar.Pack) => void): Promise<Readable> {
+    const pack = tar.pack();
+    build(pack);
+    pack.finalize();
+    return pack;
+  }
+
+  it.each([
+    ['a path escaping the target', (p: tar.Pack) => p.entry({ name: 'fs/../../evil', size: 1 }, 'x')],
+    ['an absolute path', (p: tar.Pack) => p.entry({ name: '/tmp/evil', size: 1 }, 'x')],
+    ['a symlink', (p: tar.Pack) => p.entry({ name: 'fs/link', type: 'symlink', linkname: '/etc' })],
+    [
+      'a hard link',
+      (p: tar.Pack) => p.entry({ name: 'fs/hard', type: 'link', linkname: '../../etc/passwd' }),
+    ],
+    [
+      'a device',
+      (p: tar.Pack) => p.entry({ name: 'fs/dev', type: 'character-device', devmajor: 1, devminor: 3 }),
+    ],
+    ['a member outside kv-state and fs/', (p: tar.Pack) => p.entry({ name: 'etc/passwd', size: 1 }, 'x')],
+  ])('refuses %s and writes nothing outside the target', async (_what, build) => {
+    const target = join(root, 'target');
+    await expect(extractState(await hostile(build), target)).rejects.toThrow(/snapshot archive: refusing/);
+    expect(await readdir(root)).toEqual(['target']);
+  });
+});
