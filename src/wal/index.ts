@@ -1,0 +1,5 @@
+export * from './lsn.js';
+export * from './protobuf.js';
+export * from './log-entry.js';
+export * from './raftpb.js';
+export * from './entry.js';
