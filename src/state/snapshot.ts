@@ -18,6 +18,8 @@ import { KV_STATE_FILE, REPOSITORIES_DIR } from './apply.js';
  * relative paths below the target, never links, devices or `..`.
  */
 
+type TarHeader = Parameters<tar.Pack['entry']>[0];
+
 const FS_PREFIX = 'fs';
 const FIXED_MTIME = new Date(0);
 
@@ -61,7 +63,7 @@ async function* walk(dir: string, rel: string): AsyncGenerator<{ rel: string; pa
   }
 }
 
-function addToPack(pack: tar.Pack, header: tar.Headers, source?: string): Promise<void> {
+function addToPack(pack: tar.Pack, header: TarHeader, source?: string): Promise<void> {
   return new Promise((resolve, reject) => {
     if (!source) {
       pack.entry(header, (err) => (err ? reject(err) : resolve()));
@@ -92,7 +94,7 @@ export function packState(stateDir: string): Readable {
     await addToPack(pack, { name: `${FS_PREFIX}/`, type: 'directory', mode: 0o755, mtime: FIXED_MTIME });
     for await (const item of walk(join(stateDir, REPOSITORIES_DIR), '')) {
       const info = await lstat(item.path);
-      const header: tar.Headers = {
+      const header: TarHeader = {
         name: `${FS_PREFIX}/${item.rel}${item.dir ? '/' : ''}`,
         type: item.dir ? 'directory' : 'file',
         mode: info.mode & 0o7777,
@@ -105,7 +107,7 @@ export function packState(stateDir: string): Readable {
     }
     pack.finalize();
   })().catch((err: unknown) => pack.destroy(err as Error));
-  return pack;
+  return pack as unknown as Readable;
 }
 
 function unsafe(name: string, why: string): WalArchiverError {
