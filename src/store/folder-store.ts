@@ -1,0 +1,834 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { BigIntStats } from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
+import { maskUrl, parseServiceUrl } from '../url.js';
+import {
+  compareKeys,
+  isRetained,
+  validateCreateOptions,
+  validateKey,
+  validatePrefix,
+  validateRange,
+} from './keys.js';
+import type {
+  Body,
+  CallOptions,
+  CreateOptions,
+  GetOptions,
+  ListOptions,
+  ObjectInfo,
+  ObjectStore,
+  ReplaceOptions,
+  Retention,
+} from './object-store.js';
+
+/** How long a replace or delete waits for another writer's lock on the same key. */
+export const DEFAULT_LOCK_TIMEOUT_MS = 30_000;
+/** A lock older than this is stale even if its owner looks alive (locks are held for milliseconds). */
+export const DEFAULT_LOCK_STALE_MS = 60_000;
+
+export interface FolderStoreOptions {
+  lockTimeoutMs?: number;
+  lockStaleMs?: number;
+  /** The clock retention is checked against. */
+  now?: () => Date;
+}
+
+/** Names inside the root that are the store's own, never keys (keys have no segment starting with "."). */
+const TMP_DIR = '.tmp';
+const META_DIR = '.meta';
+const LOCK_DIR = '.locks';
+
+interface MetaFile {
+  version: 1;
+  key: string;
+  size: number;
+  sha256: string;
+  etag: string;
+  createdAt: string;
+  metadata: Record<string, string>;
+  contentType?: string;
+  retention?: { mode: Retention['mode']; retainUntil: string };
+}
+
+interface Current {
+  stat: BigIntStats;
+  meta: MetaFile;
+  metaPath: string;
+}
+
+interface Staged {
+  tmpPath: string;
+  metaPath: string;
+  meta: MetaFile;
+}
+
+interface LockContent {
+  pid: number;
+  host: string;
+  nonce: string;
+  at: number;
+}
+
+/** Nonces of the locks this process holds, to tell its own locks from a crashed predecessor's with the same pid. */
+const heldLocks = new Set<string>();
+
+function errno(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err
+    ? String((err as { code: unknown }).code)
+    : undefined;
+}
+
+function oneLine(text: string): string {
+  return text.split('\n')[0] ?? '';
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function randomName(): string {
+  return randomBytes(12).toString('hex');
+}
+
+async function ignoreMissing(work: Promise<unknown>): Promise<void> {
+  try {
+    await work;
+  } catch (err) {
+    if (errno(err) !== 'ENOENT') throw err;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await fs.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+    await fh.sync();
+  } catch (err) {
+    // Some file systems cannot fsync a directory; the rename is still atomic there.
+    if (!['EINVAL', 'EISDIR', 'EPERM', 'ENOTSUP'].includes(errno(err) ?? '')) throw err;
+  } finally {
+    await fh?.close();
+  }
+}
+
+async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await fh.write(data, done, data.length - done);
+    done += bytesWritten;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errno(err) === 'EPERM';
+  }
+}
+
+/**
+ * A `file:///path` object store. The object with key K is the plain file
+ * `<root>/K`, so standard tools can read the archive. Its metadata lives in
+ * `<root>/.meta/K.<inode>.json`, written (and fsynced) before the data file is
+ * hard-linked into place: the link is the commit point, so data and metadata
+ * appear together, and a create racing another loses with EEXIST.
+ */
+export class FolderStore implements ObjectStore {
+  readonly url: string;
+  readonly root: string;
+  private readonly lockTimeoutMs: number;
+  private readonly lockStaleMs: number;
+  private readonly now: () => Date;
+  private rootReady = false;
+  private closed = false;
+
+  private constructor(url: string, root: string, options: FolderStoreOptions) {
+    this.url = url;
+    this.root = root;
+    this.lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
+    this.lockStaleMs = options.lockStaleMs ?? DEFAULT_LOCK_STALE_MS;
+    this.now = options.now ?? (() => new Date());
+  }
+
+  /**
+   * Opens a folder store. The folder is created on the first write when its
+   * parent exists; when neither exists, the URL is most likely wrong and this
+   * fails with BUCKET_NOT_FOUND.
+   */
+  static async open(rawUrl: string, options: FolderStoreOptions = {}): Promise<FolderStore> {
+    const parsed = parseServiceUrl(rawUrl, 'object store');
+    const url = maskUrl(rawUrl);
+    if (parsed.protocol !== 'file:') {
+      throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `object store ${url}: not a file: URL`, {
+        retryable: false,
+      });
+    }
+    if (parsed.host !== '' && parsed.host !== 'localhost') {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `object store ${url}: file URLs name a local folder, not host "${parsed.host}" (use file:///path)`,
+        { retryable: false },
+      );
+    }
+    if (parsed.search !== '' || parsed.hash !== '') {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `object store ${url}: file URLs take no parameters`,
+        {
+          retryable: false,
+        },
+      );
+    }
+    let root: string;
+    try {
+      root = path.resolve(fileURLToPath(parsed));
+    } catch (cause) {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `object store ${url}: ${oneLine(String(cause))}`,
+        {
+          cause,
+          retryable: false,
+        },
+      );
+    }
+    const store = new FolderStore(url, root, options);
+    try {
+      const st = await fs.stat(root);
+      if (!st.isDirectory()) {
+        throw new WalArchiverError(
+          ErrorCodes.INVALID_ARGUMENT,
+          `object store ${url}: ${root} is not a folder`,
+          {
+            retryable: false,
+          },
+        );
+      }
+      store.rootReady = true;
+    } catch (err) {
+      if (err instanceof WalArchiverError) throw err;
+      if (errno(err) !== 'ENOENT') throw store.fail('open', undefined, err);
+      await store.checkParent();
+    }
+    return store;
+  }
+
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+    this.checkOpen();
+    validatePrefix(prefix, this.url);
+    const startAfter = options.startAfter;
+    const slash = prefix.lastIndexOf('/');
+    const dirKey = slash >= 0 ? prefix.slice(0, slash) : '';
+    const namePrefix = prefix.slice(slash + 1);
+    yield* this.walk(dirKey, namePrefix, startAfter, options.signal);
+  }
+
+  private async *walk(
+    dirKey: string,
+    namePrefix: string,
+    startAfter: string | undefined,
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<ObjectInfo> {
+    throwIfAborted(signal);
+    const dir = dirKey === '' ? this.root : this.dataPath(dirKey);
+    let names: { name: string; dir: boolean; sortKey: Buffer }[];
+    try {
+      const entries = await fs.readdir(dir, { withFileTypes: true });
+      names = [];
+      for (const entry of entries) {
+        if (entry.name.startsWith('.') || !entry.name.startsWith(namePrefix)) continue;
+        let isDir = entry.isDirectory();
+        if (!isDir && !entry.isFile()) {
+          const st = await fs.stat(path.join(dir, entry.name)).catch(() => undefined);
+          if (st === undefined) continue;
+          isDir = st.isDirectory();
+          if (!isDir && !st.isFile()) continue;
+        }
+        // A folder sorts as its name plus "/", which is where its keys sort.
+        names.push({
+          name: entry.name,
+          dir: isDir,
+          sortKey: Buffer.from(isDir ? `${entry.name}/` : entry.name),
+        });
+      }
+    } catch (err) {
+      if (['ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) return;
+      throw this.fail('list', dirKey, err);
+    }
+    names.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
+    for (const entry of names) {
+      const key = dirKey === '' ? entry.name : `${dirKey}/${entry.name}`;
+      if (entry.dir) {
+        const sub = `${key}/`;
+        if (startAfter !== undefined && !startAfter.startsWith(sub) && compareKeys(sub, startAfter) < 0)
+          continue;
+        yield* this.walk(key, '', startAfter, signal);
+        continue;
+      }
+      if (startAfter !== undefined && compareKeys(key, startAfter) <= 0) continue;
+      const current = await this.lookup(key, 'list');
+      if (current !== undefined) yield this.info(key, current);
+    }
+  }
+
+  async head(key: string, options: CallOptions = {}): Promise<ObjectInfo | undefined> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    throwIfAborted(options.signal);
+    const current = await this.lookup(key, 'head');
+    return current === undefined ? undefined : this.info(key, current);
+  }
+
+  async get(key: string, options: GetOptions = {}): Promise<Readable> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    validateRange(options.offset, options.length, this.url);
+    throwIfAborted(options.signal);
+    let fh: FileHandle;
+    try {
+      fh = await fs.open(this.dataPath(key), 'r');
+    } catch (err) {
+      if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(err) ?? '')) throw this.notFound('get', key);
+      throw this.fail('get', key, err);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw this.notFound('get', key);
+      const start = options.offset ?? 0;
+      const stop = options.length === undefined ? st.size : Math.min(st.size, start + options.length);
+      if (stop <= start) {
+        await fh.close();
+        return Readable.from([]);
+      }
+      return fh.createReadStream({ start, end: stop - 1, signal: options.signal });
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      throw err instanceof WalArchiverError ? err : this.fail('get', key, err);
+    }
+  }
+
+  async create(key: string, body: Body, options: CreateOptions = {}): Promise<ObjectInfo> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    validateCreateOptions(options, this.url);
+    throwIfAborted(options.signal);
+    await this.ensureRoot();
+    const staged = await this.stage(key, body, options);
+    try {
+      await this.linkInto(key, staged, 'create');
+    } catch (err) {
+      await this.discard(staged);
+      throw err;
+    }
+    await ignoreMissing(fs.unlink(staged.tmpPath));
+    return this.stagedInfo(key, staged);
+  }
+
+  async replace(key: string, body: Buffer, options: ReplaceOptions): Promise<ObjectInfo> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    validateCreateOptions(options, this.url);
+    throwIfAborted(options.signal);
+    await this.ensureRoot();
+    const staged = await this.stage(key, body, options);
+    let committed = false;
+    try {
+      const release = await this.lock(key, options.signal);
+      try {
+        if (options.ifMatch === undefined) {
+          await this.linkInto(key, staged, 'replace');
+        } else {
+          const current = await this.lookup(key, 'replace');
+          if (current === undefined) {
+            throw this.error(
+              ErrorCodes.PRECONDITION_FAILED,
+              'replace',
+              key,
+              'object does not exist (any more)',
+            );
+          }
+          if (isRetained(this.retentionOf(current.meta), this.now()))
+            throw this.locked('replace', key, current.meta);
+          if (current.meta.etag !== options.ifMatch) {
+            throw this.error(
+              ErrorCodes.PRECONDITION_FAILED,
+              'replace',
+              key,
+              'object changed since it was read',
+            );
+          }
+          const target = this.dataPath(key);
+          await fs.rename(staged.tmpPath, target);
+          await fsyncDir(path.dirname(target));
+          if (current.metaPath !== staged.metaPath) await ignoreMissing(fs.unlink(current.metaPath));
+        }
+        committed = true;
+      } finally {
+        await release();
+      }
+    } catch (err) {
+      if (!committed) await this.discard(staged);
+      throw err instanceof WalArchiverError ? err : this.fail('replace', key, err);
+    }
+    await ignoreMissing(fs.unlink(staged.tmpPath));
+    return this.stagedInfo(key, staged);
+  }
+
+  async delete(key: string, options: CallOptions = {}): Promise<void> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    throwIfAborted(options.signal);
+    if ((await this.lookup(key, 'delete')) === undefined) return;
+    const release = await this.lock(key, options.signal);
+    try {
+      const current = await this.lookup(key, 'delete');
+      if (current === undefined) return;
+      if (isRetained(this.retentionOf(current.meta), this.now()))
+        throw this.locked('delete', key, current.meta);
+      const target = this.dataPath(key);
+      await ignoreMissing(fs.unlink(target));
+      await fsyncDir(path.dirname(target));
+      await ignoreMissing(fs.unlink(current.metaPath));
+    } catch (err) {
+      throw err instanceof WalArchiverError ? err : this.fail('delete', key, err);
+    } finally {
+      await release();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  // ---- staging and committing ----
+
+  /** Writes the body to a temporary file and the metadata beside it, both fsynced. */
+  private async stage(key: string, body: Body, options: CreateOptions): Promise<Staged> {
+    const tmpDir = path.join(this.root, TMP_DIR);
+    await this.ensureDir(tmpDir, key);
+    const tmpPath = path.join(tmpDir, `${randomName()}.data`);
+    const metaTmp = path.join(tmpDir, `${randomName()}.meta`);
+    let metaPath: string | undefined;
+    try {
+      const hash = createHash('sha256');
+      let size = 0;
+      const fh = await fs.open(tmpPath, 'wx', 0o644);
+      try {
+        if (body instanceof Uint8Array) {
+          hash.update(body);
+          await writeAll(fh, body);
+          size = body.length;
+        } else {
+          for await (const chunk of body) {
+            throwIfAborted(options.signal);
+            const buf: Buffer = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+            hash.update(buf);
+            await writeAll(fh, buf);
+            size += buf.length;
+          }
+        }
+        throwIfAborted(options.signal);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (options.retention !== undefined) await fs.chmod(tmpPath, 0o444);
+      const st = await fs.stat(tmpPath, { bigint: true });
+      const sha256 = hash.digest('hex');
+      const meta: MetaFile = {
+        version: 1,
+        key,
+        size,
+        sha256,
+        etag: sha256.slice(0, 32),
+        createdAt: this.now().toISOString(),
+        metadata: { ...(options.metadata ?? {}) },
+        ...(options.contentType !== undefined ? { contentType: options.contentType } : {}),
+        ...(options.retention !== undefined
+          ? {
+              retention: {
+                mode: options.retention.mode,
+                retainUntil: options.retention.retainUntil.toISOString(),
+              },
+            }
+          : {}),
+      };
+      const mfh = await fs.open(metaTmp, 'wx', 0o644);
+      try {
+        await writeAll(mfh, Buffer.from(JSON.stringify(meta)));
+        await mfh.sync();
+      } finally {
+        await mfh.close();
+      }
+      metaPath = this.metaPath(key, st.ino);
+      await this.ensureDir(path.dirname(metaPath), key);
+      await fs.rename(metaTmp, metaPath);
+      await fsyncDir(path.dirname(metaPath));
+      return { tmpPath, metaPath, meta };
+    } catch (err) {
+      await ignoreMissing(fs.unlink(tmpPath)).catch(() => undefined);
+      await ignoreMissing(fs.unlink(metaTmp)).catch(() => undefined);
+      if (metaPath !== undefined) await ignoreMissing(fs.unlink(metaPath)).catch(() => undefined);
+      if (err instanceof WalArchiverError) throw err;
+      throw this.fail(options.signal?.aborted ? 'create (aborted)' : 'write', key, err);
+    }
+  }
+
+  /** The commit point of a create: hard-link the staged file to its key, failing if the key exists. */
+  private async linkInto(key: string, staged: Staged, op: 'create' | 'replace'): Promise<void> {
+    const target = this.dataPath(key);
+    await this.ensureDir(path.dirname(target), key);
+    try {
+      await fs.link(staged.tmpPath, target);
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'EEXIST') {
+        const st = await fs.lstat(target).catch(() => undefined);
+        if (st?.isDirectory()) throw this.conflict(op, key);
+        if (op === 'create') throw this.error(ErrorCodes.ALREADY_EXISTS, op, key, 'object already exists');
+        throw this.error(ErrorCodes.PRECONDITION_FAILED, op, key, 'object exists already');
+      }
+      if (code === 'ENOTDIR') throw this.conflict(op, key);
+      throw this.fail(op, key, err);
+    }
+    await fsyncDir(path.dirname(target));
+  }
+
+  private async discard(staged: Staged): Promise<void> {
+    await ignoreMissing(fs.unlink(staged.tmpPath)).catch(() => undefined);
+    await ignoreMissing(fs.unlink(staged.metaPath)).catch(() => undefined);
+  }
+
+  // ---- reading ----
+
+  /** The current object of a key with its metadata, or undefined. */
+  private async lookup(key: string, op: string): Promise<Current | undefined> {
+    const target = this.dataPath(key);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      let st: BigIntStats;
+      try {
+        st = await fs.stat(target, { bigint: true });
+      } catch (err) {
+        if (['ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) return undefined;
+        throw this.fail(op, key, err);
+      }
+      if (!st.isFile()) return undefined;
+      const found = await this.readMeta(key, st, op);
+      if (found !== undefined) return { stat: st, ...found };
+      // A replace may have swapped the file and removed the old metadata between the stat and the read.
+      const again = await fs.stat(target, { bigint: true }).catch(() => undefined);
+      if (again === undefined) return undefined;
+      if (again.ino === st.ino) {
+        throw this.error(ErrorCodes.CORRUPT, op, key, 'object has no metadata file in .meta/', false);
+      }
+    }
+    throw this.error(ErrorCodes.UNAVAILABLE, op, key, 'object keeps changing while being read');
+  }
+
+  private async readMeta(
+    key: string,
+    st: BigIntStats,
+    op: string,
+  ): Promise<{ meta: MetaFile; metaPath: string } | undefined> {
+    const exact = this.metaPath(key, st.ino);
+    const meta = await this.parseMeta(exact, key, op);
+    if (meta !== undefined) return { meta, metaPath: exact };
+    // The folder may have been copied (cp, rsync, tar), which changes inode
+    // numbers: fall back to the metadata files of the key, matched by size and,
+    // if several match, by content hash.
+    const dir = path.dirname(exact);
+    const base = path.basename(this.dataPath(key));
+    let names: string[];
+    try {
+      names = await fs.readdir(dir);
+    } catch {
+      return undefined;
+    }
+    const candidates: { meta: MetaFile; metaPath: string }[] = [];
+    for (const name of names) {
+      if (!name.startsWith(`${base}.`) || !/^\.\d+\.json$/.test(name.slice(base.length))) continue;
+      const metaPath = path.join(dir, name);
+      const candidate = await this.parseMeta(metaPath, key, op);
+      if (candidate !== undefined && candidate.size === Number(st.size))
+        candidates.push({ meta: candidate, metaPath });
+    }
+    if (candidates.length <= 1) return candidates[0];
+    const sha256 = await this.hashFile(key, op);
+    return candidates.find((c) => c.meta.sha256 === sha256);
+  }
+
+  private async parseMeta(metaPath: string, key: string, op: string): Promise<MetaFile | undefined> {
+    let text: string;
+    try {
+      text = await fs.readFile(metaPath, 'utf8');
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return undefined;
+      throw this.fail(op, key, err);
+    }
+    try {
+      const meta = JSON.parse(text) as MetaFile;
+      if (meta.version !== 1 || typeof meta.etag !== 'string' || typeof meta.size !== 'number')
+        throw new Error('bad shape');
+      return meta;
+    } catch {
+      throw this.error(ErrorCodes.CORRUPT, op, key, `metadata file ${metaPath} is not valid`, false);
+    }
+  }
+
+  private async hashFile(key: string, op: string): Promise<string> {
+    const hash = createHash('sha256');
+    try {
+      const fh = await fs.open(this.dataPath(key), 'r');
+      for await (const chunk of fh.createReadStream()) hash.update(chunk as Buffer);
+    } catch (err) {
+      throw this.fail(op, key, err);
+    }
+    return hash.digest('hex');
+  }
+
+  private retentionOf(meta: MetaFile): Retention | undefined {
+    return meta.retention === undefined
+      ? undefined
+      : { mode: meta.retention.mode, retainUntil: new Date(meta.retention.retainUntil) };
+  }
+
+  private info(key: string, current: Current): ObjectInfo {
+    const retention = this.retentionOf(current.meta);
+    return {
+      key,
+      size: Number(current.stat.size),
+      etag: current.meta.etag,
+      lastModified: new Date(current.meta.createdAt),
+      metadata: { ...current.meta.metadata },
+      ...(retention !== undefined ? { retention } : {}),
+    };
+  }
+
+  private stagedInfo(key: string, staged: Staged): ObjectInfo {
+    const retention = this.retentionOf(staged.meta);
+    return {
+      key,
+      size: staged.meta.size,
+      etag: staged.meta.etag,
+      lastModified: new Date(staged.meta.createdAt),
+      metadata: { ...staged.meta.metadata },
+      ...(retention !== undefined ? { retention } : {}),
+    };
+  }
+
+  // ---- locking ----
+
+  /**
+   * A per-key lock shared by every process using the folder: a lock file
+   * linked into place (atomic, content included) naming its owner. A lock whose
+   * owner died (same host, pid gone) or that is older than lockStaleMs is
+   * broken by renaming it away and checking that what was renamed is the stale
+   * lock that was seen.
+   */
+  private async lock(key: string, signal?: AbortSignal): Promise<() => Promise<void>> {
+    const lockPath = path.join(this.root, LOCK_DIR, ...key.split('/')) + '.lock';
+    await this.ensureDir(path.dirname(lockPath), key);
+    const content: LockContent = { pid: process.pid, host: hostname(), nonce: randomName(), at: Date.now() };
+    const mine = `${lockPath}.${content.nonce}`;
+    await fs.writeFile(mine, JSON.stringify(content), { flag: 'wx' });
+    const deadline = Date.now() + this.lockTimeoutMs;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        throwIfAborted(signal);
+        try {
+          await fs.link(mine, lockPath);
+          heldLocks.add(content.nonce);
+          break;
+        } catch (err) {
+          if (errno(err) !== 'EEXIST') throw this.fail('lock', key, err);
+        }
+        const holder = await this.readLock(lockPath);
+        if (holder !== undefined && this.isStale(holder)) {
+          await this.breakLock(lockPath, holder.nonce);
+          continue;
+        }
+        if (Date.now() > deadline) {
+          throw this.error(ErrorCodes.UNAVAILABLE, 'lock', key, `another writer holds ${lockPath}`);
+        }
+        await sleep(Math.min(50, 1 + attempt * 2) + Math.random() * 5);
+      }
+    } finally {
+      await ignoreMissing(fs.unlink(mine)).catch(() => undefined);
+    }
+    return async () => {
+      heldLocks.delete(content.nonce);
+      const holder = await this.readLock(lockPath).catch(() => undefined);
+      if (holder?.nonce === content.nonce) await ignoreMissing(fs.unlink(lockPath));
+    };
+  }
+
+  private async readLock(lockPath: string): Promise<LockContent | undefined> {
+    try {
+      return JSON.parse(await fs.readFile(lockPath, 'utf8')) as LockContent;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private isStale(holder: LockContent): boolean {
+    if (Date.now() - holder.at > this.lockStaleMs) return true;
+    if (holder.host !== hostname()) return false;
+    if (holder.pid === process.pid) return !heldLocks.has(holder.nonce);
+    return !pidAlive(holder.pid);
+  }
+
+  private async breakLock(lockPath: string, staleNonce: string): Promise<void> {
+    const grave = `${lockPath}.broken-${randomName()}`;
+    try {
+      await fs.rename(lockPath, grave);
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return;
+      throw err;
+    }
+    const taken = await this.readLock(grave);
+    if (taken?.nonce !== staleNonce) {
+      // Another process broke the stale lock and a live owner took it in between: put it back.
+      await fs.link(grave, lockPath).catch(() => undefined);
+    }
+    await ignoreMissing(fs.unlink(grave));
+  }
+
+  // ---- paths and folders ----
+
+  private dataPath(key: string): string {
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  private metaPath(key: string, ino: bigint): string {
+    return `${path.join(this.root, META_DIR, ...key.split('/'))}.${ino.toString()}.json`;
+  }
+
+  private async checkParent(): Promise<void> {
+    const parent = path.dirname(this.root);
+    const st = await fs.stat(parent).catch(() => undefined);
+    if (st === undefined || !st.isDirectory()) {
+      throw new WalArchiverError(
+        ErrorCodes.BUCKET_NOT_FOUND,
+        `object store ${this.url}: folder ${this.root} does not exist, nor does its parent ${parent}`,
+        { retryable: false },
+      );
+    }
+  }
+
+  private async ensureRoot(): Promise<void> {
+    if (this.rootReady) return;
+    try {
+      await fs.mkdir(this.root);
+      await fsyncDir(path.dirname(this.root));
+    } catch (err) {
+      if (errno(err) === 'ENOENT') await this.checkParent();
+      if (errno(err) !== 'EEXIST') throw this.fail('create folder', undefined, err);
+    }
+    this.rootReady = true;
+  }
+
+  /** mkdir -p, fsyncing every folder it creates and the one it was created in. */
+  private async ensureDir(dir: string, key: string): Promise<void> {
+    let first: string | undefined;
+    try {
+      first = await fs.mkdir(dir, { recursive: true });
+    } catch (err) {
+      if (['ENOTDIR', 'EEXIST'].includes(errno(err) ?? '')) throw this.conflict('create', key);
+      throw this.fail('create folder', key, err);
+    }
+    if (first === undefined) return;
+    let cur = dir;
+    const chain: string[] = [];
+    while (cur.length >= first.length) {
+      chain.push(cur);
+      cur = path.dirname(cur);
+    }
+    chain.push(path.dirname(first));
+    for (const d of chain) await fsyncDir(d);
+  }
+
+  // ---- errors ----
+
+  private checkOpen(): void {
+    if (this.closed) {
+      throw new WalArchiverError(ErrorCodes.INTERNAL, `object store ${this.url}: used after close()`, {
+        retryable: false,
+      });
+    }
+  }
+
+  private error(
+    code: (typeof ErrorCodes)[keyof typeof ErrorCodes],
+    op: string,
+    key: string,
+    what: string,
+    retryable?: boolean,
+  ) {
+    return new WalArchiverError(code, `object store ${this.url}: ${op} "${key}": ${what}`, {
+      retryable: retryable ?? code === ErrorCodes.UNAVAILABLE,
+      details: { url: this.url, key, op },
+    });
+  }
+
+  private notFound(op: string, key: string): WalArchiverError {
+    return this.error(ErrorCodes.NOT_FOUND, op, key, 'object does not exist', false);
+  }
+
+  private locked(op: string, key: string, meta: MetaFile): WalArchiverError {
+    return this.error(
+      ErrorCodes.OBJECT_LOCKED,
+      op,
+      key,
+      `object is under ${meta.retention?.mode ?? ''} retention until ${meta.retention?.retainUntil ?? '?'}`,
+      false,
+    );
+  }
+
+  private conflict(op: string, key: string): WalArchiverError {
+    return this.error(
+      ErrorCodes.INVALID_ARGUMENT,
+      op,
+      key,
+      'key conflicts with another key (a folder store cannot hold both "a" and "a/b")',
+      false,
+    );
+  }
+
+  private fail(op: string, key: string | undefined, err: unknown): WalArchiverError {
+    if (err instanceof WalArchiverError) return err;
+    const code = errno(err);
+    const what = oneLine(err instanceof Error ? err.message : String(err));
+    const where = key === undefined ? `${op}` : `${op} "${key}"`;
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      return new WalArchiverError(ErrorCodes.ACCESS_DENIED, `object store ${this.url}: ${where}: ${what}`, {
+        cause: err,
+        retryable: false,
+      });
+    }
+    if (err instanceof Error && err.name === 'AbortError') {
+      return new WalArchiverError(ErrorCodes.ABORTED, `object store ${this.url}: ${where}: aborted`, {
+        cause: err,
+        retryable: false,
+      });
+    }
+    const transient = ['EIO', 'ENOSPC', 'EMFILE', 'ENFILE', 'EAGAIN', 'EBUSY', 'EDQUOT'].includes(code ?? '');
+    return new WalArchiverError(
+      transient ? ErrorCodes.UNAVAILABLE : ErrorCodes.INTERNAL,
+      `object store ${this.url}: ${where}: ${what}`,
+      {
+        cause: err,
+        retryable: transient,
+      },
+    );
+  }
+}

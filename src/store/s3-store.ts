@@ -1,0 +1,780 @@
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  GetObjectLockConfigurationCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectVersionsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import type { HeadObjectCommandOutput, PutObjectCommandInput } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { Readable, Transform, pipeline } from 'node:stream';
+import type { TransformCallback } from 'node:stream';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
+import type { ErrorCode } from '../errors.js';
+import { boolParam, maskUrl, parseServiceUrl } from '../url.js';
+import { isRetained, validateCreateOptions, validateKey, validatePrefix, validateRange } from './keys.js';
+import type {
+  Body,
+  CallOptions,
+  CreateOptions,
+  GetOptions,
+  ListOptions,
+  ObjectInfo,
+  ObjectStore,
+  ReplaceOptions,
+  Retention,
+} from './object-store.js';
+
+/** Part size of multipart uploads: memory per upload is about partSize × (queueSize + 1). */
+export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
+export const DEFAULT_QUEUE_SIZE = 2;
+/** Attempts per request (the SDK's own retry, with backoff); longer retries belong to the caller's loop. */
+export const DEFAULT_MAX_ATTEMPTS = 3;
+export const DEFAULT_CONNECTION_TIMEOUT_MS = 3_000;
+/** A socket idle this long is abandoned (and the request retried). */
+export const DEFAULT_SOCKET_TIMEOUT_MS = 30_000;
+
+const URL_PARAMS = new Set(['endpoint', 'region', 'forcePathStyle']);
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'UND_ERR_SOCKET',
+]);
+const CREDENTIAL_ERRORS = new Set([
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'AccessDenied',
+  'ExpiredToken',
+  'InvalidToken',
+  'TokenRefreshRequired',
+  'AuthorizationHeaderMalformed',
+  'CredentialsProviderError',
+]);
+const TRANSIENT_ERRORS = new Set([
+  'TimeoutError',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'SlowDown',
+  'ServiceUnavailable',
+  'InternalError',
+  'XMinioServerNotInitialized',
+  'NetworkingError',
+]);
+
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+export interface S3StoreOptions {
+  /** Explicit credentials; by default the standard AWS chain (environment, config files, instance role). */
+  credentials?: S3Credentials;
+  partSize?: number;
+  queueSize?: number;
+  maxAttempts?: number;
+  connectionTimeoutMs?: number;
+  socketTimeoutMs?: number;
+  /** Check with HeadBucket that the bucket exists and the credentials work (default true). */
+  verifyBucket?: boolean;
+  /** The clock retention is checked against. */
+  now?: () => Date;
+}
+
+interface S3Location {
+  bucket: string;
+  prefix: string;
+  endpoint: string | undefined;
+  region: string;
+  forcePathStyle: boolean;
+}
+
+interface SdkError {
+  name?: string;
+  code?: string;
+  message?: string;
+  Code?: string;
+  $metadata?: { httpStatusCode?: number };
+  cause?: unknown;
+}
+
+function sdkError(err: unknown): SdkError {
+  return typeof err === 'object' && err !== null ? (err as SdkError) : {};
+}
+
+function statusOf(err: unknown): number | undefined {
+  return sdkError(err).$metadata?.httpStatusCode;
+}
+
+function unquote(etag: string | undefined): string {
+  return (etag ?? '').replace(/^(W\/)?"(.*)"$/, '$2');
+}
+
+function oneLine(text: string): string {
+  return (text.split('\n')[0] ?? '').trim();
+}
+
+function invalidUrl(url: string, what: string): WalArchiverError {
+  return new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `object store ${url}: ${what}`, {
+    retryable: false,
+  });
+}
+
+/** Parses `s3://bucket/prefix?endpoint=…&region=…&forcePathStyle=true`. */
+export function parseS3Url(raw: string): S3Location {
+  const parsed = parseServiceUrl(raw, 'object store');
+  const url = maskUrl(raw);
+  if (parsed.protocol !== 's3:') throw invalidUrl(url, 'not an s3: URL');
+  if (parsed.username !== '' || parsed.password !== '') {
+    throw invalidUrl(url, 'credentials do not belong in the URL (use the AWS environment or config files)');
+  }
+  const bucket = parsed.hostname;
+  if (bucket === '') throw invalidUrl(url, 'no bucket (use s3://bucket/prefix)');
+  if (!BUCKET_NAME.test(bucket)) throw invalidUrl(url, `"${bucket}" is not a valid bucket name`);
+  if (parsed.port !== '')
+    throw invalidUrl(url, 'a port belongs in the endpoint parameter, not after the bucket');
+  for (const name of parsed.searchParams.keys()) {
+    if (!URL_PARAMS.has(name)) {
+      throw invalidUrl(url, `unknown parameter "${name}" (known: ${[...URL_PARAMS].join(', ')})`);
+    }
+  }
+  let prefix: string;
+  try {
+    prefix = decodeURIComponent(parsed.pathname).replace(/^\/+/, '');
+  } catch {
+    throw invalidUrl(url, 'the prefix is not valid percent-encoding');
+  }
+  if (prefix !== '') {
+    const bare = prefix.replace(/\/+$/, '');
+    try {
+      validateKey(bare, url);
+    } catch (err) {
+      throw invalidUrl(url, `bad prefix: ${(err as Error).message.replace(`object store ${url}: `, '')}`);
+    }
+    prefix = `${bare}/`;
+  }
+  const endpoint = parsed.searchParams.get('endpoint') ?? undefined;
+  if (endpoint !== undefined) {
+    let ep: URL;
+    try {
+      ep = new URL(endpoint);
+    } catch {
+      throw invalidUrl(url, `endpoint "${endpoint}" is not a URL`);
+    }
+    if (ep.protocol !== 'http:' && ep.protocol !== 'https:') {
+      throw invalidUrl(url, `endpoint "${endpoint}" is not http: or https:`);
+    }
+  }
+  const region =
+    parsed.searchParams.get('region') ||
+    process.env.AWS_REGION ||
+    process.env.AWS_DEFAULT_REGION ||
+    'us-east-1';
+  const forcePathStyle = boolParam(parsed, 'forcePathStyle', endpoint !== undefined, raw, 'object store');
+  return { bucket, prefix, endpoint, region, forcePathStyle };
+}
+
+/** Fails the stream if it ends before `expected` bytes went through (a cut transfer). */
+class LengthCheck extends Transform {
+  private seen = 0;
+  constructor(
+    private readonly expected: number | undefined,
+    private readonly describe: (seen: number) => Error,
+  ) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback): void {
+    this.seen += chunk.length;
+    callback(null, chunk);
+  }
+  override _flush(callback: TransformCallback): void {
+    if (this.expected !== undefined && this.seen !== this.expected) callback(this.describe(this.seen));
+    else callback();
+  }
+}
+
+class Counter extends Transform {
+  bytes = 0;
+  override _transform(chunk: Buffer | string, _enc: BufferEncoding, callback: TransformCallback): void {
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    this.bytes += buf.length;
+    callback(null, buf);
+  }
+}
+
+/**
+ * An `s3://bucket/prefix` object store on any S3 API (AWS S3, MinIO).
+ *
+ * - create: PutObject / multipart upload with `If-None-Match: *` (on the
+ *   single PUT, or on CompleteMultipartUpload), so exactly one racing creator
+ *   wins and a loser's parts are never visible.
+ * - replace: PutObject with `If-Match: <etag>` (or `If-None-Match: *`).
+ * - retention: Object Lock mode and retain-until date at create; on a bucket
+ *   with object lock, delete and replace check the current version's retention
+ *   first (a PUT or an unversioned DELETE would otherwise just stack a new
+ *   version or a delete marker on top of a locked one), and delete removes
+ *   every version of the key so no older version comes back.
+ */
+export class S3Store implements ObjectStore {
+  readonly url: string;
+  readonly bucket: string;
+  readonly prefix: string;
+  private readonly client: S3Client;
+  private readonly partSize: number;
+  private readonly queueSize: number;
+  private readonly now: () => Date;
+  private lockEnabled: Promise<boolean> | undefined;
+  private closed = false;
+
+  private constructor(rawUrl: string, location: S3Location, options: S3StoreOptions) {
+    this.url = maskUrl(rawUrl);
+    this.bucket = location.bucket;
+    this.prefix = location.prefix;
+    this.partSize = options.partSize ?? DEFAULT_PART_SIZE;
+    this.queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+    this.now = options.now ?? (() => new Date());
+    if (!Number.isSafeInteger(this.partSize) || this.partSize < 5 * 1024 * 1024) {
+      throw invalidUrl(this.url, `part size ${this.partSize} is below the S3 minimum of 5 MiB`);
+    }
+    if (!Number.isSafeInteger(this.queueSize) || this.queueSize < 1) {
+      throw invalidUrl(this.url, `queue size ${this.queueSize} is not a positive integer`);
+    }
+    const nonAws = location.endpoint !== undefined;
+    this.client = new S3Client({
+      region: location.region,
+      ...(location.endpoint !== undefined ? { endpoint: location.endpoint } : {}),
+      forcePathStyle: location.forcePathStyle,
+      ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
+      maxAttempts: options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+      requestHandler: {
+        connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
+        socketTimeout: options.socketTimeoutMs ?? DEFAULT_SOCKET_TIMEOUT_MS,
+        httpAgent: { keepAlive: true, maxSockets: 32 },
+        httpsAgent: { keepAlive: true, maxSockets: 32 },
+      },
+      ...(nonAws
+        ? { requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' }
+        : {}),
+    });
+  }
+
+  static async open(rawUrl: string, options: S3StoreOptions = {}): Promise<S3Store> {
+    const store = new S3Store(rawUrl, parseS3Url(rawUrl), options);
+    if (options.verifyBucket ?? true) {
+      try {
+        await store.client.send(new HeadBucketCommand({ Bucket: store.bucket }));
+      } catch (err) {
+        store.client.destroy();
+        throw store.bucketError(err);
+      }
+    }
+    return store;
+  }
+
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+    this.checkOpen();
+    validatePrefix(prefix, this.url);
+    let token: string | undefined;
+    let first = true;
+    while (first || token !== undefined) {
+      throwIfAborted(options.signal);
+      const command = new ListObjectsV2Command({
+        Bucket: this.bucket,
+        Prefix: this.prefix + prefix,
+        ...(token !== undefined ? { ContinuationToken: token } : {}),
+        ...(first && options.startAfter !== undefined
+          ? { StartAfter: this.prefix + options.startAfter }
+          : {}),
+      });
+      const out = await this.call('list', prefix, options.signal, () =>
+        this.client.send(command, { abortSignal: options.signal }),
+      );
+      first = false;
+      for (const o of out.Contents ?? []) {
+        if (o.Key === undefined) continue;
+        yield {
+          key: o.Key.slice(this.prefix.length),
+          size: o.Size ?? 0,
+          etag: unquote(o.ETag),
+          lastModified: o.LastModified ?? new Date(0),
+          metadata: {},
+        };
+      }
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    }
+  }
+
+  async head(key: string, options: CallOptions = {}): Promise<ObjectInfo | undefined> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    const out = await this.headRaw(key, 'head', options.signal);
+    return out === undefined ? undefined : this.infoOf(key, out);
+  }
+
+  async get(key: string, options: GetOptions = {}): Promise<Readable> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    validateRange(options.offset, options.length, this.url);
+    const start = options.offset ?? 0;
+    if (options.length === 0) {
+      if ((await this.headRaw(key, 'get', options.signal)) === undefined) throw this.notFound('get', key);
+      return Readable.from([]);
+    }
+    const range =
+      options.offset === undefined && options.length === undefined
+        ? undefined
+        : `bytes=${start}-${options.length === undefined ? '' : start + options.length - 1}`;
+    let out;
+    try {
+      out = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.prefix + key,
+          ...(range ? { Range: range } : {}),
+        }),
+        { abortSignal: options.signal },
+      );
+    } catch (err) {
+      if (statusOf(err) === 416 || sdkError(err).name === 'InvalidRange') {
+        // The range starts at or past the end: an empty read of an existing object.
+        if ((await this.headRaw(key, 'get', options.signal)) === undefined) throw this.notFound('get', key);
+        return Readable.from([]);
+      }
+      throw this.fail('get', key, err);
+    }
+    const body = out.Body;
+    if (!(body instanceof Readable)) {
+      throw this.error(ErrorCodes.INTERNAL, 'get', key, 'the response body is not a stream', false);
+    }
+    const expected = out.ContentLength;
+    const checked = new LengthCheck(expected, (seen) =>
+      this.error(ErrorCodes.UNAVAILABLE, 'get', key, `transfer cut after ${seen} of ${expected} bytes`),
+    );
+    pipeline(body, checked, () => undefined);
+    return checked;
+  }
+
+  async create(key: string, body: Body, options: CreateOptions = {}): Promise<ObjectInfo> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    validateCreateOptions(options, this.url);
+    throwIfAborted(options.signal);
+    const params = { ...this.putParams(key, options), IfNoneMatch: '*' };
+    let etag: string | undefined;
+    let size: number;
+    try {
+      if (body instanceof Uint8Array && body.length <= this.partSize) {
+        const out = await this.client.send(
+          new PutObjectCommand({ ...params, Body: body, ContentLength: body.length }),
+          { abortSignal: options.signal },
+        );
+        etag = out.ETag;
+        size = body.length;
+      } else {
+        const counter = new Counter();
+        const source = body instanceof Uint8Array ? Readable.from([Buffer.from(body)]) : body;
+        pipeline(source, counter, () => undefined);
+        const upload = new Upload({
+          client: this.client,
+          params: { ...params, Body: counter },
+          partSize: this.partSize,
+          queueSize: this.queueSize,
+          leavePartsOnError: false,
+        });
+        const onAbort = () => void upload.abort();
+        options.signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          const out = await upload.done();
+          etag = out.ETag;
+        } catch (err) {
+          counter.destroy();
+          throw err;
+        } finally {
+          options.signal?.removeEventListener('abort', onAbort);
+        }
+        size = counter.bytes;
+      }
+    } catch (err) {
+      if (this.isConditionFailure(err)) {
+        throw this.error(ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists', false);
+      }
+      throw this.fail('create', key, err, options.signal);
+    }
+    return this.createdInfo(key, etag, size, options);
+  }
+
+  async replace(key: string, body: Buffer, options: ReplaceOptions): Promise<ObjectInfo> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    validateCreateOptions(options, this.url);
+    throwIfAborted(options.signal);
+    if (options.ifMatch !== undefined && (await this.isLockEnabled(options.signal))) {
+      const current = await this.headRaw(key, 'replace', options.signal);
+      if (current === undefined) {
+        throw this.error(
+          ErrorCodes.PRECONDITION_FAILED,
+          'replace',
+          key,
+          'object does not exist (any more)',
+          false,
+        );
+      }
+      const retention = this.retentionOf(current);
+      if (isRetained(retention, this.now())) throw this.locked('replace', key, retention);
+    }
+    const condition =
+      options.ifMatch === undefined ? { IfNoneMatch: '*' } : { IfMatch: `"${options.ifMatch}"` };
+    try {
+      const out = await this.client.send(
+        new PutObjectCommand({
+          ...this.putParams(key, options),
+          ...condition,
+          Body: body,
+          ContentLength: body.length,
+        }),
+        { abortSignal: options.signal },
+      );
+      return this.createdInfo(key, out.ETag, body.length, options);
+    } catch (err) {
+      const name = sdkError(err).name;
+      if (this.isConditionFailure(err) || name === 'NoSuchKey' || statusOf(err) === 404) {
+        const why =
+          options.ifMatch === undefined ? 'object exists already' : 'object changed since it was read';
+        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, why, false);
+      }
+      throw this.fail('replace', key, err, options.signal);
+    }
+  }
+
+  async delete(key: string, options: CallOptions = {}): Promise<void> {
+    this.checkOpen();
+    validateKey(key, this.url);
+    const current = await this.headRaw(key, 'delete', options.signal);
+    if (current === undefined) return;
+    const retention = this.retentionOf(current);
+    if (isRetained(retention, this.now())) throw this.locked('delete', key, retention);
+    if (current.VersionId === undefined || current.VersionId === 'null') {
+      const command = new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key });
+      await this.call('delete', key, options.signal, () =>
+        this.client.send(command, { abortSignal: options.signal }),
+      );
+      return;
+    }
+    await this.deleteAllVersions(key, current.VersionId, options.signal);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.client.destroy();
+  }
+
+  /**
+   * On a versioned bucket a DELETE without a version id only hides the object
+   * behind a delete marker, and deleting just the current version would bring
+   * the previous one back. So: remove the older versions and delete markers
+   * first, the current version last; a version under retention stops it with
+   * OBJECT_LOCKED before the current version is touched.
+   */
+  private async deleteAllVersions(key: string, currentVersion: string, signal?: AbortSignal): Promise<void> {
+    const full = this.prefix + key;
+    const older: string[] = [];
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    let done = false;
+    while (!done) {
+      const command = new ListObjectVersionsCommand({
+        Bucket: this.bucket,
+        Prefix: full,
+        ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
+        ...(versionMarker !== undefined ? { VersionIdMarker: versionMarker } : {}),
+      });
+      const out = await this.call('delete', key, signal, () =>
+        this.client.send(command, { abortSignal: signal }),
+      );
+      const entries = [...(out.Versions ?? []), ...(out.DeleteMarkers ?? [])];
+      for (const v of entries) {
+        if (v.Key === full && v.VersionId !== undefined && v.VersionId !== currentVersion)
+          older.push(v.VersionId);
+      }
+      // Keys are listed in order and `full` is the smallest key with this prefix.
+      const beyond = entries.some((v) => v.Key !== undefined && v.Key !== full);
+      done = beyond || !out.IsTruncated;
+      keyMarker = out.NextKeyMarker;
+      versionMarker = out.NextVersionIdMarker;
+    }
+    for (const versionId of [...older, currentVersion]) {
+      try {
+        await this.client.send(
+          new DeleteObjectCommand({ Bucket: this.bucket, Key: full, VersionId: versionId }),
+          {
+            abortSignal: signal,
+          },
+        );
+      } catch (err) {
+        const e = sdkError(err);
+        if (e.name === 'NoSuchVersion' || statusOf(err) === 404) continue;
+        const text = `${e.name ?? ''} ${e.message ?? ''}`;
+        if (/WORM|lock|retention|protected/i.test(text) || e.name === 'AccessDenied') {
+          throw this.error(
+            ErrorCodes.OBJECT_LOCKED,
+            'delete',
+            key,
+            `a version of the object is under retention (${oneLine(e.message ?? '')})`,
+            false,
+          );
+        }
+        throw this.fail('delete', key, err, signal);
+      }
+    }
+  }
+
+  private putParams(key: string, options: CreateOptions): PutObjectCommandInput {
+    return {
+      Bucket: this.bucket,
+      Key: this.prefix + key,
+      ...(options.metadata !== undefined ? { Metadata: { ...options.metadata } } : {}),
+      ...(options.contentType !== undefined ? { ContentType: options.contentType } : {}),
+      ...(options.retention !== undefined
+        ? {
+            ObjectLockMode: options.retention.mode,
+            ObjectLockRetainUntilDate: options.retention.retainUntil,
+            // S3 requires a checksum on writes that set object lock.
+            ChecksumAlgorithm: 'CRC32' as const,
+          }
+        : {}),
+    };
+  }
+
+  private createdInfo(
+    key: string,
+    etag: string | undefined,
+    size: number,
+    options: CreateOptions,
+  ): ObjectInfo {
+    return {
+      key,
+      size,
+      etag: unquote(etag),
+      lastModified: this.now(),
+      metadata: { ...(options.metadata ?? {}) },
+      ...(options.retention !== undefined
+        ? { retention: { mode: options.retention.mode, retainUntil: options.retention.retainUntil } }
+        : {}),
+    };
+  }
+
+  private async headRaw(
+    key: string,
+    op: string,
+    signal?: AbortSignal,
+  ): Promise<HeadObjectCommandOutput | undefined> {
+    try {
+      return await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }), {
+        abortSignal: signal,
+      });
+    } catch (err) {
+      const e = sdkError(err);
+      if (e.name === 'NotFound' || e.name === 'NoSuchKey' || statusOf(err) === 404) return undefined;
+      // HEAD responses have no body, so a 403 says nothing more precise.
+      if (statusOf(err) === 403) {
+        throw this.error(
+          ErrorCodes.ACCESS_DENIED,
+          op,
+          key,
+          'access denied (credentials refused or not allowed)',
+          false,
+        );
+      }
+      throw this.fail(op, key, err, signal);
+    }
+  }
+
+  private infoOf(key: string, out: HeadObjectCommandOutput): ObjectInfo {
+    const retention = this.retentionOf(out);
+    return {
+      key,
+      size: out.ContentLength ?? 0,
+      etag: unquote(out.ETag),
+      lastModified: out.LastModified ?? new Date(0),
+      metadata: { ...(out.Metadata ?? {}) },
+      ...(retention !== undefined ? { retention } : {}),
+    };
+  }
+
+  private retentionOf(out: HeadObjectCommandOutput): Retention | undefined {
+    const mode = out.ObjectLockMode;
+    const until = out.ObjectLockRetainUntilDate;
+    if ((mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') || until === undefined) return undefined;
+    return { mode, retainUntil: new Date(until) };
+  }
+
+  private isLockEnabled(signal?: AbortSignal): Promise<boolean> {
+    this.lockEnabled ??= this.client
+      .send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket }), { abortSignal: signal })
+      .then((out) => out.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled')
+      .catch((err: unknown) => {
+        const name = sdkError(err).name ?? '';
+        if (/ObjectLockConfigurationNotFound/.test(name) || statusOf(err) === 404) return false;
+        // Not allowed to ask, or a transient failure: assume it may be, and ask again next time.
+        this.lockEnabled = undefined;
+        return true;
+      });
+    return this.lockEnabled;
+  }
+
+  private isConditionFailure(err: unknown): boolean {
+    const e = sdkError(err);
+    return (
+      e.name === 'PreconditionFailed' ||
+      e.name === 'ConditionalRequestConflict' ||
+      statusOf(err) === 412 ||
+      (statusOf(err) === 409 && /conditional/i.test(`${e.name} ${e.message}`))
+    );
+  }
+
+  /** Runs one request, mapping its failure to a WalArchiverError. */
+  private async call<T>(
+    op: string,
+    key: string,
+    signal: AbortSignal | undefined,
+    run: () => Promise<T>,
+  ): Promise<T> {
+    this.checkOpen();
+    try {
+      return await run();
+    } catch (err) {
+      throw this.fail(op, key, err, signal);
+    }
+  }
+
+  // ---- errors ----
+
+  private checkOpen(): void {
+    if (this.closed) {
+      throw new WalArchiverError(ErrorCodes.INTERNAL, `object store ${this.url}: used after close()`, {
+        retryable: false,
+      });
+    }
+  }
+
+  private error(code: ErrorCode, op: string, key: string | undefined, what: string, retryable?: boolean) {
+    const where = key === undefined ? op : `${op} "${key}"`;
+    return new WalArchiverError(code, `object store ${this.url}: ${where}: ${what}`, {
+      retryable: retryable ?? code === ErrorCodes.UNAVAILABLE,
+      details: { url: this.url, key, op },
+    });
+  }
+
+  private notFound(op: string, key: string): WalArchiverError {
+    return this.error(ErrorCodes.NOT_FOUND, op, key, 'object does not exist', false);
+  }
+
+  private locked(op: string, key: string, retention: Retention | undefined): WalArchiverError {
+    return this.error(
+      ErrorCodes.OBJECT_LOCKED,
+      op,
+      key,
+      `object is under ${retention?.mode ?? ''} retention until ${retention?.retainUntil.toISOString() ?? '?'}`,
+      false,
+    );
+  }
+
+  private bucketError(err: unknown): WalArchiverError {
+    const status = statusOf(err);
+    const name = sdkError(err).name;
+    if (status === 404 || name === 'NoSuchBucket' || name === 'NotFound') {
+      return this.withCause(
+        this.error(
+          ErrorCodes.BUCKET_NOT_FOUND,
+          'open',
+          undefined,
+          `bucket "${this.bucket}" does not exist`,
+          false,
+        ),
+        err,
+      );
+    }
+    if (status === 403) {
+      return this.withCause(
+        this.error(
+          ErrorCodes.ACCESS_DENIED,
+          'open',
+          undefined,
+          `access to bucket "${this.bucket}" denied (credentials refused or not allowed)`,
+          false,
+        ),
+        err,
+      );
+    }
+    if (status === 301 || status === 400) {
+      return this.withCause(
+        this.error(
+          ErrorCodes.INVALID_ARGUMENT,
+          'open',
+          undefined,
+          `bucket "${this.bucket}" answered ${status} (wrong region or endpoint?)`,
+          false,
+        ),
+        err,
+      );
+    }
+    return this.fail('open', undefined, err);
+  }
+
+  private withCause(error: WalArchiverError, cause: unknown): WalArchiverError {
+    return new WalArchiverError(error.code, error.message, {
+      cause,
+      retryable: error.retryable,
+      details: error.details,
+    });
+  }
+
+  private fail(op: string, key: string | undefined, err: unknown, signal?: AbortSignal): WalArchiverError {
+    if (err instanceof WalArchiverError) return err;
+    const e = sdkError(err);
+    const name = e.name ?? '';
+    const status = statusOf(err);
+    const causeCode = sdkError(e.cause).code;
+    const code = e.code ?? causeCode ?? '';
+    const message = oneLine(e.message ?? String(err));
+    const make = (c: ErrorCode, what: string, retryable: boolean) => {
+      const where = key === undefined ? op : `${op} "${key}"`;
+      return new WalArchiverError(c, `object store ${this.url}: ${where}: ${what}`, {
+        cause: err,
+        retryable,
+        details: { url: this.url, key, op, s3Error: name, status },
+      });
+    };
+    if (signal?.aborted || name === 'AbortError') return make(ErrorCodes.ABORTED, 'aborted', false);
+    if (name === 'NoSuchBucket')
+      return make(ErrorCodes.BUCKET_NOT_FOUND, `bucket "${this.bucket}" does not exist`, false);
+    if (CREDENTIAL_ERRORS.has(name) || status === 403) {
+      return make(ErrorCodes.ACCESS_DENIED, `access denied (${name || status}): ${message}`, false);
+    }
+    if (name === 'NoSuchKey' || (status === 404 && name === 'NotFound')) {
+      return make(ErrorCodes.NOT_FOUND, 'object does not exist', false);
+    }
+    if (
+      NETWORK_CODES.has(code) ||
+      TRANSIENT_ERRORS.has(name) ||
+      (status !== undefined && (status >= 500 || status === 429))
+    ) {
+      return make(ErrorCodes.UNAVAILABLE, `cannot reach the S3 endpoint: ${message || name}`, true);
+    }
+    return make(ErrorCodes.INTERNAL, `${name ? `${name}: ` : ''}${message}`, true);
+  }
+}
