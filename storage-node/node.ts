@@ -38,6 +38,8 @@ export interface StorageNodeOptions {
   logger: Logger;
   tickMs?: number;
   electionTick?: number;
+  /** Serve POST /v1/faults, which cuts this node off from its peers (for failure tests). */
+  faultInjection?: boolean;
   pruneIntervalMs?: number;
 }
 
@@ -206,8 +208,13 @@ export class StorageNode {
       res.end(await this.registry.metrics());
       return;
     }
+    if (url.pathname.startsWith('/v1/raft/') && this.transport.isolated) {
+      req.resume();
+      throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `node ${this.opts.id} is cut off from its peers (fault injection)`);
+    }
     if (method === 'POST' && url.pathname === '/v1/raft/messages') return this.receiveMessages(req, res);
     if (method === 'POST' && url.pathname === '/v1/raft/snapshot') return this.receiveSnapshot(req, res);
+    if (url.pathname === '/v1/faults' && this.opts.faultInjection) return this.faults(req, res);
     if (method === 'GET' && url.pathname === '/v1/leadership/stream') return this.leadershipStream(req, res);
     if (parts[0] === 'v1' && parts[1] === 'partitions') {
       if (parts.length === 2 && method === 'GET') return this.json(res, 200, this.statuses());
@@ -278,6 +285,17 @@ export class StorageNode {
       committedAt: new Date(result.committedAt).toISOString(),
     };
     this.json(res, 200, out);
+  }
+
+  /** `POST /v1/faults {"isolate": true|false}`: cut this node off from its peers, or reconnect it. */
+  private async faults(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method === 'POST') {
+      const body = JSON.parse((await readBody(req, 4096)).toString('utf8') || '{}') as { isolate?: unknown };
+      if (typeof body.isolate !== 'boolean') throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'expected {"isolate": true|false}');
+      this.transport.isolated = body.isolate;
+      this.opts.logger.warn(body.isolate ? 'fault injection: cut off from peers' : 'fault injection: reconnected');
+    }
+    this.json(res, 200, { isolate: this.transport.isolated });
   }
 
   private notLeader(replica: Replica, res: http.ServerResponse): void {

@@ -50,6 +50,12 @@ const flags = {
     max: 100_000,
     default: 0,
   },
+  'fault-injection': {
+    type: 'bool',
+    help: 'serve POST /v1/faults to cut the node off from its peers (tests only)',
+    default: false,
+    env: 'STORAGE_NODE_FAULT_INJECTION',
+  },
   tick: {
     type: 'duration',
     help: 'Raft tick interval (elections take 10-20 ticks)',
@@ -113,6 +119,7 @@ export const runCommand: Command = {
       partitions: f.partitions,
       logger,
       tickMs: f.tick,
+      faultInjection: f['fault-injection'],
       ...(events ? { events } : {}),
     });
     ctx.stdout.write(`storage-node ${f.id} serving at ${node.url}\n`);

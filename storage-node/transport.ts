@@ -236,6 +236,8 @@ export class HttpTransport {
   private readonly senders = new Map<number, PeerSender>();
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
   private readonly snapshotsInFlight = new Set<string>();
+  /** Fault injection: while set, nothing is sent to any peer (as if the network were cut). */
+  isolated = false;
 
   constructor(
     readonly nodeId: number,
@@ -249,6 +251,10 @@ export class HttpTransport {
   }
 
   send(partition: string, messages: Message[]): void {
+    if (this.isolated) {
+      for (const to of new Set(messages.map((m) => m.to))) this.handlers.unreachable(partition, to);
+      return;
+    }
     const archived = this.handlers.archivedPosition(partition);
     for (const message of messages) {
       const sender = this.senders.get(message.to);
@@ -264,6 +270,10 @@ export class HttpTransport {
     const key = `${partition}/${message.to}`;
     const url = this.peers.get(message.to);
     if (!url || this.snapshotsInFlight.has(key)) return;
+    if (this.isolated) {
+      this.handlers.snapshotDone(partition, message.to, false);
+      return;
+    }
     this.snapshotsInFlight.add(key);
     void (async () => {
       let ok = false;
