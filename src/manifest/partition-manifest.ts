@@ -1,0 +1,671 @@
+/**
+ * The partition manifest, `partitions/<id>/manifest.json` (Contract 4).
+ *
+ * Written only by the partition's archiving sidecar, inside its pipeline,
+ * after each segment or base backup upload: it is what restore starts from,
+ * and it never depends on the event bus. Document (schema 1):
+ *
+ *   {
+ *     "schema": 1,
+ *     "partition": "7",
+ *     "leader": { "node": 2, "term": 5 },            // the last writer; null before the first write
+ *     "version": 12,                                 // +1 per write
+ *     "archived": { "first_lsn": 1, "last_lsn": 840 },  // contiguous range covered by segments; null when none
+ *     "segments": [ { "key", "first_lsn", "last_lsn", "entries", "bytes", "raw_bytes", "sha256",
+ *                     "first_committed_at", "last_committed_at", "archived_at", "term", "node" } ],
+ *     "backups":  [ { "key", "lsn", "taken_at", "bytes", "sha256", "trigger", "term", "node" } ],
+ *     "updated_at": "2025-01-01T00:00:00.000Z"
+ *   }
+ *
+ * Segments are sorted by first LSN (then last LSN), backups by LSN.
+ *
+ * Rules, all in pure functions (`applyPartitionUpdate`):
+ * - Fencing: the writer carries its Raft (node, term). A stored leader with a
+ *   higher term, or another node at the same term (Raft elects at most one
+ *   leader per term), makes the write fail with FENCED, which is not
+ *   retryable: a stale leader's sidecar stops. Otherwise the writer becomes
+ *   the recorded leader.
+ * - Never backwards: segments and backups are unions by key (a key names one
+ *   immutable object, so the same key with a different checksum or range is
+ *   CORRUPT). `archived` is the contiguous run of segments (overlaps allowed,
+ *   a gap ends it) that contains the previous `archived.last_lsn`, so
+ *   `last_lsn` only grows; the first write takes the lowest run. Retention
+ *   removes segments explicitly, which moves `first_lsn` up; a removal that
+ *   would uncover the previous `last_lsn` is refused.
+ * - Re-applying an update already applied changes nothing and writes nothing.
+ *
+ * Time → LSN: every segment records the commit times of its first and last
+ * entries, so the manifest knows the commit time of every segment boundary.
+ * `lsnAtTime` resolves a time exactly when it falls between two boundaries
+ * that are adjacent LSNs, else to the one segment holding the boundary, with
+ * a safe lower bound; entry-exact resolution needs the entries' own times.
+ */
+
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import {
+  BACKUP_TRIGGERS,
+  FieldReader,
+  corrupt,
+  normaliseTime,
+  type BackupTrigger,
+  type WalArchivedEvent,
+  type WalBackupEvent,
+} from '../schemas.js';
+import type { ObjectStore } from '../store/object-store.js';
+import { readDocument, updateDocument, type CasOptions, type StoredDocument } from './cas.js';
+import { assertPartitionId, partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
+
+export const PARTITION_MANIFEST_SCHEMA = 1;
+
+export interface LeaderRef {
+  node: number;
+  term: number;
+}
+
+export interface ArchivedRange {
+  first_lsn: number;
+  last_lsn: number;
+}
+
+export interface SegmentRecord {
+  key: string;
+  first_lsn: number;
+  last_lsn: number;
+  entries: number;
+  bytes: number;
+  raw_bytes: number;
+  sha256: string;
+  /** Commit time of the entry at first_lsn. */
+  first_committed_at: string;
+  /** Commit time of the entry at last_lsn. */
+  last_committed_at: string;
+  archived_at: string;
+  term: number;
+  node: number;
+}
+
+export interface BackupRecord {
+  key: string;
+  lsn: number;
+  taken_at: string;
+  bytes: number;
+  sha256: string;
+  trigger: BackupTrigger;
+  term: number;
+  node: number;
+}
+
+export interface PartitionManifest {
+  schema: 1;
+  partition: string;
+  leader: LeaderRef | null;
+  version: number;
+  archived: ArchivedRange | null;
+  segments: SegmentRecord[];
+  backups: BackupRecord[];
+  updated_at: string;
+}
+
+/** Who writes: the sidecar of the partition's leader, with the Raft term it leads in. */
+export interface ManifestWriter {
+  node: number;
+  term: number;
+}
+
+/** What one write adds or removes. Empty: only records the writer as leader. */
+export interface PartitionManifestUpdate {
+  segments?: readonly SegmentRecord[];
+  backups?: readonly BackupRecord[];
+  /** Retention: keys of segments to forget (oldest first). */
+  removeSegments?: readonly string[];
+  /** Retention: keys of base backups to forget. */
+  removeBackups?: readonly string[];
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+
+function parseSegmentRecord(value: unknown, partition: string, index: number): SegmentRecord {
+  const r = new FieldReader(value, `partition ${partition} manifest segment ${index}`);
+  const s: SegmentRecord = {
+    key: r.string('key'),
+    first_lsn: r.lsn('first_lsn'),
+    last_lsn: r.lsn('last_lsn'),
+    entries: r.int('entries', 1),
+    bytes: r.int('bytes'),
+    raw_bytes: r.int('raw_bytes'),
+    sha256: r.sha256(),
+    first_committed_at: r.time('first_committed_at'),
+    last_committed_at: r.time('last_committed_at'),
+    archived_at: r.time('archived_at'),
+    term: r.term('term'),
+    node: r.node('node'),
+  };
+  const parsed = tryParseSegmentKey(s.key);
+  if (
+    !parsed ||
+    parsed.partition !== partition ||
+    parsed.firstLsn !== s.first_lsn ||
+    parsed.lastLsn !== s.last_lsn
+  ) {
+    throw r.fail(
+      'key',
+      `is not the segment key of partition ${partition}, LSNs ${s.first_lsn}-${s.last_lsn}`,
+    );
+  }
+  if (s.entries > s.last_lsn - s.first_lsn + 1) throw r.fail('entries', 'is more than the LSN range holds');
+  if (s.first_committed_at > s.last_committed_at)
+    throw r.fail('last_committed_at', 'is before first_committed_at');
+  return s;
+}
+
+function parseBackupRecord(value: unknown, partition: string, index: number): BackupRecord {
+  const r = new FieldReader(value, `partition ${partition} manifest backup ${index}`);
+  const b: BackupRecord = {
+    key: r.string('key'),
+    lsn: r.lsn('lsn'),
+    taken_at: r.time('taken_at'),
+    bytes: r.int('bytes'),
+    sha256: r.sha256(),
+    trigger: r.oneOf('trigger', BACKUP_TRIGGERS),
+    term: r.term('term'),
+    node: r.node('node'),
+  };
+  const parsed = tryParseBaseKey(b.key);
+  if (!parsed || parsed.partition !== partition || parsed.lsn !== b.lsn) {
+    throw r.fail('key', `is not the base backup key of partition ${partition}, LSN ${b.lsn}`);
+  }
+  return b;
+}
+
+function parseLeader(r: FieldReader): LeaderRef | null {
+  if (!r.has('leader')) return null;
+  const l = new FieldReader(r.object('leader'), `${r.what} leader`);
+  return { node: l.node('node'), term: l.term('term') };
+}
+
+function parseArchived(r: FieldReader): ArchivedRange | null {
+  if (!r.has('archived')) return null;
+  const a = new FieldReader(r.object('archived'), `${r.what} archived`);
+  const range = { first_lsn: a.lsn('first_lsn'), last_lsn: a.lsn('last_lsn') };
+  if (range.first_lsn > range.last_lsn) throw a.fail('last_lsn', 'is below first_lsn');
+  return range;
+}
+
+/**
+ * Validates a partition manifest document; CORRUPT for anything malformed,
+ * for a different partition than `expectedPartition`, or for an `archived`
+ * range the segments do not cover.
+ */
+export function parsePartitionManifest(value: unknown, expectedPartition?: string): PartitionManifest {
+  const r = new FieldReader(
+    value,
+    expectedPartition ? `partition ${expectedPartition} manifest` : 'partition manifest',
+  );
+  r.schema(PARTITION_MANIFEST_SCHEMA);
+  const partition = r.partition();
+  if (expectedPartition !== undefined && partition !== expectedPartition) {
+    throw r.fail('partition', `is not ${expectedPartition}`);
+  }
+  const m: PartitionManifest = {
+    schema: 1,
+    partition,
+    leader: parseLeader(r),
+    version: r.int('version', 1),
+    archived: parseArchived(r),
+    segments: r.array('segments').map((s, i) => parseSegmentRecord(s, partition, i)),
+    backups: r.array('backups').map((b, i) => parseBackupRecord(b, partition, i)),
+    updated_at: r.time('updated_at'),
+  };
+  const keys = new Set<string>();
+  for (const s of m.segments) {
+    if (keys.has(s.key)) throw r.fail('segments', `lists ${s.key} twice`);
+    keys.add(s.key);
+  }
+  for (const b of m.backups) {
+    if (keys.has(b.key)) throw r.fail('backups', `lists ${b.key} twice`);
+    keys.add(b.key);
+  }
+  if (m.archived) {
+    const run = runContaining(m.segments, m.archived.last_lsn);
+    if (!run || run.first_lsn !== m.archived.first_lsn || run.last_lsn !== m.archived.last_lsn) {
+      throw r.fail('archived', 'is not the contiguous range of its segments');
+    }
+  } else if (m.segments.length > 0) {
+    throw r.fail('archived', 'is missing although there are segments');
+  }
+  m.segments.sort(compareSegments);
+  m.backups.sort(compareBackups);
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// Records from events
+
+/** The manifest record of an uploaded segment, from its `wal.archived` event. */
+export function segmentFromArchivedEvent(e: WalArchivedEvent): SegmentRecord {
+  return {
+    key: e.key,
+    first_lsn: e.first_lsn,
+    last_lsn: e.last_lsn,
+    entries: e.entries,
+    bytes: e.bytes,
+    raw_bytes: e.raw_bytes,
+    sha256: e.sha256,
+    first_committed_at: e.first_committed_at,
+    last_committed_at: e.last_committed_at,
+    archived_at: e.archived_at,
+    term: e.term,
+    node: e.node,
+  };
+}
+
+/** The manifest record of a base backup, from its `wal.backups` event. */
+export function backupFromBackupEvent(e: WalBackupEvent): BackupRecord {
+  return {
+    key: e.key,
+    lsn: e.lsn,
+    taken_at: e.finished_at,
+    bytes: e.bytes,
+    sha256: e.sha256,
+    trigger: e.trigger,
+    term: e.term,
+    node: e.node,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Pure update logic
+
+export function compareSegments(a: SegmentRecord, b: SegmentRecord): number {
+  return a.first_lsn - b.first_lsn || a.last_lsn - b.last_lsn || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+}
+
+export function compareBackups(a: BackupRecord, b: BackupRecord): number {
+  return a.lsn - b.lsn || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+}
+
+/**
+ * The contiguous runs of LSNs the segments cover, lowest first: overlapping
+ * or adjacent segments join one run, a gap starts the next.
+ */
+export function contiguousRuns(
+  segments: readonly { first_lsn: number; last_lsn: number }[],
+): ArchivedRange[] {
+  const sorted = [...segments].sort((a, b) => a.first_lsn - b.first_lsn || a.last_lsn - b.last_lsn);
+  const runs: ArchivedRange[] = [];
+  for (const s of sorted) {
+    const run = runs[runs.length - 1];
+    if (run && s.first_lsn <= run.last_lsn + 1) run.last_lsn = Math.max(run.last_lsn, s.last_lsn);
+    else runs.push({ first_lsn: s.first_lsn, last_lsn: s.last_lsn });
+  }
+  return runs;
+}
+
+/** The contiguous prefix: the lowest run, ending at the first gap; null without segments. */
+export function contiguousPrefix(
+  segments: readonly { first_lsn: number; last_lsn: number }[],
+): ArchivedRange | null {
+  return contiguousRuns(segments)[0] ?? null;
+}
+
+function runContaining(
+  segments: readonly { first_lsn: number; last_lsn: number }[],
+  lsn: number,
+): ArchivedRange | undefined {
+  return contiguousRuns(segments).find((r) => r.first_lsn <= lsn && lsn <= r.last_lsn);
+}
+
+/**
+ * The fencing check. Throws FENCED (not retryable) when the stored leader has
+ * a higher term than the writer, or the same term but another node.
+ */
+export function checkFence(partition: string, stored: LeaderRef | null, writer: ManifestWriter): void {
+  if (!stored) return;
+  if (stored.term > writer.term || (stored.term === writer.term && stored.node !== writer.node)) {
+    throw new WalArchiverError(
+      ErrorCodes.FENCED,
+      `partition ${partition} manifest is owned by node ${stored.node} at term ${stored.term}; ` +
+        `node ${writer.node} at term ${writer.term} may no longer write it`,
+      {
+        retryable: false,
+        details: {
+          partition,
+          stored_node: stored.node,
+          stored_term: stored.term,
+          node: writer.node,
+          term: writer.term,
+        },
+      },
+    );
+  }
+}
+
+function invalidInput(err: unknown): never {
+  if (isWalArchiverError(err, ErrorCodes.CORRUPT)) {
+    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, err.message, {
+      retryable: false,
+      cause: err,
+      details: err.details,
+    });
+  }
+  throw err;
+}
+
+function sameSegmentObject(a: SegmentRecord, b: SegmentRecord): boolean {
+  return (
+    a.sha256 === b.sha256 && a.bytes === b.bytes && a.first_lsn === b.first_lsn && a.last_lsn === b.last_lsn
+  );
+}
+
+function sameBackupObject(a: BackupRecord, b: BackupRecord): boolean {
+  return a.sha256 === b.sha256 && a.bytes === b.bytes && a.lsn === b.lsn;
+}
+
+/** An empty manifest at version 0, as the base of a partition's first write. */
+export function emptyPartitionManifest(partition: string, now: Date): PartitionManifest {
+  assertPartitionId(partition);
+  return {
+    schema: 1,
+    partition,
+    leader: null,
+    version: 0,
+    archived: null,
+    segments: [],
+    backups: [],
+    updated_at: now.toISOString(),
+  };
+}
+
+function contentOf(m: PartitionManifest): string {
+  return JSON.stringify([m.leader, m.archived, m.segments, m.backups]);
+}
+
+export interface ApplyResult {
+  manifest: PartitionManifest;
+  /** False when the update was already applied: nothing needs writing. */
+  changed: boolean;
+}
+
+/**
+ * Applies an update to a partition manifest (undefined: none stored yet).
+ * Pure: returns a new manifest and leaves `current` alone. Throws FENCED,
+ * INVALID_ARGUMENT (malformed records, a removal that would uncover the
+ * archived range) or CORRUPT (a key recorded with another checksum).
+ */
+export function applyPartitionUpdate(
+  current: PartitionManifest | undefined,
+  partition: string,
+  writer: ManifestWriter,
+  update: PartitionManifestUpdate,
+  now: Date,
+): ApplyResult {
+  const base = current ?? emptyPartitionManifest(partition, now);
+  if (base.partition !== partition) {
+    throw corrupt(`partition ${partition} manifest`, `holds partition ${base.partition}`);
+  }
+  if (
+    !Number.isSafeInteger(writer.node) ||
+    writer.node < 1 ||
+    !Number.isSafeInteger(writer.term) ||
+    writer.term < 0
+  ) {
+    throw new WalArchiverError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `invalid manifest writer ${JSON.stringify(writer)}`,
+      {
+        retryable: false,
+      },
+    );
+  }
+  checkFence(partition, base.leader, writer);
+
+  const segments = new Map(base.segments.map((s) => [s.key, s]));
+  const backups = new Map(base.backups.map((b) => [b.key, b]));
+
+  for (const key of update.removeSegments ?? []) segments.delete(key);
+  for (const key of update.removeBackups ?? []) backups.delete(key);
+
+  (update.segments ?? []).forEach((raw, i) => {
+    let s: SegmentRecord;
+    try {
+      s = parseSegmentRecord(raw, partition, i);
+    } catch (err) {
+      invalidInput(err);
+    }
+    const existing = segments.get(s.key);
+    if (existing && !sameSegmentObject(existing, s)) {
+      throw corrupt(
+        `partition ${partition} manifest`,
+        `segment ${s.key} is recorded with sha256 ${existing.sha256} (${existing.bytes} bytes), now reported with ${s.sha256} (${s.bytes} bytes)`,
+        { partition, key: s.key },
+      );
+    }
+    if (!existing) segments.set(s.key, s);
+  });
+  (update.backups ?? []).forEach((raw, i) => {
+    let b: BackupRecord;
+    try {
+      b = parseBackupRecord(raw, partition, i);
+    } catch (err) {
+      invalidInput(err);
+    }
+    const existing = backups.get(b.key);
+    if (existing && !sameBackupObject(existing, b)) {
+      throw corrupt(
+        `partition ${partition} manifest`,
+        `base backup ${b.key} is recorded with sha256 ${existing.sha256}, now reported with ${b.sha256}`,
+        { partition, key: b.key },
+      );
+    }
+    if (!existing) backups.set(b.key, b);
+  });
+
+  const segmentList = [...segments.values()].sort(compareSegments);
+  let archived: ArchivedRange | null;
+  if (base.archived) {
+    const run = runContaining(segmentList, base.archived.last_lsn);
+    if (!run) {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `partition ${partition}: removing these segments would uncover archived LSN ${base.archived.last_lsn}`,
+        { retryable: false, details: { partition, lsn: base.archived.last_lsn } },
+      );
+    }
+    archived = run;
+  } else {
+    archived = contiguousPrefix(segmentList);
+  }
+
+  const next: PartitionManifest = {
+    schema: 1,
+    partition,
+    leader: { node: writer.node, term: writer.term },
+    version: base.version + 1,
+    archived,
+    segments: segmentList,
+    backups: [...backups.values()].sort(compareBackups),
+    updated_at: now.toISOString(),
+  };
+  if (current && contentOf(current) === contentOf(next)) return { manifest: current, changed: false };
+  return { manifest: next, changed: true };
+}
+
+// ---------------------------------------------------------------------------
+// Queries
+
+/** The segments within the archived range (those restore may use), by first LSN. */
+export function archivedSegments(m: PartitionManifest): SegmentRecord[] {
+  const a = m.archived;
+  if (!a) return [];
+  return m.segments.filter((s) => s.first_lsn >= a.first_lsn && s.last_lsn <= a.last_lsn);
+}
+
+/**
+ * The fewest segments that together hold every LSN from `fromLsn` to `toLsn`,
+ * in LSN order (they may overlap). Throws NOT_FOUND naming the first LSN no
+ * segment holds.
+ */
+export function coveringSegments(m: PartitionManifest, fromLsn: number, toLsn: number): SegmentRecord[] {
+  const out: SegmentRecord[] = [];
+  let next = fromLsn;
+  while (next <= toLsn) {
+    let best: SegmentRecord | undefined;
+    for (const s of m.segments) {
+      if (s.first_lsn <= next && s.last_lsn >= next && (!best || s.last_lsn > best.last_lsn)) best = s;
+    }
+    if (!best) {
+      throw new WalArchiverError(
+        ErrorCodes.NOT_FOUND,
+        `partition ${m.partition}: no archived segment holds LSN ${next}`,
+        { retryable: false, details: { partition: m.partition, lsn: next } },
+      );
+    }
+    out.push(best);
+    next = best.last_lsn + 1;
+  }
+  return out;
+}
+
+/** The base backup with the greatest LSN ≤ `lsn` (any LSN when omitted), or undefined. */
+export function latestBackupAtOrBefore(
+  m: PartitionManifest,
+  lsn = Number.MAX_SAFE_INTEGER,
+): BackupRecord | undefined {
+  let best: BackupRecord | undefined;
+  for (const b of m.backups) if (b.lsn <= lsn && (!best || b.lsn > best.lsn)) best = b;
+  return best;
+}
+
+export interface TimeResolution {
+  /** The greatest LSN known to be committed at or before the time: always a safe answer. */
+  lsn: number;
+  /** The greatest LSN that may be committed at or before the time; equals `lsn` when exact. */
+  maxLsn: number;
+  exact: boolean;
+  /**
+   * When not exact: the segment holding LSNs lsn+1 … maxLsn, whose entries
+   * decide where between them the time falls.
+   */
+  segment?: SegmentRecord;
+  /** The time is at or after the commit time of the last archived LSN. */
+  atEnd: boolean;
+}
+
+/**
+ * The greatest archived LSN whose commit time is at or before `time`, as far
+ * as the segment boundary times tell; undefined when the first archived LSN
+ * was committed after it. Only the contiguous archived range counts.
+ *
+ * Precision is the segment: the answer is exact when the time falls between
+ * two boundary LSNs that are adjacent, else `lsn` (a safe lower bound) and
+ * `maxLsn` name the candidates and `segment` the one segment to read to
+ * narrow them down. Commit times are taken as a prefix: the answer stops
+ * before the first boundary committed after `time`, even if a clock step
+ * makes a later boundary look earlier.
+ */
+export function lsnAtTime(m: PartitionManifest, time: Date | string): TimeResolution | undefined {
+  const t =
+    typeof time === 'string'
+      ? normaliseTime(time)
+      : Number.isNaN(time.getTime())
+        ? undefined
+        : time.toISOString();
+  if (t === undefined) {
+    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `invalid time ${String(time)}`, {
+      retryable: false,
+    });
+  }
+  const segments = archivedSegments(m);
+  if (segments.length === 0) return undefined;
+
+  const points = new Map<number, string>();
+  const addPoint = (lsn: number, at: string) => {
+    const prev = points.get(lsn);
+    if (prev === undefined || at < prev) points.set(lsn, at);
+  };
+  for (const s of segments) {
+    addPoint(s.first_lsn, s.first_committed_at);
+    addPoint(s.last_lsn, s.last_committed_at);
+  }
+  const sorted = [...points.entries()].sort((a, b) => a[0] - b[0]);
+  const upperIndex = sorted.findIndex(([, at]) => at > t);
+  if (upperIndex === 0) return undefined;
+  if (upperIndex === -1) {
+    const last = sorted[sorted.length - 1][0];
+    return { lsn: last, maxLsn: last, exact: true, atEnd: true };
+  }
+  const lower = sorted[upperIndex - 1][0];
+  const upper = sorted[upperIndex][0];
+  if (upper === lower + 1) return { lsn: lower, maxLsn: lower, exact: true, atEnd: false };
+  const segment = segments.find((s) => s.first_lsn <= lower + 1 && s.last_lsn >= upper - 1);
+  if (!segment) {
+    throw new WalArchiverError(
+      ErrorCodes.INTERNAL,
+      `partition ${m.partition}: no segment holds LSNs ${lower + 1}-${upper - 1}`,
+    );
+  }
+  return { lsn: lower, maxLsn: upper - 1, exact: false, segment, atEnd: false };
+}
+
+// ---------------------------------------------------------------------------
+// Object store
+
+export interface PartitionManifestOptions extends CasOptions {
+  /** The clock (tests pass a fixed one). */
+  now?: () => Date;
+}
+
+export interface PartitionManifestWrite {
+  manifest: PartitionManifest;
+  /** False when the update was already applied (nothing written). */
+  written: boolean;
+  etag: string | undefined;
+  attempts: number;
+}
+
+/** Reads and validates a partition's manifest; undefined when there is none; CORRUPT when it is malformed. */
+export async function readPartitionManifest(
+  store: ObjectStore,
+  partition: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<StoredDocument<PartitionManifest> | undefined> {
+  return readDocument(
+    store,
+    partitionManifestKey(partition),
+    (v) => parsePartitionManifest(v, partition),
+    options,
+  );
+}
+
+/**
+ * Applies `update` to the stored partition manifest with compare-and-swap,
+ * re-reading and re-applying after a lost race (bounded). Throws FENCED when
+ * a newer leader owns the manifest, CORRUPT when the stored one is malformed
+ * (it is never overwritten then).
+ */
+export async function updatePartitionManifest(
+  store: ObjectStore,
+  partition: string,
+  writer: ManifestWriter,
+  update: PartitionManifestUpdate,
+  options: PartitionManifestOptions = {},
+): Promise<PartitionManifestWrite> {
+  const now = options.now ?? (() => new Date());
+  const result = await updateDocument(
+    store,
+    partitionManifestKey(partition),
+    (v) => parsePartitionManifest(v, partition),
+    (current) => {
+      const applied = applyPartitionUpdate(current, partition, writer, update, now());
+      return applied.changed ? applied.manifest : undefined;
+    },
+    options,
+  );
+  return {
+    manifest: result.value ?? emptyPartitionManifest(partition, now()),
+    written: result.written,
+    etag: result.etag,
+    attempts: result.attempts,
+  };
+}

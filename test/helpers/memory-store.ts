@@ -1,0 +1,159 @@
+import { Readable } from 'node:stream';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../src/errors.js';
+import { compareKeys, validateCreateOptions, validateKey, validatePrefix } from '../../src/store/keys.js';
+import type {
+  Body,
+  CallOptions,
+  CreateOptions,
+  GetOptions,
+  ListOptions,
+  ObjectInfo,
+  ObjectStore,
+  ReplaceOptions,
+} from '../../src/store/object-store.js';
+
+interface Stored {
+  data: Buffer;
+  info: ObjectInfo;
+}
+
+async function toBuffer(body: Body): Promise<Buffer> {
+  if (Buffer.isBuffer(body)) return Buffer.from(body);
+  if (body instanceof Uint8Array) return Buffer.from(body);
+  const chunks: Buffer[] = [];
+  for await (const chunk of body)
+    chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
+  return Buffer.concat(chunks);
+}
+
+/**
+ * An ObjectStore in memory, for unit tests: conditional create, CAS replace
+ * on an ETag that changes with every write, byte-ordered listing. `hooks`
+ * lets a test run code between the steps of an operation (to force races).
+ */
+export class MemoryStore implements ObjectStore {
+  readonly url = 'memory://test';
+  readonly objects = new Map<string, Stored>();
+  private counter = 0;
+  private closed = false;
+  /** Counts of calls per method. */
+  readonly calls = { list: 0, head: 0, get: 0, create: 0, replace: 0, delete: 0 };
+  /** Runs before a replace is decided (it may change the store). */
+  beforeReplace?: (key: string) => Promise<void> | void;
+
+  private check(signal?: AbortSignal): void {
+    if (this.closed)
+      throw new WalArchiverError(ErrorCodes.UNAVAILABLE, 'memory store is closed', { retryable: false });
+    throwIfAborted(signal);
+  }
+
+  private put(key: string, data: Buffer, options: CreateOptions | undefined): ObjectInfo {
+    const info: ObjectInfo = {
+      key,
+      size: data.length,
+      etag: `"m${++this.counter}"`,
+      lastModified: new Date(),
+      metadata: { ...(options?.metadata ?? {}) },
+    };
+    if (options?.retention) info.retention = { ...options.retention };
+    this.objects.set(key, { data, info });
+    return { ...info, metadata: { ...info.metadata } };
+  }
+
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+    this.calls.list++;
+    this.check(options.signal);
+    validatePrefix(prefix, this.url);
+    const keys = [...this.objects.keys()]
+      .filter(
+        (k) =>
+          k.startsWith(prefix) &&
+          (options.startAfter === undefined || compareKeys(k, options.startAfter) > 0),
+      )
+      .sort(compareKeys);
+    for (const key of keys) {
+      const stored = this.objects.get(key);
+      if (stored) yield { ...stored.info, metadata: {} };
+    }
+  }
+
+  async head(key: string, options: CallOptions = {}): Promise<ObjectInfo | undefined> {
+    this.calls.head++;
+    this.check(options.signal);
+    validateKey(key, this.url);
+    const stored = this.objects.get(key);
+    return stored && { ...stored.info, metadata: { ...stored.info.metadata } };
+  }
+
+  async get(key: string, options: GetOptions = {}): Promise<Readable> {
+    this.calls.get++;
+    this.check(options.signal);
+    validateKey(key, this.url);
+    const stored = this.objects.get(key);
+    if (!stored)
+      throw new WalArchiverError(ErrorCodes.NOT_FOUND, `${this.url} ${key}: not found`, { retryable: false });
+    const offset = options.offset ?? 0;
+    const end = options.length === undefined ? stored.data.length : offset + options.length;
+    return Readable.from([stored.data.subarray(offset, end)]);
+  }
+
+  async create(key: string, body: Body, options: CreateOptions = {}): Promise<ObjectInfo> {
+    this.calls.create++;
+    this.check(options.signal);
+    validateKey(key, this.url);
+    validateCreateOptions(options, this.url);
+    const data = await toBuffer(body);
+    if (this.objects.has(key)) {
+      throw new WalArchiverError(ErrorCodes.ALREADY_EXISTS, `${this.url} ${key}: already exists`, {
+        retryable: false,
+      });
+    }
+    return this.put(key, data, options);
+  }
+
+  async replace(key: string, body: Buffer, options: ReplaceOptions): Promise<ObjectInfo> {
+    this.calls.replace++;
+    this.check(options.signal);
+    validateKey(key, this.url);
+    validateCreateOptions(options, this.url);
+    await this.beforeReplace?.(key);
+    const current = this.objects.get(key);
+    if ((current?.info.etag ?? undefined) !== options.ifMatch) {
+      throw new WalArchiverError(
+        ErrorCodes.PRECONDITION_FAILED,
+        `${this.url} ${key}: changed since it was read`,
+        {
+          retryable: false,
+        },
+      );
+    }
+    if (current?.info.retention && current.info.retention.retainUntil.getTime() > Date.now()) {
+      throw new WalArchiverError(ErrorCodes.OBJECT_LOCKED, `${this.url} ${key}: under retention`, {
+        retryable: false,
+      });
+    }
+    return this.put(key, Buffer.from(body), options);
+  }
+
+  async delete(key: string, options: CallOptions = {}): Promise<void> {
+    this.calls.delete++;
+    this.check(options.signal);
+    validateKey(key, this.url);
+    const current = this.objects.get(key);
+    if (current?.info.retention && current.info.retention.retainUntil.getTime() > Date.now()) {
+      throw new WalArchiverError(ErrorCodes.OBJECT_LOCKED, `${this.url} ${key}: under retention`, {
+        retryable: false,
+      });
+    }
+    this.objects.delete(key);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  /** The stored bytes of a key, as text (test inspection). */
+  text(key: string): string | undefined {
+    return this.objects.get(key)?.data.toString('utf8');
+  }
+}
