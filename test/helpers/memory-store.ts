@@ -40,6 +40,8 @@ export class MemoryStore implements ObjectStore {
   readonly calls = { list: 0, head: 0, get: 0, create: 0, replace: 0, delete: 0 };
   /** Runs before a replace is decided (it may change the store). */
   beforeReplace?: (key: string) => Promise<void> | void;
+  /** Awaited at the start of every head, get and replace: lets concurrent callers interleave. */
+  latency?: () => Promise<void>;
 
   private check(signal?: AbortSignal): void {
     if (this.closed)
@@ -79,6 +81,7 @@ export class MemoryStore implements ObjectStore {
 
   async head(key: string, options: CallOptions = {}): Promise<ObjectInfo | undefined> {
     this.calls.head++;
+    await this.latency?.();
     this.check(options.signal);
     validateKey(key, this.url);
     const stored = this.objects.get(key);
@@ -87,6 +90,7 @@ export class MemoryStore implements ObjectStore {
 
   async get(key: string, options: GetOptions = {}): Promise<Readable> {
     this.calls.get++;
+    await this.latency?.();
     this.check(options.signal);
     validateKey(key, this.url);
     const stored = this.objects.get(key);
@@ -113,6 +117,7 @@ export class MemoryStore implements ObjectStore {
 
   async replace(key: string, body: Buffer, options: ReplaceOptions): Promise<ObjectInfo> {
     this.calls.replace++;
+    await this.latency?.();
     this.check(options.signal);
     validateKey(key, this.url);
     validateCreateOptions(options, this.url);

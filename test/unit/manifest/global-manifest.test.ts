@@ -241,8 +241,8 @@ describe('GlobalManifestWriter (memory store)', () => {
 
   it('loses no update with many concurrent writers', async () => {
     const store = new MemoryStore();
-    // Yield between read and replace so the writers really interleave.
-    store.beforeReplace = () => new Promise((r) => setTimeout(r, Math.random() * 3));
+    // Random latency on every request so the writers really interleave between read and replace.
+    store.latency = () => new Promise((r) => setTimeout(r, Math.random() * 3));
     let conflicts = 0;
     const writers = Array.from(
       { length: 8 },

@@ -357,6 +357,29 @@ describe('updatePartitionManifest (memory store)', () => {
     expect(result.manifest.archived).toEqual({ first_lsn: 1, last_lsn: 20 });
   });
 
+  it('keeps every update of concurrent writers', async () => {
+    const store = new MemoryStore();
+    store.latency = () => new Promise((r) => setTimeout(r, Math.random() * 3));
+    await Promise.all(
+      [0, 1, 2, 3].map(async (i) => {
+        for (let j = 0; j < 3; j++) {
+          const first = (i * 3 + j) * 10 + 1;
+          await updatePartitionManifest(
+            store,
+            '7',
+            W1,
+            { segments: [segment('7', first, first + 9)] },
+            { now, attempts: 200 },
+          );
+        }
+      }),
+    );
+    const stored = (await readPartitionManifest(store, '7'))?.value;
+    expect(stored?.segments).toHaveLength(12);
+    expect(stored?.version).toBe(12);
+    expect(stored?.archived).toEqual({ first_lsn: 1, last_lsn: 120 });
+  });
+
   it('gives up after the attempts allowed', async () => {
     const store = new MemoryStore();
     await updatePartitionManifest(store, '7', W1, {}, { now });
