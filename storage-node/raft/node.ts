@@ -223,6 +223,7 @@ export class RaftNode {
     pr.probeSent = true;
   }
 
+  /** Handles a message from a peer; messages from non-voters or addressed to another node are ignored. */
   step(m: Message): void {
     if (m.to !== this.id || !this.voters.includes(m.from) || m.from === this.id) return;
 
@@ -268,6 +269,7 @@ export class RaftNode {
 
   // ---- Ready ----------------------------------------------------------------
 
+  /** Whether there is work for a Ready; always false while a Ready is outstanding (before `advance()`). */
   hasReady(): boolean {
     if (this.readyOutstanding) return false;
     return (

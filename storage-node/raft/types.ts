@@ -65,6 +65,8 @@ export type MessageType =
  * - (pre-)vote: `index`/`logTerm` describe the candidate's last entry; `transfer` marks a
  *   campaign asked for by the leader (leader transfer), which voters honour even inside a lease.
  * - snapshot: `snapshot` describes what the driver must ship alongside (data is out of band).
+ *   A driver that has taken a newer snapshot since may ship that one instead and set
+ *   `snapshot` to its description: any snapshot of committed state will do.
  */
 export interface Message {
   readonly type: MessageType;

@@ -94,6 +94,9 @@ export class Cluster {
   queue: Message[] = [];
   dropRate = 0;
   duplicateRate = 0;
+  /** Chance that the driver leaves a Ready half-done (not yet persisted) while the node keeps running. */
+  slowDiskRate = 0;
+  private readonly busy = new Map<number, { rd: Ready; term: number }>();
   /** Extra filter: return false to drop a message at send time. */
   filter: ((m: Message) => boolean) | undefined;
   private readonly cut = new Set<string>();
@@ -200,6 +203,7 @@ export class Cluster {
     this.roles.delete(id);
     this.pendingSnapshots.get(id)!.clear();
     this.leaderTail.delete(id);
+    this.busy.delete(id);
     this.stats.crashes++;
   }
 
@@ -342,16 +346,40 @@ export class Cluster {
   /** Runs the driver loop for `id` until it has nothing ready. */
   process(id: number): void {
     const node = this.nodes.get(id);
-    if (!node) return;
-    while (node.hasReady()) this.handleReady(id, node, node.ready());
+    if (!node || this.busy.has(id)) return;
+    while (node.hasReady()) {
+      const rd = node.ready();
+      const term = node.status().term;
+      if (rd.softState) {
+        this.roles.set(id, rd.softState.role);
+        if (rd.softState.role === 'leader') this.onBecameLeader(id, node);
+      }
+      if (this.slowDiskRate > 0 && this.rng.chance(this.slowDiskRate)) {
+        // The driver is still persisting: the node keeps stepping meanwhile.
+        this.busy.set(id, { rd, term });
+        return;
+      }
+      this.handleReady(id, node, rd, term);
+    }
   }
 
-  private handleReady(id: number, node: RaftNode, rd: Ready): void {
+  /** Nodes whose driver is in the middle of a Ready. */
+  busyNodes(): number[] {
+    return [...this.busy.keys()];
+  }
+
+  /** The driver of `id` finishes the Ready it was working on. */
+  finishReady(id: number): void {
+    const work = this.busy.get(id);
+    const node = this.nodes.get(id);
+    if (!work || !node) return;
+    this.busy.delete(id);
+    this.handleReady(id, node, work.rd, work.term);
+    this.process(id);
+  }
+
+  private handleReady(id: number, node: RaftNode, rd: Ready, term: number): void {
     const disk = this.disks.get(id)!;
-    if (rd.softState) {
-      this.roles.set(id, rd.softState.role);
-      if (rd.softState.role === 'leader') this.onBecameLeader(id, node);
-    }
     // 1. persist: snapshot, entries, then hard state (so commit never points past the log)
     if (rd.snapshot) {
       const data = this.pendingSnapshots.get(id)!.get(rd.snapshot.index);
@@ -365,19 +393,21 @@ export class Cluster {
       disk.storage.applySnapshot(rd.snapshot);
       disk.snapshotData = data;
       disk.applied = data.slice();
-      this.pendingSnapshots.get(id)!.clear();
+      const pending = this.pendingSnapshots.get(id)!;
+      for (const index of pending.keys()) if (index <= rd.snapshot.index) pending.delete(index);
       this.stats.snapshotsInstalled++;
     }
     if (rd.entries.length > 0) disk.storage.append(rd.entries);
     if (rd.hardState) disk.storage.setHardState(rd.hardState);
     // 2. send
-    for (const m of rd.messages) {
+    for (let m of rd.messages) {
       if (m.type === 'snapshot') {
-        if (disk.snapshotData.length !== m.snapshot!.index) {
-          throw new Error(
-            `node ${id}: snapshot ${m.snapshot!.index} but data covers ${disk.snapshotData.length}`,
-          );
+        // The driver ships the snapshot it has now, which may be newer than the one named.
+        const current = disk.storage.snapshotMeta();
+        if (current.index < m.snapshot!.index) {
+          throw new Error(`node ${id}: asked to send snapshot ${m.snapshot!.index} but has ${current.index}`);
         }
+        if (current.index !== m.snapshot!.index) m = { ...m, snapshot: current };
         this.snapshotPayload.set(m, disk.snapshotData);
       }
       this.send(m);
@@ -392,7 +422,7 @@ export class Cluster {
         if (e.index > commit)
           throw new SafetyViolation(`node ${id} applies ${e.index} beyond its commit ${commit}`);
         const sig = entrySignature(e);
-        this.recordCommitted(id, e.index, sig, e.term);
+        this.recordCommitted(id, e.index, sig, e.term, term);
         disk.applied.push(sig);
       }
     }
@@ -402,7 +432,7 @@ export class Cluster {
 
   // ---- checks ---------------------------------------------------------------
 
-  private recordCommitted(id: number, index: number, sig: string, entryTerm: number): void {
+  private recordCommitted(id: number, index: number, sig: string, entryTerm: number, nodeTerm: number): void {
     const known = this.committed[index];
     if (known === undefined) {
       if (index !== this.committed.length) {
@@ -411,8 +441,7 @@ export class Cluster {
         );
       }
       this.committed.push(sig);
-      const st = this.nodes.get(id)!.status();
-      this.committedInTerm.push(st.term);
+      this.committedInTerm.push(nodeTerm);
       this.entryTerms.push(entryTerm);
     } else if (known !== sig) {
       throw new SafetyViolation(

@@ -39,6 +39,7 @@ export function runSchedule(seed: number, options: ScheduleOptions = {}): Schedu
   });
   cluster.dropRate = rng.pick([0, 0.02, 0.1, 0.25]);
   cluster.duplicateRate = rng.pick([0, 0, 0.05]);
+  cluster.slowDiskRate = rng.pick([0, 0.1, 0.3]);
   const steps = options.steps ?? 1000;
   let proposals = 0;
 
@@ -50,6 +51,8 @@ export function runSchedule(seed: number, options: ScheduleOptions = {}): Schedu
     } else if (r < 0.7) {
       const n = rng.range(1, 4);
       for (let i = 0; i < n; i++) cluster.deliverRandom();
+      const busy = cluster.busyNodes();
+      if (busy.length > 0 && rng.chance(0.5)) cluster.finishReady(rng.pick(busy));
     } else if (r < 0.84) {
       const leaders = cluster.leadersNow();
       const target = leaders.length > 0 && rng.chance(0.85) ? rng.pick(leaders) : rng.pick(ids);
@@ -71,7 +74,7 @@ export function runSchedule(seed: number, options: ScheduleOptions = {}): Schedu
       const down = ids.filter((id) => !cluster.nodes.get(id));
       if (down.length > 0) cluster.restart(rng.pick(down));
     } else {
-      const leaders = cluster.leadersNow();
+      const leaders = cluster.leadersNow().filter((id) => cluster.node(id).status().role === 'leader');
       if (leaders.length > 0) {
         const leader = cluster.node(rng.pick(leaders));
         const to = rng.pick(ids.filter((x) => x !== leader.id));
@@ -87,7 +90,9 @@ export function runSchedule(seed: number, options: ScheduleOptions = {}): Schedu
   cluster.heal();
   cluster.dropRate = 0;
   cluster.duplicateRate = 0;
+  cluster.slowDiskRate = 0;
   for (const id of ids) cluster.restart(id);
+  for (const id of cluster.busyNodes()) cluster.finishReady(id);
   const livenessTicks = options.livenessTicks ?? 400;
   let finalIndex: number | undefined;
   let finalTerm = 0;
