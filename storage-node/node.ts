@@ -210,7 +210,10 @@ export class StorageNode {
     }
     if (url.pathname.startsWith('/v1/raft/') && this.transport.isolated) {
       req.resume();
-      throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `node ${this.opts.id} is cut off from its peers (fault injection)`);
+      throw new WalArchiverError(
+        ErrorCodes.UNAVAILABLE,
+        `node ${this.opts.id} is cut off from its peers (fault injection)`,
+      );
     }
     if (method === 'POST' && url.pathname === '/v1/raft/messages') return this.receiveMessages(req, res);
     if (method === 'POST' && url.pathname === '/v1/raft/snapshot') return this.receiveSnapshot(req, res);
@@ -291,9 +294,12 @@ export class StorageNode {
   private async faults(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method === 'POST') {
       const body = JSON.parse((await readBody(req, 4096)).toString('utf8') || '{}') as { isolate?: unknown };
-      if (typeof body.isolate !== 'boolean') throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'expected {"isolate": true|false}');
+      if (typeof body.isolate !== 'boolean')
+        throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'expected {"isolate": true|false}');
       this.transport.isolated = body.isolate;
-      this.opts.logger.warn(body.isolate ? 'fault injection: cut off from peers' : 'fault injection: reconnected');
+      this.opts.logger.warn(
+        body.isolate ? 'fault injection: cut off from peers' : 'fault injection: reconnected',
+      );
     }
     this.json(res, 200, { isolate: this.transport.isolated });
   }

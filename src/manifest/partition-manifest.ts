@@ -103,6 +103,12 @@ export interface PartitionManifest {
   archived: ArchivedRange | null;
   segments: SegmentRecord[];
   backups: BackupRecord[];
+  /**
+   * Every LSN up to this one has been published on `wal.entries` (at least
+   * once). A new leader's sidecar resumes publishing after it, so a handoff
+   * while the event bus was down loses no event.
+   */
+  published_lsn: number;
   updated_at: string;
 }
 
@@ -120,6 +126,8 @@ export interface PartitionManifestUpdate {
   removeSegments?: readonly string[];
   /** Retention: keys of base backups to forget. */
   removeBackups?: readonly string[];
+  /** The writer's `wal.entries` cursor; the stored one only grows. */
+  publishedLsn?: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -215,6 +223,7 @@ export function parsePartitionManifest(value: unknown, expectedPartition?: strin
     archived: parseArchived(r),
     segments: r.array('segments').map((s, i) => parseSegmentRecord(s, partition, i)),
     backups: r.array('backups').map((b, i) => parseBackupRecord(b, partition, i)),
+    published_lsn: r.has('published_lsn') ? r.int('published_lsn', 0) : 0,
     updated_at: r.time('updated_at'),
   };
   const keys = new Set<string>();
@@ -373,12 +382,13 @@ export function emptyPartitionManifest(partition: string, now: Date): PartitionM
     archived: null,
     segments: [],
     backups: [],
+    published_lsn: 0,
     updated_at: now.toISOString(),
   };
 }
 
 function contentOf(m: PartitionManifest): string {
-  return JSON.stringify([m.leader, m.archived, m.segments, m.backups]);
+  return JSON.stringify([m.leader, m.archived, m.segments, m.backups, m.published_lsn]);
 }
 
 export interface ApplyResult {
@@ -485,6 +495,7 @@ export function applyPartitionUpdate(
     archived,
     segments: segmentList,
     backups: [...backups.values()].sort(compareBackups),
+    published_lsn: Math.max(base.published_lsn, update.publishedLsn ?? 0),
     updated_at: now.toISOString(),
   };
   if (current && contentOf(current) === contentOf(next)) return { manifest: current, changed: false };

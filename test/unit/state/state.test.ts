@@ -160,7 +160,7 @@ describe('state snapshots', () => {
     const pack = tar.pack();
     build(pack);
     pack.finalize();
-    return pack;
+    return pack as unknown as Readable;
   }
 
   it.each([
