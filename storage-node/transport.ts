@@ -280,9 +280,10 @@ export class HttpTransport {
       let snap: StateSnapshot | undefined;
       try {
         snap = await open();
-        if (snap.lsn !== message.snapshot?.index)
-          throw new Error(`state moved to ${snap.lsn} before the snapshot was taken`);
-        const header = JSON.stringify({ partition, message: { ...message, entries: [] } });
+        // The state may have moved on since Raft chose the snapshot; ship the
+        // newer one and say so (the follower then catches up from there).
+        const snapshot = { index: snap.lsn, term: snap.term, voters: message.snapshot?.voters ?? [] };
+        const header = JSON.stringify({ partition, message: { ...message, entries: [], snapshot } });
         await new Promise<void>((resolve, reject) => {
           const req = http.request(`${url}/v1/raft/snapshot`, {
             method: 'POST',
