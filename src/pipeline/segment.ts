@@ -56,6 +56,7 @@ export interface SpoolOptions {
 }
 
 export interface SegmentInspector {
+  beginFile(entry: SegmentEntry, name: string, size: number): void;
   file(entry: SegmentEntry, name: string, chunk: Buffer): void;
   entryDone(entry: SegmentEntry): void;
 }
@@ -96,6 +97,7 @@ async function addEntry(
       uid: 0,
       gid: 0,
     });
+    inspect?.beginFile(entry, name, info.size);
     const source = createReadStream(path);
     if (inspect) source.on('data', (chunk) => inspect.file(entry, name, chunk as Buffer));
     try {

@@ -65,6 +65,7 @@ describe('spoolSegment', () => {
     await expect(
       spoolSegment([e2], join(root, 'spool'), {
         inspect: {
+          beginFile: () => {},
           file: () => {},
           entryDone: () => {
             throw Object.assign(new Error('digest mismatch'), { code: ErrorCodes.CORRUPT });

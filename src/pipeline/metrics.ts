@@ -1,0 +1,108 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** The sidecar's Prometheus metrics (served on /metrics). */
+export function createArchiverMetrics(registry: Registry = new Registry()) {
+  const labelNames = ['partition'] as const;
+  const r = [registry];
+  return {
+    registry,
+    archivedLsn: new Gauge({
+      name: 'wal_archiver_archived_lsn',
+      help: 'Highest LSN of the contiguous archived prefix',
+      labelNames,
+      registers: r,
+    }),
+    committedLsn: new Gauge({
+      name: 'wal_archiver_committed_lsn',
+      help: 'Commit LSN last seen in the node hard state',
+      labelNames,
+      registers: r,
+    }),
+    lagEntries: new Gauge({
+      name: 'wal_archiver_lag_entries',
+      help: 'Committed entries not yet archived',
+      labelNames,
+      registers: r,
+    }),
+    lagSeconds: new Gauge({
+      name: 'wal_archiver_lag_seconds',
+      help: 'Age of the oldest committed entry not yet archived',
+      labelNames,
+      registers: r,
+    }),
+    publishedLsn: new Gauge({
+      name: 'wal_archiver_published_lsn',
+      help: 'Highest LSN published on wal.entries',
+      labelNames,
+      registers: r,
+    }),
+    eventsPending: new Gauge({
+      name: 'wal_archiver_events_pending',
+      help: 'Events waiting for the event bus',
+      labelNames,
+      registers: r,
+    }),
+    bytesIn: new Counter({
+      name: 'wal_archiver_bytes_in_total',
+      help: 'WAL entry bytes packed into segments',
+      labelNames,
+      registers: r,
+    }),
+    bytesOut: new Counter({
+      name: 'wal_archiver_bytes_out_total',
+      help: 'Compressed segment bytes uploaded',
+      labelNames,
+      registers: r,
+    }),
+    compressionRatio: new Gauge({
+      name: 'wal_archiver_compression_ratio',
+      help: 'Raw over compressed bytes of the last segment',
+      labelNames,
+      registers: r,
+    }),
+    segments: new Counter({
+      name: 'wal_archiver_segments_total',
+      help: 'Segments uploaded',
+      labelNames,
+      registers: r,
+    }),
+    entries: new Counter({
+      name: 'wal_archiver_entries_archived_total',
+      help: 'Entries archived',
+      labelNames,
+      registers: r,
+    }),
+    uploadSeconds: new Histogram({
+      name: 'wal_archiver_segment_upload_seconds',
+      help: 'Time to upload one segment',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    }),
+    retries: new Counter({
+      name: 'wal_archiver_retries_total',
+      help: 'Retried operations',
+      labelNames: ['partition', 'operation'] as const,
+      registers: r,
+    }),
+    errors: new Counter({
+      name: 'wal_archiver_errors_total',
+      help: 'Errors, by kind',
+      labelNames: ['partition', 'kind'] as const,
+      registers: r,
+    }),
+    stopped: new Gauge({
+      name: 'wal_archiver_partition_stopped',
+      help: '1 when archiving of the partition stopped on an error (corrupt WAL …)',
+      labelNames,
+      registers: r,
+    }),
+    leading: new Gauge({
+      name: 'wal_archiver_partition_archiving',
+      help: '1 while this sidecar archives the partition',
+      labelNames,
+      registers: r,
+    }),
+  };
+}
+
+export type ArchiverMetrics = ReturnType<typeof createArchiverMetrics>;

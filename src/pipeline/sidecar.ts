@@ -1,0 +1,211 @@
+import { mkdir } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { EventBus } from '../events/event-bus.js';
+import type { Logger } from '../log.js';
+import { followLeadership, type LeadershipState } from '../tail/leadership.js';
+import { CommitWatcher } from '../tail/watch.js';
+import type { ObjectStore } from '../store/object-store.js';
+import { listPartitionIds, partitionDir, readArchiverPosition, writeArchiverPosition } from '../wal/entry.js';
+import { createArchiverMetrics, type ArchiverMetrics } from './metrics.js';
+import { PartitionArchiver, type ArchiverConfig } from './partition-archiver.js';
+import { Semaphore } from './semaphore.js';
+
+/**
+ * The sidecar: runs beside one storage node (same data directory), follows
+ * the node's leadership stream, and keeps one PartitionArchiver running for
+ * each partition the node leads, in the term it leads in. Serves /metrics,
+ * /healthz, /readyz and /v1/status.
+ */
+
+export interface SidecarOptions {
+  dataDir: string;
+  nodeUrl: string;
+  store: ObjectStore;
+  events?: EventBus;
+  config: ArchiverConfig;
+  /** Segments packed and uploaded at once across all partitions. */
+  uploadConcurrency: number;
+  spoolDir: string;
+  /** Port for /metrics and health; undefined: no HTTP server. 0 picks a free port. */
+  metricsPort?: number;
+  metricsHost?: string;
+  logger: Logger;
+  /** Extra parts to start and stop with the sidecar (the global manifest projector). */
+  companions?: Array<{ start(): Promise<void>; stop(): Promise<void> }>;
+}
+
+export interface PartitionReport {
+  partition: string;
+  term: number;
+  state: string;
+  archived: number;
+  committed: number;
+  published: number | null;
+  error?: string;
+}
+
+export class Sidecar {
+  readonly metrics: ArchiverMetrics;
+  private readonly archivers = new Map<string, PartitionArchiver>();
+  private readonly transitions = new Map<string, Promise<void>>();
+  private readonly uploads: Semaphore;
+  private readonly abort = new AbortController();
+  private watcher: CommitWatcher | undefined;
+  private follower: Promise<void> | undefined;
+  private server: http.Server | undefined;
+  private connected = false;
+  metricsUrl: string | undefined;
+
+  constructor(private readonly o: SidecarOptions) {
+    this.metrics = createArchiverMetrics();
+    this.uploads = new Semaphore(o.uploadConcurrency);
+  }
+
+  async start(): Promise<void> {
+    await mkdir(this.o.spoolDir, { recursive: true });
+    await this.pinAll();
+    this.watcher = new CommitWatcher(this.o.dataDir, (p) => this.archivers.get(p)?.notify());
+    if (this.o.metricsPort !== undefined) await this.listen(this.o.metricsPort);
+    for (const c of this.o.companions ?? []) await c.start();
+    this.follower = followLeadership({
+      nodeUrl: this.o.nodeUrl,
+      logger: this.o.logger,
+      signal: this.abort.signal,
+      onChange: (s) => {
+        this.connected = true;
+        this.onLeadership(s);
+      },
+      onDisconnect: () => {
+        this.connected = false;
+      },
+    });
+    this.o.logger.info('sidecar started', { dataDir: this.o.dataDir, nodeUrl: this.o.nodeUrl, store: this.o.store.url });
+  }
+
+  /**
+   * Makes sure every partition on this node has `archiver/position`, so the
+   * node keeps its WAL until it is archived, also on followers (which prune
+   * no further than their leader's sidecar reports).
+   */
+  private async pinAll(): Promise<void> {
+    for (const id of await listPartitionIds(this.o.dataDir)) {
+      const dir = partitionDir(this.o.dataDir, id);
+      if ((await readArchiverPosition(dir).catch(() => 0)) === undefined) await writeArchiverPosition(dir, 0);
+    }
+  }
+
+  private onLeadership(s: LeadershipState): void {
+    const leads = s.role === 'leader' && s.leader === s.node;
+    // One transition at a time per partition, in the order the stream reports them.
+    const prev = this.transitions.get(s.partition) ?? Promise.resolve();
+    const next = prev
+      .then(() => (leads ? this.ensure(s.partition, s.node, s.term) : this.release(s.partition)))
+      .catch((err: unknown) => this.o.logger.error('leadership transition failed', { partition: s.partition, error: err }));
+    this.transitions.set(s.partition, next);
+  }
+
+  private async ensure(partition: string, node: number, term: number): Promise<void> {
+    if (this.abort.signal.aborted) return;
+    const existing = this.archivers.get(partition);
+    if (existing && existing.term === term && existing.state !== 'fenced' && existing.state !== 'stopped') return;
+    if (existing) await existing.stop();
+    const dir = partitionDir(this.o.dataDir, partition);
+    if ((await readArchiverPosition(dir).catch(() => 0)) === undefined) await writeArchiverPosition(dir, 0);
+    const a = new PartitionArchiver({
+      partition,
+      partitionDir: dir,
+      node,
+      term,
+      store: this.o.store,
+      ...(this.o.events ? { events: this.o.events } : {}),
+      spoolDir: this.o.spoolDir,
+      uploads: this.uploads,
+      config: this.o.config,
+      metrics: this.metrics,
+      logger: this.o.logger,
+    });
+    this.archivers.set(partition, a);
+    this.watcher?.add(partition);
+    a.start();
+  }
+
+  private async release(partition: string): Promise<void> {
+    const a = this.archivers.get(partition);
+    if (!a) return;
+    this.archivers.delete(partition);
+    this.watcher?.remove(partition);
+    await a.stop();
+    this.o.logger.info('no longer leader; stopped archiving', { partition, term: a.term });
+  }
+
+  status(): PartitionReport[] {
+    return [...this.archivers.values()]
+      .map((a) => ({
+        partition: a.partition,
+        term: a.term,
+        state: a.state,
+        archived: a.archivedLsn,
+        committed: a.committedLsn,
+        published: this.o.events ? a.publishedLsn : null,
+        ...(a.error ? { error: a.error } : {}),
+      }))
+      .sort((x, y) => Number(x.partition) - Number(y.partition));
+  }
+
+  /** Resolves once every led partition has resumed (tests, start-up). */
+  async settled(): Promise<void> {
+    await Promise.all([...this.transitions.values()]);
+    await Promise.all([...this.archivers.values()].map((a) => a.whenResumed()));
+  }
+
+  private async listen(port: number): Promise<void> {
+    const server = http.createServer((req, res) => {
+      void this.serve(req, res).catch(() => res.writeHead(500).end());
+    });
+    const host = this.o.metricsHost ?? '127.0.0.1';
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    this.metricsUrl = `http://${host}:${(server.address() as AddressInfo).port}`;
+  }
+
+  private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/metrics') {
+      res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
+      res.end(await this.metrics.registry.metrics());
+    } else if (path === '/healthz') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+    } else if (path === '/readyz') {
+      const failed = this.status().filter((p) => p.state === 'failed');
+      const ready = this.connected;
+      res
+        .writeHead(ready ? 200 : 503, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ ready, nodeConnected: this.connected, failedPartitions: failed.map((p) => p.partition) }));
+    } else if (path === '/v1/status') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.status()));
+    } else {
+      res.writeHead(404).end();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.follower;
+    await Promise.all([...this.transitions.values()]);
+    await Promise.all([...this.archivers.values()].map((a) => a.stop()));
+    this.archivers.clear();
+    for (const c of this.o.companions ?? []) await c.stop();
+    await this.watcher?.close();
+    if (this.server) {
+      const server = this.server;
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    }
+  }
+}
