@@ -1,15 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rename } from 'node:fs/promises';
+import { mkdir, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { decodePayload, encodePayload, type EntryContent } from '../src/entry-info.js';
 import { describeError, ErrorCodes, WalArchiverError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { applyEntry } from '../src/state/apply.js';
-import { extractState, linkTree, packState, removeTree } from '../src/state/snapshot.js';
+import { extractState, linkTree, packState, removeTree, SHIPPED_WAL_DIR } from '../src/state/snapshot.js';
+import { formatLsn } from '../src/wal/lsn.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
 import {
   entryDir,
+  listEntryLsns,
   readAppliedLsn,
   readArchiverPosition,
   stateDir as stateDirOf,
@@ -139,6 +141,11 @@ export class Replica {
     await mkdir(stateDirOf(opts.dir), { recursive: true });
     await removeTree(join(opts.dir, 'snapshots'));
     await removeTree(join(opts.dir, 'snapshot-incoming'));
+    // Leftovers of a snapshot install cut short by a crash.
+    for (const name of await readdir(opts.dir)) {
+      if (name.startsWith('snapshot-wal-') || name.startsWith('state.old-'))
+        await removeTree(join(opts.dir, name));
+    }
     const storage = await WalStorage.open(opts.dir, opts.partition, opts.voters);
     const start = storage.logStart.index;
     const stored = (await readAppliedLsn(opts.dir)) ?? 0;
@@ -217,14 +224,25 @@ export class Replica {
     return result;
   }
 
-  /** A consistent tar of the applied state at one LSN (for base backups and lagging followers). */
-  async openStateSnapshot(): Promise<StateSnapshot> {
+  /**
+   * A consistent tar of the applied state at one LSN (for base backups), and
+   * for a lagging follower (`withWal`) the committed WAL entries still on disk
+   * up to that LSN, which the follower keeps until they are archived.
+   */
+  async openStateSnapshot(options: { withWal?: boolean } = {}): Promise<StateSnapshot> {
     const copy = join(this.opts.dir, 'snapshots', randomBytes(6).toString('hex'));
     const { lsn, term } = await this.applyLock.run(async () => {
-      await linkTree(this.stateDir, copy);
+      await linkTree(this.stateDir, join(copy, 'state'));
+      if (options.withWal) {
+        for (const entryLsn of await listEntryLsns(this.opts.dir)) {
+          if (entryLsn > this.applied) break;
+          await linkTree(entryDir(this.opts.dir, entryLsn), join(copy, 'wal', formatLsn(entryLsn)));
+        }
+      }
       return { lsn: this.applied, term: this.applied === 0 ? 0 : this.storage.term(this.applied) };
     });
-    return { lsn, term, stream: packState(copy), release: () => removeTree(copy) };
+    const stream = packState(join(copy, 'state'), options.withWal ? { walDir: join(copy, 'wal') } : {});
+    return { lsn, term, stream, release: () => removeTree(copy) };
   }
 
   /** Receives a snapshot a leader streams, then lets Raft decide whether to install it. */
@@ -236,7 +254,7 @@ export class Replica {
       'snapshot-incoming',
       `${message.snapshot.index}-${randomBytes(4).toString('hex')}`,
     );
-    await extractState(body, dir);
+    await extractState(body, dir, { allowWal: true });
     if (this.incoming) await removeTree(this.incoming.dir);
     this.incoming = { index: message.snapshot.index, dir };
     this.step(message);
@@ -309,7 +327,7 @@ export class Replica {
     const plain: Message[] = [];
     for (const m of messages) {
       if (m.type === 'snapshot') {
-        this.opts.transport.sendSnapshot(this.partition, m, () => this.openStateSnapshot());
+        this.opts.transport.sendSnapshot(this.partition, m, () => this.openStateSnapshot({ withWal: true }));
       } else plain.push(m);
     }
     if (plain.length > 0) this.opts.transport.send(this.partition, plain);
@@ -359,9 +377,14 @@ export class Replica {
     this.incoming = undefined;
     await this.applyLock.run(async () => {
       const old = `${this.stateDir}.old-${randomBytes(4).toString('hex')}`;
+      const shipped = join(this.opts.dir, `snapshot-wal-${randomBytes(4).toString('hex')}`);
+      await rename(join(incoming.dir, SHIPPED_WAL_DIR), shipped).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      });
       await rename(this.stateDir, old);
       await rename(incoming.dir, this.stateDir);
-      await this.storage.resetToSnapshot(meta);
+      await this.storage.resetToSnapshot(meta, shipped);
+      await removeTree(shipped);
       this.applied = meta.index;
       await writeAppliedLsn(this.opts.dir, meta.index);
       await removeTree(old);
@@ -437,7 +460,14 @@ export class Replica {
     if (limit - this.storage.logStart.index < PRUNE_BATCH) return;
     await this.logLock.run(async () => {
       if (this.closed || this.failure) return;
-      await this.storage.compact(Math.min(limit, this.applied), this.storage.initialState().voters);
+      const through = Math.min(limit, this.applied);
+      await this.storage.compact(through, this.storage.initialState().voters);
+      this.log.debug('compacted WAL', {
+        through,
+        archived: this.archiverPosition,
+        remoteArchived: this.remoteArchived,
+        applied: this.applied,
+      });
     });
   }
 

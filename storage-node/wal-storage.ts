@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   decodePayload,
@@ -8,9 +9,9 @@ import {
   decodeEntryInfo,
 } from '../src/entry-info.js';
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { atomicWriteFile, ensureDir, isNotFound } from '../src/fs-atomic.js';
+import { atomicWriteFile, ensureDir, fsyncDir, isNotFound } from '../src/fs-atomic.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
-import { parseStagedFileName } from '../src/wal/lsn.js';
+import { parseStagedFileName, tryParseLsn } from '../src/wal/lsn.js';
 import { decodeRaftEntry, EntryType as PbEntryType, type RaftEntry } from '../src/wal/raftpb.js';
 import {
   cleanStaging,
@@ -20,6 +21,7 @@ import {
   readConfState,
   readHardState,
   truncateFrom,
+  walDir,
   writeConfState,
   writeEntry,
   writeHardState,
@@ -112,6 +114,8 @@ export class WalStorage implements RaftStorage {
         autoLeave: false,
       });
     s.snap = await readSnapshotMeta(dir, storedVoters.length > 0 ? storedVoters : [...voters]);
+    // Entries at or below the snapshot index stay until they are compacted
+    // away: they are committed, and the sidecar may not have archived them yet.
     const lsns = (await listEntryLsns(dir)).filter((l) => l > s.snap.index);
     let expected = s.snap.index + 1;
     for (const lsn of lsns) {
@@ -120,8 +124,6 @@ export class WalStorage implements RaftStorage {
       s.terms.push(s.readRaft(lsn).term);
       expected++;
     }
-    // Entries at or below the snapshot that pruning left behind (a crash mid-prune) go now.
-    if (s.snap.index > 0) await pruneThrough(dir, s.snap.index);
     if (s.hard.commit > s.lastIndex()) {
       throw corrupt(
         partition,
@@ -323,14 +325,35 @@ export class WalStorage implements RaftStorage {
     await pruneThrough(this.dir, index);
   }
 
-  /** After installing a snapshot's state: the whole log is replaced by the snapshot. */
-  async resetToSnapshot(meta: SnapshotMeta): Promise<void> {
+  /**
+   * After installing a snapshot's state: the Raft log now starts after the
+   * snapshot. Every local entry goes (some may be uncommitted leftovers), and
+   * the committed entries the leader shipped with the snapshot (`shippedDir`,
+   * `<LSN>/…` directories at or below the snapshot index) take their place,
+   * so entries not yet archived are still on this node if it becomes leader.
+   */
+  async resetToSnapshot(meta: SnapshotMeta, shippedDir?: string): Promise<void> {
     await writeSnapshotMeta(this.dir, meta);
     const doomed = await listEntryLsns(this.dir);
     this.snap = { index: meta.index, term: meta.term, voters: [...meta.voters] };
     this.terms = [];
     this.forgetFrom(0);
     if (doomed.length > 0) await pruneThrough(this.dir, doomed[doomed.length - 1]!);
+    if (!shippedDir) return;
+    let names: string[];
+    try {
+      names = (await readdir(shippedDir)).sort();
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw err;
+    }
+    await ensureDir(walDir(this.dir));
+    for (const name of names) {
+      const lsn = tryParseLsn(name);
+      if (lsn === undefined || lsn > meta.index) continue;
+      await rename(join(shippedDir, name), entryDir(this.dir, lsn));
+    }
+    await fsyncDir(walDir(this.dir));
   }
 }
 

@@ -9,19 +9,106 @@ import { Sidecar } from '../pipeline/sidecar.js';
 import { openObjectStore } from '../store/open.js';
 
 export const RUN_FLAGS = {
-  'data-dir': { type: 'string', help: "the storage node's data directory", value: 'DIR', required: true, env: 'WAL_ARCHIVER_DATA_DIR' },
-  'node-url': { type: 'string', help: 'the co-located storage node', value: 'URL', required: true, env: 'WAL_ARCHIVER_NODE_URL' },
-  'object-store': { type: 'string', help: 's3://bucket/prefix?… or file:///path', value: 'URL', required: true, env: 'WAL_ARCHIVER_OBJECT_STORE' },
-  events: { type: 'string', help: 'kafka://host:port?topicPrefix=wal or file:///path (optional)', value: 'URL', env: 'WAL_ARCHIVER_EVENTS' },
-  'metrics-port': { type: 'int', help: 'port for /metrics, /healthz, /readyz (0: any free port)', value: 'N', min: 0, max: 65535, default: 9187, env: 'WAL_ARCHIVER_METRICS_PORT' },
-  'metrics-host': { type: 'string', help: 'address for the metrics server', value: 'HOST', default: '127.0.0.1', env: 'WAL_ARCHIVER_METRICS_HOST' },
-  'segment-size': { type: 'bytes', help: 'close a segment at this many entry bytes', value: 'SIZE', min: 1, default: DEFAULT_ARCHIVER_CONFIG.segmentMaxBytes, env: 'WAL_ARCHIVER_SEGMENT_SIZE' },
-  'segment-entries': { type: 'int', help: 'close a segment at this many entries', value: 'N', min: 1, default: DEFAULT_ARCHIVER_CONFIG.segmentMaxEntries, env: 'WAL_ARCHIVER_SEGMENT_ENTRIES' },
-  'segment-age': { type: 'duration', help: 'close a segment this long after its first entry', value: 'DURATION', min: 1, default: DEFAULT_ARCHIVER_CONFIG.segmentMaxAgeMs, env: 'WAL_ARCHIVER_SEGMENT_AGE' },
-  'upload-concurrency': { type: 'int', help: 'segments uploaded at once, all partitions together', value: 'N', min: 1, max: 256, default: 8, env: 'WAL_ARCHIVER_UPLOAD_CONCURRENCY' },
-  'partition-inflight': { type: 'int', help: 'segments of one partition in flight at once', value: 'N', min: 1, max: 32, default: DEFAULT_ARCHIVER_CONFIG.maxInflight, env: 'WAL_ARCHIVER_PARTITION_INFLIGHT' },
-  'zstd-level': { type: 'int', help: 'zstd compression level', value: 'N', min: -7, max: 22, default: DEFAULT_ARCHIVER_CONFIG.zstdLevel, env: 'WAL_ARCHIVER_ZSTD_LEVEL' },
-  'spool-dir': { type: 'string', help: 'where segments are staged before upload (default: <data-dir>/.wal-archiver-spool)', value: 'DIR', env: 'WAL_ARCHIVER_SPOOL_DIR' },
+  'data-dir': {
+    type: 'string',
+    help: "the storage node's data directory",
+    value: 'DIR',
+    required: true,
+    env: 'WAL_ARCHIVER_DATA_DIR',
+  },
+  'node-url': {
+    type: 'string',
+    help: 'the co-located storage node',
+    value: 'URL',
+    required: true,
+    env: 'WAL_ARCHIVER_NODE_URL',
+  },
+  'object-store': {
+    type: 'string',
+    help: 's3://bucket/prefix?… or file:///path',
+    value: 'URL',
+    required: true,
+    env: 'WAL_ARCHIVER_OBJECT_STORE',
+  },
+  events: {
+    type: 'string',
+    help: 'kafka://host:port?topicPrefix=wal or file:///path (optional)',
+    value: 'URL',
+    env: 'WAL_ARCHIVER_EVENTS',
+  },
+  'metrics-port': {
+    type: 'int',
+    help: 'port for /metrics, /healthz, /readyz (0: any free port)',
+    value: 'N',
+    min: 0,
+    max: 65535,
+    default: 9187,
+    env: 'WAL_ARCHIVER_METRICS_PORT',
+  },
+  'metrics-host': {
+    type: 'string',
+    help: 'address for the metrics server',
+    value: 'HOST',
+    default: '127.0.0.1',
+    env: 'WAL_ARCHIVER_METRICS_HOST',
+  },
+  'segment-size': {
+    type: 'bytes',
+    help: 'close a segment at this many entry bytes',
+    value: 'SIZE',
+    min: 1,
+    default: DEFAULT_ARCHIVER_CONFIG.segmentMaxBytes,
+    env: 'WAL_ARCHIVER_SEGMENT_SIZE',
+  },
+  'segment-entries': {
+    type: 'int',
+    help: 'close a segment at this many entries',
+    value: 'N',
+    min: 1,
+    default: DEFAULT_ARCHIVER_CONFIG.segmentMaxEntries,
+    env: 'WAL_ARCHIVER_SEGMENT_ENTRIES',
+  },
+  'segment-age': {
+    type: 'duration',
+    help: 'close a segment this long after its first entry',
+    value: 'DURATION',
+    min: 1,
+    default: DEFAULT_ARCHIVER_CONFIG.segmentMaxAgeMs,
+    env: 'WAL_ARCHIVER_SEGMENT_AGE',
+  },
+  'upload-concurrency': {
+    type: 'int',
+    help: 'segments uploaded at once, all partitions together',
+    value: 'N',
+    min: 1,
+    max: 256,
+    default: 8,
+    env: 'WAL_ARCHIVER_UPLOAD_CONCURRENCY',
+  },
+  'partition-inflight': {
+    type: 'int',
+    help: 'segments of one partition in flight at once',
+    value: 'N',
+    min: 1,
+    max: 32,
+    default: DEFAULT_ARCHIVER_CONFIG.maxInflight,
+    env: 'WAL_ARCHIVER_PARTITION_INFLIGHT',
+  },
+  'zstd-level': {
+    type: 'int',
+    help: 'zstd compression level',
+    value: 'N',
+    min: -7,
+    max: 22,
+    default: DEFAULT_ARCHIVER_CONFIG.zstdLevel,
+    env: 'WAL_ARCHIVER_ZSTD_LEVEL',
+  },
+  'spool-dir': {
+    type: 'string',
+    help: 'where segments are staged before upload (default: <data-dir>/.wal-archiver-spool)',
+    value: 'DIR',
+    env: 'WAL_ARCHIVER_SPOOL_DIR',
+  },
 } as const;
 
 const help = {
@@ -62,7 +149,9 @@ export const runCommand: Command = {
       });
       await sidecar.start();
       ctx.stderr.write(`wal-archiver: archiving to ${store.url}; metrics at ${sidecar.metricsUrl}/metrics\n`);
-      await new Promise<void>((resolve) => ctx.signal.addEventListener('abort', () => resolve(), { once: true }));
+      await new Promise<void>((resolve) =>
+        ctx.signal.addEventListener('abort', () => resolve(), { once: true }),
+      );
       await sidecar.stop();
       return 0;
     } finally {

@@ -33,7 +33,11 @@ function topHelp(program: string, description: string, commands: Record<string, 
 
 /** Prints the one line a person sees for an error, and returns the exit code. */
 export function reportError(program: string, err: unknown, stderr: NodeJS.WritableStream): number {
-  if (err instanceof UsageError || isWalArchiverError(err, 'INVALID_ARGUMENT') || isWalArchiverError(err, 'UNSUPPORTED_SCHEME')) {
+  if (
+    err instanceof UsageError ||
+    isWalArchiverError(err, 'INVALID_ARGUMENT') ||
+    isWalArchiverError(err, 'UNSUPPORTED_SCHEME')
+  ) {
     // Bad flags and malformed URLs or values given on the command line.
     stderr.write(`${program}: ${(err as Error).message.split('\n')[0]}\n`);
     return EXIT_USAGE;

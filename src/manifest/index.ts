@@ -3,3 +3,4 @@ export * from './cas.js';
 export * from './partition-manifest.js';
 export * from './global-manifest.js';
 export * from './format.js';
+export * from './projector.js';

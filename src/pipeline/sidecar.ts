@@ -80,7 +80,11 @@ export class Sidecar {
         this.connected = false;
       },
     });
-    this.o.logger.info('sidecar started', { dataDir: this.o.dataDir, nodeUrl: this.o.nodeUrl, store: this.o.store.url });
+    this.o.logger.info('sidecar started', {
+      dataDir: this.o.dataDir,
+      nodeUrl: this.o.nodeUrl,
+      store: this.o.store.url,
+    });
   }
 
   /**
@@ -101,14 +105,17 @@ export class Sidecar {
     const prev = this.transitions.get(s.partition) ?? Promise.resolve();
     const next = prev
       .then(() => (leads ? this.ensure(s.partition, s.node, s.term) : this.release(s.partition)))
-      .catch((err: unknown) => this.o.logger.error('leadership transition failed', { partition: s.partition, error: err }));
+      .catch((err: unknown) =>
+        this.o.logger.error('leadership transition failed', { partition: s.partition, error: err }),
+      );
     this.transitions.set(s.partition, next);
   }
 
   private async ensure(partition: string, node: number, term: number): Promise<void> {
     if (this.abort.signal.aborted) return;
     const existing = this.archivers.get(partition);
-    if (existing && existing.term === term && existing.state !== 'fenced' && existing.state !== 'stopped') return;
+    if (existing && existing.term === term && existing.state !== 'fenced' && existing.state !== 'stopped')
+      return;
     if (existing) await existing.stop();
     const dir = partitionDir(this.o.dataDir, partition);
     if ((await readArchiverPosition(dir).catch(() => 0)) === undefined) await writeArchiverPosition(dir, 0);
@@ -184,7 +191,13 @@ export class Sidecar {
       const ready = this.connected;
       res
         .writeHead(ready ? 200 : 503, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ ready, nodeConnected: this.connected, failedPartitions: failed.map((p) => p.partition) }));
+        .end(
+          JSON.stringify({
+            ready,
+            nodeConnected: this.connected,
+            failedPartitions: failed.map((p) => p.partition),
+          }),
+        );
     } else if (path === '/v1/status') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.status()));
     } else {

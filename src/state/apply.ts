@@ -1,7 +1,8 @@
-import { chmod, link, mkdir, readFile, rm, rmdir, stat, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, link, mkdir, readFile, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { atomicWriteFile, isNotFound } from '../fs-atomic.js';
+import { fsyncDir, isNotFound, writeNewFileSynced } from '../fs-atomic.js';
 import type { LogEntry } from '../wal/log-entry.js';
 
 /**
@@ -25,6 +26,11 @@ export const REPOSITORIES_DIR = 'repositories';
 export const KV_STATE_FILE = 'kv-state';
 const ZERO_OID = /^0+$/;
 const FILE_MODE = 0o644;
+
+/** The state directory of a repositories root (`<state>/repositories`). */
+function stateDirOf(root: string): string {
+  return dirname(root);
+}
 
 function corrupt(lsn: number, message: string): WalArchiverError {
   return new WalArchiverError(ErrorCodes.CORRUPT, `entry ${lsn}: ${message}`, { details: { lsn } });
@@ -141,7 +147,7 @@ async function applyReferenceChange(
   const oid = change.newOid.toString('utf8');
   if (target) {
     safeRelativePath(target, lsn, 'symbolic reference target');
-    await writeStateFile(path, `ref: ${target}\n`);
+    await writeStateFile(stateDirOf(root), path, `ref: ${target}\n`);
   } else if (oid === '' || ZERO_OID.test(oid)) {
     try {
       await unlink(path);
@@ -151,15 +157,30 @@ async function applyReferenceChange(
   } else {
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(oid))
       throw corrupt(lsn, `reference ${name}: "${oid}" is not an object ID`);
-    await writeStateFile(path, `${oid}\n`);
+    await writeStateFile(stateDirOf(root), path, `${oid}\n`);
   }
 }
 
-async function writeStateFile(path: string, content: string | Buffer): Promise<void> {
+/**
+ * Replaces a file in the state atomically. The temporary file is written in
+ * the partition's `staging/` (next to `state/`, cleaned when the node starts),
+ * never inside `state/`, so a crash mid-write leaves nothing behind there.
+ */
+async function writeStateFile(stateDir: string, path: string, content: string | Buffer): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  await atomicWriteFile(path, typeof content === 'string' ? Buffer.from(content) : content, {
-    mode: FILE_MODE,
-  });
+  const staging = join(dirname(stateDir), 'staging');
+  await mkdir(staging, { recursive: true });
+  const tmp = join(staging, `apply-${randomBytes(8).toString('hex')}.tmp`);
+  try {
+    await writeNewFileSynced(tmp, typeof content === 'string' ? Buffer.from(content) : content, {
+      mode: FILE_MODE,
+    });
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncDir(dirname(path));
 }
 
 /**
@@ -211,5 +232,5 @@ export async function readKvState(stateDir: string): Promise<Map<string, Buffer>
 }
 
 async function writeKvState(stateDir: string, kv: Map<string, Buffer>): Promise<void> {
-  await writeStateFile(join(stateDir, KV_STATE_FILE), encodeKvState(kv));
+  await writeStateFile(stateDir, join(stateDir, KV_STATE_FILE), encodeKvState(kv));
 }

@@ -21,6 +21,9 @@ import { KV_STATE_FILE, REPOSITORIES_DIR } from './apply.js';
 type TarHeader = Parameters<tar.Pack['entry']>[0];
 
 const FS_PREFIX = 'fs';
+const WAL_PREFIX = 'wal';
+/** Where extractState puts shipped WAL entries, inside its target. */
+export const SHIPPED_WAL_DIR = '.wal';
 const FIXED_MTIME = new Date(0);
 
 /**
@@ -74,8 +77,17 @@ function addToPack(pack: tar.Pack, header: TarHeader, source?: string): Promise<
   });
 }
 
+export interface PackStateOptions {
+  /**
+   * A folder of WAL entry directories (`<LSN>/MANIFEST` …) to ship after the
+   * state, as `wal/<LSN>/…`: a follower brought up to date by a snapshot keeps
+   * the committed entries its sidecar may still have to archive.
+   */
+  walDir?: string;
+}
+
 /** Streams a tar of a state directory (`kv-state`, `fs/…`). The directory must not change meanwhile. */
-export function packState(stateDir: string): Readable {
+export function packState(stateDir: string, options: PackStateOptions = {}): Readable {
   const pack = tar.pack();
   (async () => {
     const kvPath = join(stateDir, KV_STATE_FILE);
@@ -105,6 +117,22 @@ export function packState(stateDir: string): Readable {
       if (item.dir) await addToPack(pack, header);
       else await addToPack(pack, { ...header, size: info.size }, item.path);
     }
+    if (options.walDir) {
+      for await (const item of walk(options.walDir, '')) {
+        if (item.dir) continue;
+        const info = await lstat(item.path);
+        const header: TarHeader = {
+          name: `${WAL_PREFIX}/${item.rel}`,
+          type: 'file',
+          mode: info.mode & 0o777,
+          mtime: FIXED_MTIME,
+          uid: 0,
+          gid: 0,
+          size: info.size,
+        };
+        await addToPack(pack, header, item.path);
+      }
+    }
     pack.finalize();
   })().catch((err: unknown) => pack.destroy(err as Error));
   return pack as unknown as Readable;
@@ -118,7 +146,7 @@ function unsafe(name: string, why: string): WalArchiverError {
 }
 
 /** Where an archive member goes inside a state directory, or an error for anything unsafe. */
-export function stateMemberPath(name: string): string {
+export function stateMemberPath(name: string, allowWal = false): string {
   if (name.includes('\0') || name.includes('\\')) throw unsafe(name, 'invalid characters');
   if (name.startsWith('/')) throw unsafe(name, 'absolute path');
   const trimmed = name.replace(/\/+$/, '');
@@ -129,6 +157,9 @@ export function stateMemberPath(name: string): string {
   if (normal === KV_STATE_FILE) return KV_STATE_FILE;
   if (normal === FS_PREFIX) return REPOSITORIES_DIR;
   if (normal.startsWith(`${FS_PREFIX}/`)) return `${REPOSITORIES_DIR}/${normal.slice(FS_PREFIX.length + 1)}`;
+  if (allowWal && /^wal\/[0-9a-z]{13}\/(MANIFEST|RAFT|[0-9a-z]{1,13})$/.test(normal)) {
+    return `${SHIPPED_WAL_DIR}/${normal.slice(WAL_PREFIX.length + 1)}`;
+  }
   throw unsafe(name, 'not part of a partition state (expected kv-state or fs/…)');
 }
 
@@ -140,6 +171,7 @@ export function stateMemberPath(name: string): string {
 export async function extractState(
   archive: Readable,
   targetDir: string,
+  options: { allowWal?: boolean } = {},
 ): Promise<{ files: number; bytes: number }> {
   await mkdir(join(targetDir, REPOSITORIES_DIR), { recursive: true });
   const extract = tar.extract();
@@ -148,7 +180,7 @@ export async function extractState(
   const done = (async () => {
     for await (const member of extract) {
       const header = member.header;
-      const rel = stateMemberPath(header.name);
+      const rel = stateMemberPath(header.name, options.allowWal ?? false);
       const dest = join(targetDir, rel);
       if (header.type === 'directory') {
         await mkdir(dest, { recursive: true });

@@ -61,6 +61,9 @@ export async function followLeadership(options: LeadershipFollowerOptions): Prom
           warned = 0;
           options.logger.info('following leadership stream', { url });
           const lines = createInterface({ input: res });
+          // A node that dies cuts the stream; readline re-emits that error, which must end
+          // this connection attempt, not the process.
+          lines.on('error', reject);
           lines.on('line', (line) => {
             const s = parseLine(line);
             if (s) options.onChange(s);

@@ -154,6 +154,17 @@ describe('state snapshots', () => {
     const restored = join(root, 'restored');
     await extractState(packState(copy), restored);
     expect(await tree(restored)).toEqual(before);
+
+    // With the WAL tail shipped alongside (a follower catching up), entries land in .wal/ and nothing else changes.
+    const wal = join(root, 'wal-tail');
+    await mkdir(join(wal, '0000000000001'), { recursive: true });
+    await writeFile(join(wal, '0000000000001', 'MANIFEST'), 'm');
+    await writeFile(join(wal, '0000000000001', 'RAFT'), 'r');
+    const withWal = join(root, 'with-wal');
+    await extractState(packState(copy, { walDir: wal }), withWal, { allowWal: true });
+    expect(await readFile(join(withWal, '.wal', '0000000000001', 'RAFT'), 'utf8')).toBe('r');
+    await rm(join(withWal, '.wal'), { recursive: true });
+    expect(await tree(withWal)).toEqual(before);
   });
 
   async function hostile(build: (pack: tar.Pack) => void): Promise<Readable> {
@@ -176,6 +187,10 @@ describe('state snapshots', () => {
       (p: tar.Pack) => p.entry({ name: 'fs/dev', type: 'character-device', devmajor: 1, devminor: 3 }),
     ],
     ['a member outside kv-state and fs/', (p: tar.Pack) => p.entry({ name: 'etc/passwd', size: 1 }, 'x')],
+    [
+      'WAL entries where none are expected',
+      (p: tar.Pack) => p.entry({ name: 'wal/0000000000001/MANIFEST', size: 1 }, 'x'),
+    ],
   ])('refuses %s and writes nothing outside the target', async (_what, build) => {
     const target = join(root, 'target');
     await expect(extractState(await hostile(build), target)).rejects.toThrow(/snapshot archive: refusing/);
