@@ -107,6 +107,8 @@ export class PartitionArchiver {
   private lastCommitTime = 0;
   private oldestPendingTime = 0;
   private positionWritten = -1;
+  /** The published cursor the partition manifest holds. */
+  private recordedPublished = 0;
   private readonly archivedEvents: Array<Record<string, unknown>> = [];
   private resumed!: Promise<void>;
   private resolveResumed!: () => void;
@@ -211,6 +213,7 @@ export class PartitionArchiver {
     );
     this.archivedLsn = archived;
     this.publishedLsn = Math.max(this.publishedLsn, stored?.value.published_lsn ?? 0);
+    this.recordedPublished = stored?.value.published_lsn ?? 0;
     if (!this.o.events) this.publishedLsn = Number.MAX_SAFE_INTEGER;
     const last = stored?.value.segments.at(-1);
     if (last) this.lastCommitTime = Date.parse(last.last_committed_at);
@@ -315,6 +318,7 @@ export class PartitionArchiver {
       },
     );
     this.archivedLsn = record.last_lsn;
+    if (this.o.events) this.recordedPublished = Math.max(this.recordedPublished, this.publishedLsn);
     const m = this.o.metrics;
     const l = { partition: this.partition };
     m.archivedLsn.set(l, this.archivedLsn);
@@ -473,6 +477,7 @@ export class PartitionArchiver {
         const moved = await this.publishOnce(bus);
         backoff.reset();
         failures = 0;
+        await this.recordPublishedIfIdle();
         if (!moved) await this.wait('publish', this.o.config.idlePollMs);
       } catch (err) {
         if (this.aborted) break;
@@ -542,6 +547,24 @@ export class PartitionArchiver {
       this.archivedEvents.length + Math.max(0, commit - this.publishedLsn),
     );
     return moved;
+  }
+
+  /**
+   * Segments carry the published cursor into the manifest; when publishing
+   * catches up on a partition with nothing left to archive (after a bus
+   * outage), record it on its own so a new leader does not republish as much.
+   */
+  private async recordPublishedIfIdle(): Promise<void> {
+    if (this.publishedLsn <= this.recordedPublished || this.archivedLsn < this.committedLsn) return;
+    const cursor = this.publishedLsn;
+    await updatePartitionManifest(
+      this.o.store,
+      this.partition,
+      { node: this.o.node, term: this.term },
+      { publishedLsn: cursor },
+      { signal: this.abort.signal },
+    );
+    this.recordedPublished = Math.max(this.recordedPublished, cursor);
   }
 
   // ---- shared ---------------------------------------------------------------------------

@@ -189,15 +189,13 @@ export class Sidecar {
     } else if (path === '/readyz') {
       const failed = this.status().filter((p) => p.state === 'failed');
       const ready = this.connected;
-      res
-        .writeHead(ready ? 200 : 503, { 'content-type': 'application/json' })
-        .end(
-          JSON.stringify({
-            ready,
-            nodeConnected: this.connected,
-            failedPartitions: failed.map((p) => p.partition),
-          }),
-        );
+      res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(
+        JSON.stringify({
+          ready,
+          nodeConnected: this.connected,
+          failedPartitions: failed.map((p) => p.partition),
+        }),
+      );
     } else if (path === '/v1/status') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.status()));
     } else {
