@@ -4,6 +4,7 @@ import type { Command } from './runner.js';
 import type { EventBus } from '../events/event-bus.js';
 import { openEventBus } from '../events/open.js';
 import { createLogger } from '../log.js';
+import { GlobalManifestProjector } from '../manifest/projector.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
 import { Sidecar } from '../pipeline/sidecar.js';
 import { openObjectStore } from '../store/open.js';
@@ -103,6 +104,12 @@ export const RUN_FLAGS = {
     default: DEFAULT_ARCHIVER_CONFIG.zstdLevel,
     env: 'WAL_ARCHIVER_ZSTD_LEVEL',
   },
+  'manifest-projector': {
+    type: 'bool',
+    help: 'keep the global manifest current from the events (one consumer group across all sidecars)',
+    default: true,
+    env: 'WAL_ARCHIVER_MANIFEST_PROJECTOR',
+  },
   'spool-dir': {
     type: 'string',
     help: 'where segments are staged before upload (default: <data-dir>/.wal-archiver-spool)',
@@ -146,6 +153,10 @@ export const runCommand: Command = {
         metricsPort: f['metrics-port'],
         metricsHost: f['metrics-host'],
         logger,
+        companions:
+          events && f['manifest-projector']
+            ? [new GlobalManifestProjector({ store, bus: events, logger })]
+            : [],
       });
       await sidecar.start();
       ctx.stderr.write(`wal-archiver: archiving to ${store.url}; metrics at ${sidecar.metricsUrl}/metrics\n`);

@@ -1,10 +1,16 @@
-import { runCli } from './runner.js';
+import { eventsCommand } from './events.js';
+import { manifestCommand } from './manifest.js';
+import { quickstartCommand } from './quickstart.js';
 import { runCommand } from './run.js';
+import { runCli } from './runner.js';
 
 await runCli(
   'wal-archiver',
   'Point-in-time recovery for a Raft-replicated Git storage cluster: archives committed WAL entries\nto object storage, publishes them as events, and keeps the manifests restores start from.',
   {
     run: runCommand,
+    manifest: manifestCommand,
+    events: eventsCommand,
+    quickstart: quickstartCommand,
   },
 );

@@ -1,0 +1,202 @@
+import { mkdir } from 'node:fs/promises';
+import { resolve, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseFlags } from './flags.js';
+import type { Command } from './runner.js';
+import { openEventBus } from '../events/open.js';
+import { createLogger } from '../log.js';
+import { GlobalManifestProjector } from '../manifest/projector.js';
+import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
+import { Sidecar } from '../pipeline/sidecar.js';
+import { openObjectStore } from '../store/open.js';
+import { startLocalCluster } from '../../storage-node/cluster.js';
+import { runLoad, LOAD_DEFAULTS } from '../../storage-node/load.js';
+import type { PartitionStatus } from '../../storage-node/api.js';
+
+const flags = {
+  dir: {
+    type: 'string',
+    help: 'where nodes, archive and events are kept',
+    value: 'DIR',
+    default: '.quickstart',
+  },
+  nodes: { type: 'int', help: 'storage nodes', value: 'N', min: 1, max: 9, default: 3 },
+  partitions: { type: 'int', help: 'partitions', value: 'N', min: 1, max: 64, default: 4 },
+  rate: { type: 'int', help: 'writes per second', value: 'N', min: 0, max: 5000, default: 20 },
+  size: { type: 'bytes', help: 'bytes per write', value: 'SIZE', min: 1, default: 4096 },
+  'base-port': {
+    type: 'int',
+    help: 'node i listens on base-port + i',
+    value: 'PORT',
+    min: 1024,
+    max: 65000,
+    default: 7100,
+  },
+  duration: {
+    type: 'duration',
+    help: 'stop after this long (default: until Ctrl-C)',
+    value: 'DURATION',
+    min: 1,
+  },
+} as const;
+
+const help = {
+  usage: 'wal-archiver quickstart [--dir .quickstart] [--nodes 3] [--partitions 4] [--rate 20]',
+  description:
+    'The main job on its embedded defaults: a local storage cluster under a steady write workload, with one\n' +
+    'sidecar per node archiving to a folder object store and publishing to a folder event log. Shows live\n' +
+    'progress until stopped. This is what `npm start` runs.',
+};
+
+interface Row {
+  partition: string;
+  leader: number;
+  term: number;
+  committed: number;
+  archived: number;
+}
+
+function table(rows: Row[], writes: string): string {
+  const head = ['partition', 'leader', 'term', 'committed LSN', 'archived LSN', 'lag'];
+  const body = rows.map((r) => [
+    r.partition,
+    r.leader ? `node ${r.leader}` : '-',
+    String(r.term),
+    String(r.committed),
+    String(r.archived),
+    String(Math.max(0, r.committed - r.archived)),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ');
+  return [line(head), ...body.map(line), '', writes].join('\n');
+}
+
+export const quickstartCommand: Command = {
+  summary: 'run a local cluster with sidecars and a workload, on local folders (npm start)',
+  async run(argv, ctx) {
+    const f = parseFlags(argv, flags, help, ctx.env);
+    const dir = resolve(f.dir);
+    const archiveUrl = pathToFileURL(join(dir, 'archive')).href;
+    const eventsUrl = pathToFileURL(join(dir, 'events')).href;
+    await mkdir(dir, { recursive: true });
+    // Structured logs go to a file; the terminal shows the progress table.
+    const logFile = join(dir, 'quickstart.log');
+    const { createWriteStream } = await import('node:fs');
+    const logStream = createWriteStream(logFile, { flags: 'a' });
+    const logger = createLogger({ component: 'quickstart' }, { write: (l) => void logStream.write(l) });
+    const out = ctx.stdout;
+    out.write(
+      `Starting ${f.nodes} storage nodes with ${f.partitions} partitions in ${join(dir, 'nodes')} …\n`,
+    );
+    const cluster = await startLocalCluster({
+      nodes: f.nodes,
+      partitions: f.partitions,
+      dataDir: join(dir, 'nodes'),
+      basePort: f['base-port'],
+      events: eventsUrl,
+      onLine: (node, line) => void logStream.write(`[node ${node.id}] ${line}\n`),
+    });
+    const store = await openObjectStore(archiveUrl);
+    const bus = await openEventBus(eventsUrl);
+    const sidecars = cluster.urls.map(
+      (url, i) =>
+        new Sidecar({
+          dataDir: join(dir, 'nodes', `node-${i + 1}`),
+          nodeUrl: url,
+          store,
+          events: bus,
+          config: DEFAULT_ARCHIVER_CONFIG,
+          uploadConcurrency: 4,
+          spoolDir: join(dir, 'nodes', `node-${i + 1}`, '.wal-archiver-spool'),
+          metricsPort: 0,
+          logger: logger.child({ sidecar: i + 1 }),
+          companions: [new GlobalManifestProjector({ store, bus, logger: logger.child({ sidecar: i + 1 }) })],
+        }),
+    );
+    for (const s of sidecars) await s.start();
+    out.write(
+      `Nodes:    ${cluster.urls.join('  ')}\n` +
+        `Sidecars: ${sidecars.map((s) => `${s.metricsUrl}/metrics`).join('  ')}\n` +
+        `Archive:  ${archiveUrl}\nEvents:   ${eventsUrl}\nLogs:     ${logFile}\n\n` +
+        `Writing ${f.rate} entries/s of ${f.size} bytes. Press Ctrl-C to stop.\n\n`,
+    );
+
+    const stopAll = new AbortController();
+    ctx.signal.addEventListener('abort', () => stopAll.abort(), { once: true });
+    if (f.duration) setTimeout(() => stopAll.abort(), f.duration).unref();
+    const load =
+      f.rate > 0
+        ? runLoad(
+            {
+              ...LOAD_DEFAULTS,
+              nodeUrls: cluster.urls,
+              rate: f.rate,
+              size: f.size,
+              partitions: 'all',
+              git: false,
+              repositoriesPerPartition: 4,
+              seed: Date.now() % 1_000_000,
+              progressIntervalMs: 0,
+              log: (l) => void logStream.write(`[load] ${l}\n`),
+            },
+            stopAll.signal,
+          )
+        : undefined;
+
+    const tty = 'isTTY' in out && (out as NodeJS.WriteStream).isTTY;
+    let lastLines = 0;
+    const show = async () => {
+      const rows = new Map<string, Row>();
+      for (const url of cluster.urls) {
+        const statuses = (await fetch(`${url}/v1/partitions`, { signal: AbortSignal.timeout(2000) })
+          .then((r) => r.json())
+          .catch(() => [])) as PartitionStatus[];
+        for (const s of statuses) {
+          const r = rows.get(s.partition) ?? {
+            partition: s.partition,
+            leader: 0,
+            term: 0,
+            committed: 0,
+            archived: 0,
+          };
+          if (s.role === 'leader') Object.assign(r, { leader: s.node, term: s.term });
+          r.committed = Math.max(r.committed, s.committed);
+          rows.set(s.partition, r);
+        }
+      }
+      for (const s of sidecars)
+        for (const p of s.status()) {
+          const r = rows.get(p.partition);
+          if (r) r.archived = Math.max(r.archived, p.archived);
+        }
+      const text = table(
+        [...rows.values()].sort((a, b) => Number(a.partition) - Number(b.partition)),
+        `${new Date().toISOString()}  (refreshes every 2 s)`,
+      );
+      if (tty && lastLines > 0) out.write(`\x1b[${lastLines}A\x1b[J`);
+      out.write(`${text}\n${tty ? '' : '\n'}`);
+      lastLines = text.split('\n').length;
+    };
+    while (!stopAll.signal.aborted) {
+      await show();
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 2000);
+        stopAll.signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+      });
+    }
+    out.write('\nStopping …\n');
+    await load?.catch(() => undefined);
+    for (const s of sidecars) await s.stop();
+    await cluster.stop();
+    await bus.close();
+    await store.close();
+    out.write(
+      `Stopped. Everything is in ${dir}. Inspect the archive with:\n` +
+        `  npx wal-archiver manifest --object-store ${archiveUrl}\n` +
+        `  npx wal-archiver manifest --object-store ${archiveUrl} --partition 1\n` +
+        `  npx wal-archiver events --events ${eventsUrl} --topic archived --from-beginning --count 5\n`,
+    );
+    await new Promise<void>((r) => logStream.end(() => r()));
+    return 0;
+  },
+};
