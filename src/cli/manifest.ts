@@ -1,6 +1,6 @@
 import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../errors.js';
 import type { EventBus, SubscribeOptions } from '../events/event-bus.js';
-import { openEventBus } from '../events/open.js';
+import { checkEventBus, openEventBus } from '../events/open.js';
 import { encodeJson } from '../manifest/cas.js';
 import { formatGlobalManifest, formatPartitionManifest } from '../manifest/format.js';
 import {
@@ -140,12 +140,21 @@ export async function openStoreFlag(url: string): Promise<ObjectStore> {
   }
 }
 
+/** Opens the bus a flag names and checks that it answers, so an unreachable bus fails at once, in one line. */
 export async function openBusFlag(flag: string, url: string): Promise<EventBus> {
+  let bus: EventBus;
   try {
-    return await openEventBus(url);
+    bus = await openEventBus(url);
   } catch (err) {
     throw flagError(flag, err);
   }
+  try {
+    await checkEventBus(bus);
+  } catch (err) {
+    await bus.close().catch(() => undefined);
+    throw err;
+  }
+  return bus;
 }
 
 function line(stream: NodeJS.WritableStream, text: string): void {

@@ -348,7 +348,7 @@ describe('events command on a folder bus', () => {
     controller.abort();
     expect(await running).toBe(0);
     // Only the event published after it started.
-    expect(lines(c.stdout())).toEqual([expect.stringMatching(/entries    partition 5 lsn 9 /)]);
+    expect(lines(c.stdout())).toEqual([expect.stringMatching(/entries {4}partition 5 lsn 9 /)]);
   });
 
   it('exits 1 with one line when interrupted before --count events arrived', async () => {
