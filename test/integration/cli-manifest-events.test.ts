@@ -19,18 +19,12 @@ import { archivedEvent, at, backupEvent, leadershipEvent, segment } from '../uni
 import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';
 
 /**
- * The two commands end to end, as processes built by `npm run build`: the
+ * The two commands end to end, as `npx wal-archiver` runs them: the built
+ * bin/wal-archiver.js (`npm run build`; `npm test` builds first), with the
  * real runner (exit codes, one-line errors, SIGINT) over MinIO and Kafka.
- * The commands are mounted on the runner the way src/cli/wal-archiver.ts
- * mounts them.
  */
-const DIST = new URL('../../dist/src/cli/', import.meta.url);
-const ENTRY = `
-import { runCli } from ${JSON.stringify(new URL('runner.js', DIST).href)};
-import { manifestCommand } from ${JSON.stringify(new URL('manifest.js', DIST).href)};
-import { eventsCommand } from ${JSON.stringify(new URL('events.js', DIST).href)};
-await runCli('wal-archiver', 'test', { manifest: manifestCommand, events: eventsCommand }, process.argv.slice(1));
-`;
+const BIN = fileURLToPath(new URL('../../bin/wal-archiver.js', import.meta.url));
+const BUILT = fileURLToPath(new URL('../../dist/src/cli/manifest.js', import.meta.url));
 
 interface Result {
   code: number | null;
@@ -44,7 +38,7 @@ function start(args: string[]): {
   out: () => string;
   err: () => string;
 } {
-  const child = spawn(process.execPath, ['--no-warnings', '--input-type=module', '-e', ENTRY, ...args], {
+  const child = spawn(process.execPath, ['--no-warnings', BIN, ...args], {
     env: { ...process.env, WAL_ARCHIVER_LOG_LEVEL: 'error' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -94,7 +88,7 @@ describe('wal-archiver manifest and events as processes, on MinIO and Kafka', ()
   let projector: GlobalManifestProjector;
 
   beforeAll(async () => {
-    expect(existsSync(fileURLToPath(new URL('manifest.js', DIST))), 'run `npm run build` first').toBe(true);
+    expect(existsSync(BUILT), 'run `npm run build` first').toBe(true);
     bucket = await createTestBucket({ objectLock: false, prefix: 'archive' });
     busUrl = kafkaUrl(uniqueName('cli'));
     bus = await openEventBus(busUrl);
