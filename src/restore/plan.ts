@@ -1,0 +1,425 @@
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import { baseBackupPrefix, segmentPrefix, tryParseBaseKey, tryParseSegmentKey } from '../manifest/keys.js';
+import {
+  contiguousPrefix,
+  readPartitionManifest,
+  type PartitionManifest,
+} from '../manifest/partition-manifest.js';
+import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
+
+/**
+ * Planning a restore: which base backup, which segments, and exactly which
+ * LSN a target names.
+ *
+ * Everything here but `loadPartitionArchive` is pure. Planning works on a
+ * `PartitionArchive`, a view of one partition's archive taken from its
+ * manifest or, when the manifest is missing or damaged, from the object
+ * listing. Every way a plan cannot be made ends with one WalArchiverError
+ * naming the partition, the LSN and the object concerned.
+ */
+
+export interface ArchiveSegment {
+  key: string;
+  firstLsn: number;
+  lastLsn: number;
+  /** Hex SHA-256 of the object; undefined when the object carries none (objects only). */
+  sha256: string | undefined;
+  bytes: number;
+  /** Commit times (Unix ms) of the first and last entries, when the manifest records them. */
+  firstCommittedAt?: number;
+  lastCommittedAt?: number;
+}
+
+export interface ArchiveBackup {
+  key: string;
+  lsn: number;
+  sha256: string | undefined;
+  bytes: number;
+  /** The Raft term the backup was taken in (an upper bound of the term of its LSN). */
+  term?: number;
+}
+
+export interface PartitionArchive {
+  partition: string;
+  /** Where the view came from. */
+  source: 'manifest' | 'objects';
+  /** Sorted by first LSN, then last LSN. */
+  segments: ArchiveSegment[];
+  /** Sorted by LSN. */
+  backups: ArchiveBackup[];
+  /** The contiguous range of LSNs the segments cover; null when there is no segment. */
+  archived: { firstLsn: number; lastLsn: number } | null;
+  /** Why the manifest was not used, when it was not. */
+  note?: string;
+}
+
+/** `details.reason` of the error for a time before the first archived entry. */
+export const BEFORE_ARCHIVE = 'time-before-archive';
+
+export type RestoreTarget = { kind: 'lsn'; lsn: number } | { kind: 'time'; time: Date } | { kind: 'latest' };
+
+export interface RestorePlan {
+  partition: string;
+  /** The LSN the restored partition ends at: applied exactly, never one beyond. */
+  targetLsn: number;
+  /** The newest base backup at or before the target; undefined: replay from LSN 1. */
+  backup: ArchiveBackup | undefined;
+  /** The first LSN replayed from the segments (backup LSN + 1, or 1). */
+  fromLsn: number;
+  /** The segments holding fromLsn … targetLsn, in LSN order (they may overlap). */
+  segments: ArchiveSegment[];
+}
+
+/** The commit time of one entry; 0 for an entry that carries none (a new leader's empty entry). */
+export interface EntryTime {
+  lsn: number;
+  committedAt: number;
+}
+
+/** Reads the commit times of the entries in a segment (downloads and verifies it). */
+export type EntryTimesReader = (segment: ArchiveSegment) => Promise<EntryTime[]>;
+
+function notFound(message: string, details: Record<string, unknown>): WalArchiverError {
+  return new WalArchiverError(ErrorCodes.NOT_FOUND, message, { retryable: false, details });
+}
+
+function compareSegments(a: ArchiveSegment, b: ArchiveSegment): number {
+  return a.firstLsn - b.firstLsn || a.lastLsn - b.lastLsn || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+}
+
+// ---------------------------------------------------------------------------
+// Views
+
+/** The view of a partition's archive its manifest gives. */
+export function archiveFromManifest(m: PartitionManifest): PartitionArchive {
+  return {
+    partition: m.partition,
+    source: 'manifest',
+    segments: m.segments
+      .map((s) => ({
+        key: s.key,
+        firstLsn: s.first_lsn,
+        lastLsn: s.last_lsn,
+        sha256: s.sha256,
+        bytes: s.bytes,
+        firstCommittedAt: Date.parse(s.first_committed_at),
+        lastCommittedAt: Date.parse(s.last_committed_at),
+      }))
+      .sort(compareSegments),
+    backups: m.backups
+      .map((b) => ({ key: b.key, lsn: b.lsn, sha256: b.sha256, bytes: b.bytes, term: b.term }))
+      .sort((a, b) => a.lsn - b.lsn),
+    archived: m.archived ? { firstLsn: m.archived.first_lsn, lastLsn: m.archived.last_lsn } : null,
+  };
+}
+
+/** An object of a partition as listed (and headed, for its metadata). */
+export interface ListedObject {
+  key: string;
+  size: number;
+  metadata: Record<string, string>;
+}
+
+/**
+ * The view the objects alone give: segments and base backups from their
+ * keys, checksums from their metadata. Commit times are unknown, so a time
+ * target reads segments in order. The archived range is the lowest
+ * contiguous run of segments, as a manifest's first write records it.
+ */
+export function archiveFromObjects(
+  partition: string,
+  objects: readonly ListedObject[],
+  note?: string,
+): PartitionArchive {
+  const segments: ArchiveSegment[] = [];
+  const backups: ArchiveBackup[] = [];
+  for (const o of objects) {
+    const seg = tryParseSegmentKey(o.key);
+    if (seg && seg.partition === partition) {
+      segments.push({
+        key: o.key,
+        firstLsn: seg.firstLsn,
+        lastLsn: seg.lastLsn,
+        sha256: o.metadata[MetadataKeys.SHA256],
+        bytes: o.size,
+      });
+      continue;
+    }
+    const base = tryParseBaseKey(o.key);
+    if (base && base.partition === partition) {
+      backups.push({ key: o.key, lsn: base.lsn, sha256: o.metadata[MetadataKeys.SHA256], bytes: o.size });
+    }
+  }
+  segments.sort(compareSegments);
+  backups.sort((a, b) => a.lsn - b.lsn);
+  const run = contiguousPrefix(segments.map((s) => ({ first_lsn: s.firstLsn, last_lsn: s.lastLsn })));
+  return {
+    partition,
+    source: 'objects',
+    segments,
+    backups,
+    archived: run ? { firstLsn: run.first_lsn, lastLsn: run.last_lsn } : null,
+    ...(note ? { note } : {}),
+  };
+}
+
+/**
+ * Reads a partition's archive: its manifest, or the object listing when the
+ * manifest is missing or damaged (the reason is kept in `note`).
+ */
+export async function loadPartitionArchive(
+  store: ObjectStore,
+  partition: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<PartitionArchive> {
+  let note: string;
+  try {
+    const stored = await readPartitionManifest(store, partition, options);
+    if (stored) return archiveFromManifest(stored.value);
+    note = `partition ${partition} has no manifest; planning from the object listing`;
+  } catch (err) {
+    if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
+    note = `partition ${partition} manifest is damaged (${err.message}); planning from the object listing`;
+  }
+  const objects: ListedObject[] = [];
+  for (const prefix of [segmentPrefix(partition), baseBackupPrefix(partition)]) {
+    for await (const o of store.list(prefix, options)) {
+      if (!tryParseSegmentKey(o.key) && !tryParseBaseKey(o.key)) continue;
+      const info = await store.head(o.key, options);
+      if (info) objects.push({ key: o.key, size: info.size, metadata: info.metadata });
+    }
+  }
+  return archiveFromObjects(partition, objects, note);
+}
+
+// ---------------------------------------------------------------------------
+// Targets
+
+function describeSegment(s: ArchiveSegment | undefined): string {
+  return s ? `${s.key} (LSNs ${s.firstLsn}-${s.lastLsn})` : 'no segment';
+}
+
+/** The archived segment whose range ends at the archive's last LSN. */
+function lastSegment(archive: PartitionArchive): ArchiveSegment | undefined {
+  const last = archive.archived?.lastLsn;
+  return archive.segments.filter((s) => s.lastLsn === last).at(-1);
+}
+
+/** The highest LSN a restore can reach: the end of the archived range, or the newest backup. */
+export function lastRestorableLsn(archive: PartitionArchive): number {
+  const backup = archive.backups.at(-1)?.lsn ?? 0;
+  return Math.max(archive.archived?.lastLsn ?? 0, backup);
+}
+
+function assertSomethingArchived(archive: PartitionArchive): void {
+  if (!archive.archived && archive.backups.length === 0) {
+    throw notFound(`partition ${archive.partition}: nothing is archived (no segment and no base backup)`, {
+      partition: archive.partition,
+    });
+  }
+}
+
+/** Checks an LSN target against the archive. */
+export function checkLsnTarget(archive: PartitionArchive, lsn: number): number {
+  if (!Number.isSafeInteger(lsn) || lsn < 1) {
+    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `LSN must be at least 1 (got ${lsn})`, {
+      retryable: false,
+    });
+  }
+  assertSomethingArchived(archive);
+  const last = lastRestorableLsn(archive);
+  if (lsn > last) {
+    const seg = lastSegment(archive);
+    throw notFound(
+      `partition ${archive.partition}: LSN ${lsn} is beyond the archive, which ends at LSN ${last}` +
+        (seg ? ` (last segment ${seg.key})` : ''),
+      { partition: archive.partition, lsn, key: seg?.key },
+    );
+  }
+  return lsn;
+}
+
+/**
+ * The segments to read, in order, to walk every archived LSN from the start
+ * of the archived range: overlapping copies are skipped over.
+ */
+function archivedChain(archive: PartitionArchive): ArchiveSegment[] {
+  const a = archive.archived;
+  if (!a) return [];
+  return coverRange(archive, a.firstLsn, a.lastLsn, 'the archived range');
+}
+
+/**
+ * The greatest LSN committed at or before `time`, exactly: segment boundary
+ * times (from the manifest) narrow it to one segment, whose entries' own
+ * commit times then decide. Commit times are taken as a prefix: the answer
+ * stops before the first entry committed after `time`. An entry without a
+ * commit time (a new leader's empty entry) goes with the entries before it.
+ */
+export async function resolveTimeTarget(
+  archive: PartitionArchive,
+  time: Date,
+  readEntryTimes: EntryTimesReader,
+): Promise<number> {
+  const t = time.getTime();
+  if (Number.isNaN(t)) {
+    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'invalid time', { retryable: false });
+  }
+  assertSomethingArchived(archive);
+  const chain = archivedChain(archive);
+  const first = archive.archived?.firstLsn ?? 1;
+  let answer = first - 1;
+  let next = first;
+  let stopped = false;
+  for (const seg of chain) {
+    if (seg.lastCommittedAt !== undefined && seg.lastCommittedAt <= t) {
+      answer = seg.lastLsn;
+      next = seg.lastLsn + 1;
+      continue;
+    }
+    if (seg.firstCommittedAt !== undefined && seg.firstCommittedAt > t && seg.firstLsn === next) {
+      stopped = true;
+      break;
+    }
+    const times = (await readEntryTimes(seg)).sort((a, b) => a.lsn - b.lsn);
+    for (const e of times) {
+      if (e.lsn < next) continue;
+      if (e.lsn !== next) {
+        throw new WalArchiverError(
+          ErrorCodes.CORRUPT,
+          `partition ${archive.partition}: segment ${seg.key} does not hold LSN ${next}`,
+          { retryable: false, details: { partition: archive.partition, lsn: next, key: seg.key } },
+        );
+      }
+      if (e.committedAt > t) {
+        stopped = true;
+        break;
+      }
+      answer = e.lsn;
+      next = e.lsn + 1;
+    }
+    if (stopped) break;
+    if (next !== seg.lastLsn + 1) {
+      throw new WalArchiverError(
+        ErrorCodes.CORRUPT,
+        `partition ${archive.partition}: segment ${seg.key} does not hold LSN ${next}`,
+        { retryable: false, details: { partition: archive.partition, lsn: next, key: seg.key } },
+      );
+    }
+  }
+  if (answer < first) {
+    const seg = chain[0];
+    const at =
+      seg?.firstCommittedAt !== undefined
+        ? `, committed ${new Date(seg.firstCommittedAt).toISOString()}`
+        : '';
+    throw notFound(
+      `partition ${archive.partition}: ${time.toISOString()} is before the first archived entry ` +
+        `(LSN ${first}${at}, in ${describeSegment(seg)})`,
+      { partition: archive.partition, lsn: first, key: seg?.key, reason: BEFORE_ARCHIVE },
+    );
+  }
+  return answer;
+}
+
+/** The LSN a target names, exactly. */
+export async function resolveTarget(
+  archive: PartitionArchive,
+  target: RestoreTarget,
+  readEntryTimes: EntryTimesReader,
+): Promise<number> {
+  switch (target.kind) {
+    case 'lsn':
+      return checkLsnTarget(archive, target.lsn);
+    case 'latest':
+      assertSomethingArchived(archive);
+      return lastRestorableLsn(archive);
+    case 'time':
+      return resolveTimeTarget(archive, target.time, readEntryTimes);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Plans
+
+/**
+ * The fewest segments holding every LSN from `from` to `to`, in order (they
+ * may overlap). Throws NOT_FOUND naming the first LSN none holds and the
+ * segments on either side of the gap.
+ */
+export function coverRange(
+  archive: PartitionArchive,
+  from: number,
+  to: number,
+  purpose: string,
+): ArchiveSegment[] {
+  const out: ArchiveSegment[] = [];
+  let next = from;
+  while (next <= to) {
+    let best: ArchiveSegment | undefined;
+    for (const s of archive.segments) {
+      if (s.firstLsn <= next && s.lastLsn >= next && (!best || s.lastLsn > best.lastLsn)) best = s;
+    }
+    if (!best) {
+      const before = out.at(-1);
+      const after = archive.segments.find((s) => s.firstLsn > next);
+      const around = [
+        before ? `the segment before ends at LSN ${before.lastLsn} (${before.key})` : undefined,
+        after ? `the next one starts at LSN ${after.firstLsn} (${after.key})` : 'no later segment',
+      ]
+        .filter(Boolean)
+        .join(', ');
+      throw notFound(
+        `partition ${archive.partition}: gap in the archive: no segment holds LSN ${next}, needed for ${purpose}; ${around}`,
+        { partition: archive.partition, lsn: next, key: before?.key ?? after?.key },
+      );
+    }
+    out.push(best);
+    next = best.lastLsn + 1;
+  }
+  return out;
+}
+
+/** The newest base backup at or before `lsn`. */
+export function chooseBackup(archive: PartitionArchive, lsn: number): ArchiveBackup | undefined {
+  let best: ArchiveBackup | undefined;
+  for (const b of archive.backups) if (b.lsn <= lsn && (!best || b.lsn > best.lsn)) best = b;
+  return best;
+}
+
+/** Plans a restore to `targetLsn` (already resolved): the base backup and the segments after it. */
+export function planRestore(archive: PartitionArchive, targetLsn: number): RestorePlan {
+  checkLsnTarget(archive, targetLsn);
+  const backup = chooseBackup(archive, targetLsn);
+  const fromLsn = backup ? backup.lsn + 1 : 1;
+  const purpose = backup
+    ? `LSNs ${fromLsn}-${targetLsn} after base backup ${backup.key}`
+    : `LSNs 1-${targetLsn} (there is no base backup at or before LSN ${targetLsn}, so replay starts at LSN 1)`;
+  const segments = fromLsn <= targetLsn ? coverRange(archive, fromLsn, targetLsn, purpose) : [];
+  return { partition: archive.partition, targetLsn, backup, fromLsn, segments };
+}
+
+/** The objects a plan reads, with what they hold, for listing and checking them. */
+export function planObjects(
+  plan: RestorePlan,
+): Array<{ key: string; sha256: string | undefined; what: string }> {
+  const out: Array<{ key: string; sha256: string | undefined; what: string }> = [];
+  if (plan.backup)
+    out.push({
+      key: plan.backup.key,
+      sha256: plan.backup.sha256,
+      what: `base backup at LSN ${plan.backup.lsn}`,
+    });
+  for (const s of plan.segments)
+    out.push({ key: s.key, sha256: s.sha256, what: `segment of LSNs ${s.firstLsn}-${s.lastLsn}` });
+  return out;
+}
+
+/** Parses a --to-time value: ISO 8601 (with a zone), or Unix milliseconds. */
+export function parseTimeTarget(text: string): Date | undefined {
+  if (/^\d{10,16}$/.test(text)) return new Date(Number(text));
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/.test(text))
+    return undefined;
+  const ms = Date.parse(text);
+  return Number.isNaN(ms) ? undefined : new Date(ms);
+}

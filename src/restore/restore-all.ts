@@ -1,0 +1,198 @@
+import { chmod, copyFile, lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import { comparePartitionIds, readGlobalManifest, rebuildFromObjects } from '../manifest/global-manifest.js';
+import { Semaphore } from '../pipeline/semaphore.js';
+import type { ObjectStore } from '../store/object-store.js';
+import { PARTITIONS_DIR } from '../wal/entry.js';
+import { BEFORE_ARCHIVE } from './plan.js';
+import {
+  DEFAULT_RESTORE_CONCURRENCY,
+  PARTIAL_SUFFIX,
+  checkTarget,
+  prepareBuildDir,
+  publishBuildDir,
+  restorePartition,
+  type RestoreProgress,
+  type RestoreResult,
+} from './restore.js';
+
+/**
+ * `restore --all`: every partition of the archive, to one time (or each to
+ * its latest archived LSN), into the data directories of a new N-node
+ * cluster — "restore first, then form the cluster":
+ *
+ *   <target>/node-<i>/partitions/<id>/{state/, applied_lsn, raft/…}   for i = 1 … N
+ *
+ * Every node gets every partition, all at the same LSN with voters 1 … N, so
+ * when the nodes start (`storage-node run --id i --data-dir <target>/node-i
+ * --peers 1=…,…,N=…`) each partition's Raft group forms from identical
+ * replicas, elects a leader and goes on from the restored LSN.
+ *
+ * Partitions come from the global manifest, or from the objects when it is
+ * missing or damaged. With a time, a partition whose first entry was
+ * committed after it did not exist then: it is skipped and reported. The
+ * whole layout is built in `<target>.partial` and renamed into place once
+ * every partition is complete.
+ */
+
+export const DEFAULT_NODES = 3;
+
+export interface RestoreAllOptions {
+  store: ObjectStore;
+  target: { kind: 'time'; time: Date } | { kind: 'latest' };
+  targetDir: string;
+  nodes: number;
+  force?: boolean;
+  /** Partitions restored at once, and segment downloads in flight across them (default 4). */
+  concurrency?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: RestoreProgress) => void;
+  /** Lines worth telling the operator (manifest source, skipped partitions). */
+  onNote?: (line: string) => void;
+}
+
+export interface RestoreAllResult {
+  targetDir: string;
+  nodes: number;
+  partitions: RestoreResult[];
+  skipped: Array<{ partition: string; reason: string }>;
+  source: 'global manifest' | 'objects';
+}
+
+/** The partitions the archive holds: from the global manifest, else from the objects. */
+export async function archivedPartitions(
+  store: ObjectStore,
+  options: { signal?: AbortSignal; onNote?: (line: string) => void } = {},
+): Promise<{ partitions: string[]; source: RestoreAllResult['source'] }> {
+  try {
+    const stored = await readGlobalManifest(store, options);
+    if (stored) {
+      return {
+        partitions: Object.keys(stored.value.partitions).sort(comparePartitionIds),
+        source: 'global manifest',
+      };
+    }
+    options.onNote?.('the global manifest is missing; listing the partitions from the objects');
+  } catch (err) {
+    if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
+    options.onNote?.(
+      `the global manifest is damaged (${err.message}); listing the partitions from the objects`,
+    );
+  }
+  const rebuilt = await rebuildFromObjects(store, options.signal ? { signal: options.signal } : {});
+  return {
+    partitions: Object.keys(rebuilt.manifest.partitions).sort(comparePartitionIds),
+    source: 'objects',
+  };
+}
+
+/** Copies a tree, keeping file and directory modes (the copy is byte-identical under treeDigest). */
+export async function copyTree(from: string, to: string): Promise<void> {
+  await mkdir(to, { recursive: true });
+  for (const d of await readdir(from, { withFileTypes: true })) {
+    const src = join(from, d.name);
+    const dst = join(to, d.name);
+    if (d.isDirectory()) await copyTree(src, dst);
+    else if (d.isFile()) await copyFile(src, dst);
+    else continue;
+    await chmod(dst, (await lstat(src)).mode & 0o7777);
+  }
+}
+
+function nodeDir(root: string, node: number): string {
+  return join(root, `node-${node}`);
+}
+
+export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult> {
+  if (!Number.isInteger(o.nodes) || o.nodes < 1) {
+    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `--nodes must be at least 1 (got ${o.nodes})`, {
+      retryable: false,
+    });
+  }
+  const targetDir = resolve(o.targetDir);
+  await checkTarget(targetDir, o.force ?? false);
+  const { partitions, source } = await archivedPartitions(o.store, {
+    ...(o.signal ? { signal: o.signal } : {}),
+    ...(o.onNote ? { onNote: o.onNote } : {}),
+  });
+  if (partitions.length === 0) {
+    throw new WalArchiverError(ErrorCodes.NOT_FOUND, `the archive at ${o.store.url} holds no partition`, {
+      retryable: false,
+    });
+  }
+  const build = `${targetDir}${PARTIAL_SUFFIX}`;
+  await prepareBuildDir(build, { all: true, target: o.target, nodes: o.nodes });
+  const voters = Array.from({ length: o.nodes }, (_, i) => i + 1);
+  const concurrency = Math.max(1, o.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
+  const downloads = new Semaphore(concurrency);
+  const controller = new AbortController();
+  const onAbort = () => controller.abort(o.signal?.reason);
+  if (o.signal?.aborted) onAbort();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  const results: RestoreResult[] = [];
+  const skipped: RestoreAllResult['skipped'] = [];
+  try {
+    let next = 0;
+    const settled = await Promise.allSettled(
+      Array.from({ length: Math.min(concurrency, partitions.length) }, async () => {
+        for (let i = next++; i < partitions.length && !controller.signal.aborted; i = next++) {
+          const partition = partitions[i]!;
+          const first = join(nodeDir(build, 1), PARTITIONS_DIR, partition);
+          try {
+            results.push(
+              await restorePartition({
+                store: o.store,
+                partition,
+                target: o.target,
+                targetDir: first,
+                voters,
+                atomic: false,
+                concurrency,
+                downloads,
+                signal: controller.signal,
+                ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+              }),
+            );
+          } catch (err) {
+            if (
+              o.target.kind === 'time' &&
+              isWalArchiverError(err) &&
+              err.details.reason === BEFORE_ARCHIVE
+            ) {
+              skipped.push({ partition, reason: err.message });
+              o.onNote?.(`skipped: ${err.message}`);
+              continue;
+            }
+            controller.abort(err);
+            throw err;
+          }
+          for (let n = 2; n <= o.nodes; n++) {
+            await copyTree(first, join(nodeDir(build, n), PARTITIONS_DIR, partition));
+          }
+        }
+      }),
+    );
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    if (controller.signal.aborted) throw controller.signal.reason;
+    if (results.length === 0) {
+      throw new WalArchiverError(
+        ErrorCodes.NOT_FOUND,
+        `no partition has an entry at or before the target (${skipped.length} skipped)`,
+        { retryable: false },
+      );
+    }
+    for (let n = 1; n <= o.nodes; n++)
+      await mkdir(join(nodeDir(build, n), PARTITIONS_DIR), { recursive: true });
+    await publishBuildDir(build, targetDir);
+  } catch (err) {
+    await rm(build, { recursive: true, force: true });
+    throw err;
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+  }
+  results.sort((a, b) => comparePartitionIds(a.partition, b.partition));
+  for (const r of results) r.targetDir = join(targetDir, 'node-1', PARTITIONS_DIR, r.partition);
+  return { targetDir, nodes: o.nodes, partitions: results, skipped, source };
+}

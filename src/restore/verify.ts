@@ -1,0 +1,300 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ErrorCodes, describeError, isWalArchiverError } from '../errors.js';
+import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
+import {
+  PARTITIONS_PREFIX,
+  partitionManifestKey,
+  partitionOfKey,
+  partitionPrefix,
+  tryParseBaseKey,
+  tryParseSegmentKey,
+} from '../manifest/keys.js';
+import { readPartitionManifest } from '../manifest/partition-manifest.js';
+import { HashingStream } from '../pipeline/segment.js';
+import { MetadataKeys, type ObjectInfo, type ObjectStore } from '../store/object-store.js';
+import {
+  archiveFromManifest,
+  archiveFromObjects,
+  coverRange,
+  type ArchiveBackup,
+  type ArchiveSegment,
+  type PartitionArchive,
+} from './plan.js';
+import { readSegmentTimes } from './restore.js';
+
+/**
+ * `verify`: checks the archive without restoring it.
+ *
+ * Per partition: the manifest reads and is valid; every segment and base
+ * backup it lists is present with the recorded size and checksum metadata;
+ * every object's bytes hash to the recorded SHA-256 (downloaded and hashed;
+ * segments are also unpacked and every entry checked against the content
+ * digest in its RAFT record); LSNs are covered with no gap from each kept
+ * base backup (or LSN 1) to the archived LSN. Objects the manifest does not
+ * list are warnings. Across partitions: the global manifest reads and names
+ * the partitions the objects hold.
+ *
+ * Findings are reported object by object as they are found; any fault makes
+ * the whole check fail.
+ */
+
+export interface VerifyFinding {
+  severity: 'fault' | 'warning';
+  partition?: string;
+  key?: string;
+  message: string;
+}
+
+export interface PartitionVerifyReport {
+  partition: string;
+  segments: number;
+  backups: number;
+  archived: { firstLsn: number; lastLsn: number } | null;
+  bytes: number;
+  faults: number;
+  warnings: number;
+}
+
+export interface VerifyReport {
+  partitions: PartitionVerifyReport[];
+  faults: number;
+  warnings: number;
+}
+
+export interface VerifyOptions {
+  /** Only this partition (no cross-partition checks). */
+  partition?: string;
+  /** Objects downloaded at once (default 4). */
+  concurrency?: number;
+  /** A scratch folder for unpacking segments (removed afterwards). */
+  scratch: string;
+  signal?: AbortSignal;
+  onFinding?: (f: VerifyFinding) => void;
+  onPartition?: (r: PartitionVerifyReport) => void;
+}
+
+async function hashObject(store: ObjectStore, key: string, signal?: AbortSignal): Promise<string> {
+  const body = await store.get(key, signal ? { signal } : {});
+  const hash = new HashingStream();
+  body.on('error', (err) => hash.destroy(err));
+  body.pipe(hash);
+  for await (const chunk of hash) void chunk;
+  return hash.hash.digest('hex');
+}
+
+async function inBatches<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      for (let i = next++; i < items.length; i = next++) await fn(items[i]!);
+    }),
+  );
+}
+
+export async function verifyPartition(
+  store: ObjectStore,
+  partition: string,
+  options: VerifyOptions,
+): Promise<PartitionVerifyReport> {
+  const report: PartitionVerifyReport = {
+    partition,
+    segments: 0,
+    backups: 0,
+    archived: null,
+    bytes: 0,
+    faults: 0,
+    warnings: 0,
+  };
+  const finding = (severity: VerifyFinding['severity'], message: string, key?: string) => {
+    if (severity === 'fault') report.faults++;
+    else report.warnings++;
+    options.onFinding?.({ severity, partition, ...(key ? { key } : {}), message });
+  };
+  const signal = options.signal;
+
+  const listed = new Map<string, ObjectInfo>();
+  for await (const o of store.list(partitionPrefix(partition), signal ? { signal } : {}))
+    listed.set(o.key, o);
+
+  let archive: PartitionArchive | undefined;
+  const manifestKey = partitionManifestKey(partition);
+  try {
+    const stored = await readPartitionManifest(store, partition, signal ? { signal } : {});
+    if (stored) archive = archiveFromManifest(stored.value);
+    else finding('fault', 'the partition manifest is missing', manifestKey);
+  } catch (err) {
+    if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
+    finding('fault', `the partition manifest is damaged: ${err.message}`, manifestKey);
+  }
+  if (!archive) {
+    const objects = [];
+    for (const [key, o] of listed) {
+      if (!tryParseSegmentKey(key) && !tryParseBaseKey(key)) continue;
+      const info = await store.head(key, signal ? { signal } : {});
+      objects.push({ key, size: o.size, metadata: info?.metadata ?? {} });
+    }
+    archive = archiveFromObjects(partition, objects);
+  }
+  report.segments = archive.segments.length;
+  report.backups = archive.backups.length;
+  report.archived = archive.archived;
+  const fromManifest = archive.source === 'manifest';
+
+  // Presence, size and checksums, object by object.
+  const scratch = join(options.scratch, `verify-${partition}-${randomBytes(4).toString('hex')}`);
+  await mkdir(scratch, { recursive: true });
+  type Item = { kind: 'segment'; s: ArchiveSegment } | { kind: 'backup'; b: ArchiveBackup };
+  const items: Item[] = [
+    ...archive.backups.map((b) => ({ kind: 'backup' as const, b })),
+    ...archive.segments.map((s) => ({ kind: 'segment' as const, s })),
+  ];
+  try {
+    await inBatches(items, Math.max(1, options.concurrency ?? 4), async (item) => {
+      const key = item.kind === 'segment' ? item.s.key : item.b.key;
+      const what =
+        item.kind === 'segment'
+          ? `segment of LSNs ${item.s.firstLsn}-${item.s.lastLsn}`
+          : `base backup at LSN ${item.b.lsn}`;
+      const recorded = item.kind === 'segment' ? item.s.sha256 : item.b.sha256;
+      const bytes = item.kind === 'segment' ? item.s.bytes : item.b.bytes;
+      const info = await store.head(key, signal ? { signal } : {});
+      if (!info) {
+        finding('fault', `${what}: the object is missing`, key);
+        return;
+      }
+      if (fromManifest && info.size !== bytes)
+        finding('fault', `${what}: ${info.size} bytes, the manifest records ${bytes}`, key);
+      const meta = info.metadata[MetadataKeys.SHA256];
+      if (!recorded && !meta) {
+        finding('fault', `${what}: no SHA-256 recorded anywhere to check it against`, key);
+        return;
+      }
+      if (recorded && meta && meta !== recorded)
+        finding(
+          'fault',
+          `${what}: object metadata says SHA-256 ${meta}, the manifest records ${recorded}`,
+          key,
+        );
+      const expected = recorded ?? meta!;
+      try {
+        if (item.kind === 'segment') {
+          await readSegmentTimes(store, partition, { ...item.s, sha256: expected }, scratch, signal);
+        } else {
+          const actual = await hashObject(store, key, signal);
+          if (actual !== expected)
+            throw new Error(`checksum mismatch (expected ${expected}, read ${actual})`);
+        }
+        report.bytes += info.size;
+      } catch (err) {
+        if (isWalArchiverError(err, ErrorCodes.ABORTED)) throw err;
+        finding('fault', `${what}: ${describeError(err).replace(`partition ${partition}: `, '')}`, key);
+      }
+    });
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+
+  // Coverage: from each kept base backup (or LSN 1) to the archived LSN, with no gap.
+  const a = archive.archived;
+  if (!a && archive.backups.length === 0) {
+    finding('fault', 'nothing is archived: no segment and no base backup');
+  } else if (a) {
+    const starts = new Set<number>(archive.backups.map((b) => b.lsn + 1).filter((l) => l <= a.lastLsn));
+    if (archive.backups.length === 0 || a.firstLsn === 1) starts.add(1);
+    for (const start of [...starts].sort((x, y) => x - y)) {
+      const from = start === 1 ? 'LSN 1' : `base backup at LSN ${start - 1}`;
+      try {
+        coverRange(archive, start, a.lastLsn, `restoring from ${from}`);
+      } catch (err) {
+        if (!isWalArchiverError(err, ErrorCodes.NOT_FOUND)) throw err;
+        finding(
+          'fault',
+          err.message.replace(`partition ${partition}: `, ''),
+          err.details.key as string | undefined,
+        );
+      }
+    }
+    const beyond = archive.segments.filter((s) => s.firstLsn > a.lastLsn + 1);
+    if (beyond.length > 0) {
+      finding(
+        'fault',
+        `gap in the archive: no segment holds LSN ${a.lastLsn + 1}, but ${beyond.length} segment(s) start after it (first ${beyond[0]!.key})`,
+        beyond[0]!.key,
+      );
+    }
+  }
+
+  // Objects the manifest does not list.
+  const known = new Set([...items.map((i) => (i.kind === 'segment' ? i.s.key : i.b.key)), manifestKey]);
+  for (const key of listed.keys()) {
+    if (known.has(key)) continue;
+    if (tryParseSegmentKey(key) || tryParseBaseKey(key))
+      finding('warning', 'object is not listed in the partition manifest', key);
+    else finding('warning', 'unexpected object (not a segment, base backup or manifest)', key);
+  }
+  options.onPartition?.(report);
+  return report;
+}
+
+/** Verifies one partition, or every partition the objects and the global manifest name. */
+export async function verifyArchive(store: ObjectStore, options: VerifyOptions): Promise<VerifyReport> {
+  const signal = options.signal;
+  let globalFaults = 0;
+  let globalWarnings = 0;
+  const finding = (
+    severity: VerifyFinding['severity'],
+    message: string,
+    key?: string,
+    partition?: string,
+  ) => {
+    if (severity === 'fault') globalFaults++;
+    else globalWarnings++;
+    options.onFinding?.({ severity, ...(partition ? { partition } : {}), ...(key ? { key } : {}), message });
+  };
+  let ids: string[];
+  if (options.partition !== undefined) {
+    ids = [options.partition];
+  } else {
+    const fromObjects = new Set<string>();
+    for await (const o of store.list(PARTITIONS_PREFIX, signal ? { signal } : {})) {
+      const id = partitionOfKey(o.key);
+      if (id !== undefined) fromObjects.add(id);
+    }
+    let fromGlobal: Set<string> | undefined;
+    try {
+      const stored = await readGlobalManifest(store, signal ? { signal } : {});
+      if (stored) fromGlobal = new Set(Object.keys(stored.value.partitions));
+      else
+        finding(
+          'warning',
+          'the global manifest is missing (wal-archiver manifest --rebuild recreates it)',
+          'manifest.json',
+        );
+    } catch (err) {
+      if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
+      finding('fault', `the global manifest is damaged: ${err.message}`, 'manifest.json');
+    }
+    for (const id of fromGlobal ?? []) {
+      if (!fromObjects.has(id))
+        finding('fault', 'the global manifest lists this partition, but it has no object', undefined, id);
+    }
+    for (const id of fromObjects) {
+      if (fromGlobal && !fromGlobal.has(id))
+        finding('warning', 'partition has objects but is not in the global manifest (yet)', undefined, id);
+    }
+    ids = [...fromObjects].sort(comparePartitionIds);
+  }
+  const partitions: PartitionVerifyReport[] = [];
+  for (const id of ids) partitions.push(await verifyPartition(store, id, options));
+  return {
+    partitions,
+    faults: globalFaults + partitions.reduce((n, p) => n + p.faults, 0),
+    warnings: globalWarnings + partitions.reduce((n, p) => n + p.warnings, 0),
+  };
+}

@@ -1,0 +1,245 @@
+import { describe, expect, it } from 'vitest';
+import { isWalArchiverError } from '../../../src/errors.js';
+import { baseBackupKey, segmentKey } from '../../../src/manifest/keys.js';
+import type { PartitionManifest } from '../../../src/manifest/partition-manifest.js';
+import {
+  BEFORE_ARCHIVE,
+  archiveFromManifest,
+  archiveFromObjects,
+  chooseBackup,
+  parseTimeTarget,
+  planRestore,
+  resolveTarget,
+  type ArchiveSegment,
+  type EntryTime,
+  type PartitionArchive,
+} from '../../../src/restore/plan.js';
+
+const P = '7';
+const T0 = Date.parse('2025-01-01T00:00:00.000Z');
+/** Entry n is committed at T0 + 10·n ms; entry 5 is a new leader's empty entry (no time). */
+function timeOf(lsn: number): number {
+  return lsn === 5 ? 0 : T0 + lsn * 10;
+}
+
+function seg(first: number, last: number, withTimes = true): ArchiveSegment {
+  const at = (l: number) => timeOf(l) || timeOf(l - 1);
+  return {
+    key: segmentKey(P, first, last),
+    firstLsn: first,
+    lastLsn: last,
+    sha256: 'a'.repeat(64),
+    bytes: 100,
+    ...(withTimes ? { firstCommittedAt: at(first), lastCommittedAt: at(last) } : {}),
+  };
+}
+
+function archive(segments: ArchiveSegment[], backups: number[] = []): PartitionArchive {
+  return archiveFromObjects(P, [
+    ...segments.map((s) => ({ key: s.key, size: s.bytes, metadata: { sha256: s.sha256! } })),
+    ...backups.map((lsn) => ({ key: baseBackupKey(P, lsn), size: 10, metadata: { sha256: 'b'.repeat(64) } })),
+  ]);
+}
+
+function withTimes(a: PartitionArchive, segments: ArchiveSegment[]): PartitionArchive {
+  return { ...a, source: 'manifest', segments };
+}
+
+/** A reader of entry times that records which segments it had to read. */
+function reader() {
+  const read: string[] = [];
+  const fn = async (s: ArchiveSegment): Promise<EntryTime[]> => {
+    read.push(s.key);
+    const out: EntryTime[] = [];
+    for (let l = s.firstLsn; l <= s.lastLsn; l++) out.push({ lsn: l, committedAt: timeOf(l) });
+    return out;
+  };
+  return { read, fn };
+}
+
+async function expectError(p: Promise<unknown> | (() => unknown), pattern: RegExp, code = 'NOT_FOUND') {
+  let err: unknown;
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    err = e;
+  }
+  expect(isWalArchiverError(err), String(err)).toBe(true);
+  expect((err as Error).message).toMatch(pattern);
+  expect((err as { code: string }).code).toBe(code);
+  return err as Error & { details: Record<string, unknown> };
+}
+
+describe('restore planning: targets', () => {
+  const segments = [seg(1, 10), seg(11, 20), seg(21, 30)];
+  const a = withTimes(archive(segments), segments);
+
+  it('--latest is the last archived LSN', async () => {
+    expect(await resolveTarget(a, { kind: 'latest' }, reader().fn)).toBe(30);
+  });
+
+  it('an LSN target is taken as it is, and one beyond the archive is refused naming the last segment', async () => {
+    expect(await resolveTarget(a, { kind: 'lsn', lsn: 17 }, reader().fn)).toBe(17);
+    await expectError(
+      resolveTarget(a, { kind: 'lsn', lsn: 31 }, reader().fn),
+      /partition 7: LSN 31 is beyond the archive, which ends at LSN 30 \(last segment partitions\/7\/wal\/000000000000l-000000000000u\.tar\.zst\)/,
+    );
+  });
+
+  it('a time maps to the last entry committed at or before it, reading only the one segment it falls in', async () => {
+    const r = reader();
+    expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 137) }, r.fn)).toBe(13);
+    expect(r.read).toEqual([segments[1]!.key]);
+  });
+
+  it('a time exactly at an entry commit includes it; a time between two entries stops before the later', async () => {
+    expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 140) }, reader().fn)).toBe(14);
+    expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 149) }, reader().fn)).toBe(14);
+  });
+
+  it('a time on a segment boundary is resolved from the manifest alone', async () => {
+    const r = reader();
+    expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 205) }, r.fn)).toBe(20);
+    expect(r.read).toEqual([]);
+    expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 10_000) }, r.fn)).toBe(30);
+  });
+
+  it('an entry without a commit time goes with the entries before it', async () => {
+    expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 45) }, reader().fn)).toBe(5);
+  });
+
+  it('a time before the first archived entry is refused, naming the LSN and the segment', async () => {
+    const err = await expectError(
+      resolveTarget(a, { kind: 'time', time: new Date(T0 + 5) }, reader().fn),
+      /partition 7: 2025-01-01T00:00:00\.005Z is before the first archived entry \(LSN 1, committed 2025-01-01T00:00:00\.010Z, in partitions\/7\/wal\/0000000000001-000000000000a\.tar\.zst/,
+    );
+    expect(err.details.reason).toBe(BEFORE_ARCHIVE);
+  });
+
+  it('without boundary times (no manifest) the segments are read in order until the time is passed', async () => {
+    const plain = [seg(1, 10, false), seg(11, 20, false), seg(21, 30, false)];
+    const r = reader();
+    expect(await resolveTarget(archive(plain), { kind: 'time', time: new Date(T0 + 155) }, r.fn)).toBe(15);
+    expect(r.read).toEqual([plain[0]!.key, plain[1]!.key]);
+  });
+
+  it('overlapping segments (after a handoff) are walked without reading an LSN twice', async () => {
+    const over = [seg(1, 10), seg(8, 20), seg(21, 30)];
+    const o = withTimes(archive(over), over);
+    expect(o.archived).toEqual({ firstLsn: 1, lastLsn: 30 });
+    expect(await resolveTarget(o, { kind: 'time', time: new Date(T0 + 125) }, reader().fn)).toBe(12);
+  });
+
+  it('parses ISO 8601 with a zone and Unix milliseconds, and nothing else', () => {
+    expect(parseTimeTarget('2025-01-01T00:00:00.137Z')?.getTime()).toBe(T0 + 137);
+    expect(parseTimeTarget('2025-01-01T01:00:00+01:00')?.getTime()).toBe(T0);
+    expect(parseTimeTarget(String(T0))?.getTime()).toBe(T0);
+    expect(parseTimeTarget('2025-01-01 00:00')).toBeUndefined();
+    expect(parseTimeTarget('2025-01-01T00:00:00')).toBeUndefined();
+    expect(parseTimeTarget('yesterday')).toBeUndefined();
+  });
+});
+
+describe('restore planning: backups and segments', () => {
+  it('replays from LSN 1 when there is no base backup', () => {
+    const p = planRestore(archive([seg(1, 10), seg(11, 20)]), 15);
+    expect(p.backup).toBeUndefined();
+    expect(p.fromLsn).toBe(1);
+    expect(p.segments.map((s) => [s.firstLsn, s.lastLsn])).toEqual([
+      [1, 10],
+      [11, 20],
+    ]);
+  });
+
+  it('uses the newest base backup at or before the target and only the segments after it', () => {
+    const a = archive([seg(1, 10), seg(11, 20), seg(21, 30)], [8, 12, 25]);
+    expect(chooseBackup(a, 24)?.lsn).toBe(12);
+    const p = planRestore(a, 24);
+    expect(p.backup?.lsn).toBe(12);
+    expect(p.fromLsn).toBe(13);
+    expect(p.segments.map((s) => s.firstLsn)).toEqual([11, 21]);
+    const exact = planRestore(a, 25);
+    expect(exact.backup?.lsn).toBe(25);
+    expect(exact.segments).toEqual([]);
+    expect(planRestore(a, 5).backup).toBeUndefined();
+  });
+
+  it('a backup lets the restore start after segments retention removed', () => {
+    const a = archive([seg(11, 20), seg(21, 30)], [10]);
+    expect(planRestore(a, 30).segments.map((s) => s.firstLsn)).toEqual([11, 21]);
+  });
+
+  it('a gap is refused naming the LSN and the segments around it', async () => {
+    const a = archive([seg(1, 10), seg(13, 20)]);
+    expect(a.archived).toEqual({ firstLsn: 1, lastLsn: 10 });
+    await expectError(
+      () => planRestore({ ...a, archived: { firstLsn: 1, lastLsn: 20 } }, 15),
+      /partition 7: gap in the archive: no segment holds LSN 11, needed for LSNs 1-15 .*the segment before ends at LSN 10 \(partitions\/7\/wal\/0000000000001-000000000000a\.tar\.zst\), the next one starts at LSN 13/,
+    );
+    await expectError(() => planRestore(a, 15), /LSN 15 is beyond the archive, which ends at LSN 10/);
+  });
+
+  it('without a backup, an archive that does not start at LSN 1 cannot be restored', async () => {
+    const a = archive([seg(5, 10)]);
+    await expectError(
+      () => planRestore(a, 8),
+      /no segment holds LSN 1, needed for LSNs 1-8 \(there is no base backup/,
+    );
+  });
+
+  it('an empty archive is refused', async () => {
+    await expectError(resolveTarget(archive([]), { kind: 'latest' }, reader().fn), /nothing is archived/);
+  });
+
+  it('an LSN below 1 is a usage error', async () => {
+    await expectError(() => planRestore(archive([seg(1, 3)]), 0), /at least 1/, 'INVALID_ARGUMENT');
+  });
+
+  it('reads boundary times and checksums from the manifest', () => {
+    const m: PartitionManifest = {
+      schema: 1,
+      partition: P,
+      leader: { node: 1, term: 2 },
+      version: 3,
+      archived: { first_lsn: 1, last_lsn: 10 },
+      segments: [
+        {
+          key: segmentKey(P, 1, 10),
+          first_lsn: 1,
+          last_lsn: 10,
+          entries: 10,
+          bytes: 99,
+          raw_bytes: 200,
+          sha256: 'c'.repeat(64),
+          first_committed_at: new Date(T0).toISOString(),
+          last_committed_at: new Date(T0 + 90).toISOString(),
+          archived_at: new Date(T0 + 100).toISOString(),
+          term: 2,
+          node: 1,
+        },
+      ],
+      backups: [
+        {
+          key: baseBackupKey(P, 4),
+          lsn: 4,
+          taken_at: new Date(T0).toISOString(),
+          bytes: 5,
+          sha256: 'd'.repeat(64),
+          trigger: 'manual',
+          term: 2,
+          node: 1,
+        },
+      ],
+      published_lsn: 0,
+      updated_at: new Date(T0).toISOString(),
+    };
+    const a = archiveFromManifest(m);
+    expect(a.segments[0]).toMatchObject({
+      firstCommittedAt: T0,
+      lastCommittedAt: T0 + 90,
+      sha256: 'c'.repeat(64),
+    });
+    expect(a.backups[0]).toMatchObject({ lsn: 4, term: 2 });
+    expect(planRestore(a, 9).backup?.lsn).toBe(4);
+  });
+});
