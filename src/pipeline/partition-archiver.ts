@@ -62,7 +62,7 @@ export const DEFAULT_ARCHIVER_CONFIG: ArchiverConfig = {
   segmentMaxAgeMs: 500,
   maxInflight: 2,
   zstdLevel: 3,
-  idlePollMs: 10_000,
+  idlePollMs: 60_000,
 };
 
 export interface PartitionArchiverOptions {
@@ -288,15 +288,49 @@ export class PartitionArchiver {
     try {
       return await readCommittedEntry(this.o.partitionDir, lsn, commit);
     } catch (err) {
-      if (isWalArchiverError(err, ErrorCodes.NOT_FOUND)) {
-        throw new WalArchiverError(
-          ErrorCodes.CORRUPT,
-          `partition ${this.partition}: committed LSN ${lsn} is missing from the WAL (pruned before it was archived?)`,
-          { cause: err, retryable: false, details: { lsn } },
-        );
-      }
+      if (isWalArchiverError(err, ErrorCodes.NOT_FOUND)) throw await this.explainMissing(lsn, err);
       throw err;
     }
+  }
+
+  /**
+   * A committed entry is gone from this node's WAL. That is legitimate when
+   * another leader's sidecar archived it meanwhile (this node lost leadership
+   * and caught up from a snapshot): then this archiver is stale (FENCED) or
+   * resumes after what is archived. Only otherwise is it a gap: CORRUPT.
+   */
+  private async explainMissing(lsn: number, cause: unknown): Promise<WalArchiverError> {
+    const m = (await readPartitionManifest(this.o.store, this.partition, { signal: this.abort.signal }))
+      ?.value;
+    if (
+      m?.leader &&
+      (m.leader.term > this.term || (m.leader.term === this.term && m.leader.node !== this.o.node))
+    ) {
+      return new WalArchiverError(
+        ErrorCodes.FENCED,
+        `partition ${this.partition}: term ${m.leader.term} archives it now`,
+        {
+          cause,
+          details: { lsn },
+        },
+      );
+    }
+    if ((m?.archived?.last_lsn ?? 0) >= lsn) {
+      return new WalArchiverError(
+        ErrorCodes.UNAVAILABLE,
+        `partition ${this.partition}: LSN ${lsn} was archived meanwhile; resuming`,
+        {
+          cause,
+          retryable: true,
+          details: { lsn },
+        },
+      );
+    }
+    return new WalArchiverError(
+      ErrorCodes.CORRUPT,
+      `partition ${this.partition}: committed LSN ${lsn} is missing from the WAL and not archived`,
+      { cause, retryable: false, details: { lsn } },
+    );
   }
 
   /** Records a finished segment, strictly in LSN order. */
@@ -521,7 +555,17 @@ export class PartitionArchiver {
       const to = Math.min(commit, from + EVENT_BATCH - 1);
       const values: Array<{ key: string; value: Record<string, unknown> }> = [];
       for (let lsn = from; lsn <= to; lsn++) {
-        const e = await readCommittedEntry(this.o.partitionDir, lsn, commit);
+        const e = await readCommittedEntry(this.o.partitionDir, lsn, commit).catch((err: unknown) => {
+          if (!isWalArchiverError(err, ErrorCodes.NOT_FOUND)) throw err;
+          throw new WalArchiverError(
+            ErrorCodes.UNAVAILABLE,
+            `LSN ${lsn} left the WAL while publishing; retrying`,
+            {
+              cause: err,
+              retryable: true,
+            },
+          );
+        });
         values.push({
           key: this.partition,
           value: {
