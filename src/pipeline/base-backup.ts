@@ -229,7 +229,11 @@ export async function partitionStatus(
       },
     );
   }
-  return (await res.json()) as LeaderStatus;
+  try {
+    return (await res.json()) as LeaderStatus;
+  } catch (err) {
+    throw unreachable(url, err, signal);
+  }
 }
 
 /**
@@ -297,6 +301,7 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
   const path = join(spoolDir, `base-${o.partition}-${lsn}-${randomBytes(6).toString('hex')}.tar.zst`);
   const raw = new HashingStream();
   const compressed = new HashingStream();
+  const file = createWriteStream(path, { flags: 'wx' });
   try {
     await pipeline(
       Readable.fromWeb(res.body as WebReadableStream<Uint8Array>),
@@ -304,10 +309,12 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
       raw,
       new CompressStream({ compressionLevel: o.zstdLevel ?? DEFAULT_ZSTD_LEVEL, checksumFlag: true }),
       compressed,
-      createWriteStream(path, { flags: 'wx' }),
+      file,
       { signal: o.signal },
     );
   } catch (err) {
+    // The file may still be opening when the pipeline fails: remove it once it is closed.
+    if (!file.closed) await new Promise<void>((resolve) => file.once('close', () => resolve()));
     await rm(path, { force: true });
     if (isWalArchiverError(err)) throw err;
     throw unreachable(url, err, o.signal);
