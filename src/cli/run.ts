@@ -6,6 +6,7 @@ import { openEventBus } from '../events/open.js';
 import { createLogger } from '../log.js';
 import { GlobalManifestProjector } from '../manifest/projector.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
+import { registerProjectorMetrics } from '../pipeline/metrics.js';
 import { Sidecar } from '../pipeline/sidecar.js';
 import { openObjectStore } from '../store/open.js';
 
@@ -135,6 +136,10 @@ export const runCommand: Command = {
     let events: EventBus | undefined;
     try {
       if (f.events) events = await openEventBus(f.events);
+      const projector =
+        events && f['manifest-projector']
+          ? new GlobalManifestProjector({ store, bus: events, logger })
+          : undefined;
       const sidecar = new Sidecar({
         dataDir: f['data-dir'],
         nodeUrl: f['node-url'],
@@ -153,11 +158,9 @@ export const runCommand: Command = {
         metricsPort: f['metrics-port'],
         metricsHost: f['metrics-host'],
         logger,
-        companions:
-          events && f['manifest-projector']
-            ? [new GlobalManifestProjector({ store, bus: events, logger })]
-            : [],
+        companions: projector ? [projector] : [],
       });
+      if (projector) registerProjectorMetrics(sidecar.metrics.registry, () => projector.stats);
       await sidecar.start();
       ctx.stderr.write(`wal-archiver: archiving to ${store.url}; metrics at ${sidecar.metricsUrl}/metrics\n`);
       await new Promise<void>((resolve) =>

@@ -106,3 +106,37 @@ export function createArchiverMetrics(registry: Registry = new Registry()) {
 }
 
 export type ArchiverMetrics = ReturnType<typeof createArchiverMetrics>;
+
+/** Counters of the global manifest projector, read when /metrics is scraped. */
+export function registerProjectorMetrics(
+  registry: Registry,
+  stats: () => {
+    eventsFolded: number;
+    eventsSkipped: number;
+    writes: number;
+    writeConflicts: number;
+    errors: number;
+  },
+): void {
+  const counters = [
+    ['wal_archiver_manifest_events_folded', 'Events folded into the global manifest', 'eventsFolded'],
+    ['wal_archiver_manifest_events_skipped', 'Malformed events the projector skipped', 'eventsSkipped'],
+    ['wal_archiver_manifest_writes', 'Global manifest versions written', 'writes'],
+    [
+      'wal_archiver_manifest_write_conflicts',
+      'Global manifest writes that lost a race and were redone',
+      'writeConflicts',
+    ],
+    ['wal_archiver_manifest_errors', 'Projector failures (each retried)', 'errors'],
+  ] as const;
+  for (const [name, help, field] of counters) {
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(stats()[field]);
+      },
+    });
+  }
+}
