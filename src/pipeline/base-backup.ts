@@ -196,6 +196,7 @@ function unreachable(url: string, err: unknown, signal?: AbortSignal): WalArchiv
 }
 
 export interface LeaderStatus {
+  node: number;
   role: string;
   term: number;
   leader: number;

@@ -5,6 +5,7 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { backupCommand, retentionCommand } from '../../src/cli/backup.js';
 import { isWalArchiverError } from '../../src/errors.js';
 import { readAll } from '../../src/manifest/cas.js';
 import { baseBackupPrefix, segmentPrefix } from '../../src/manifest/keys.js';
@@ -34,6 +35,7 @@ const P = '1';
 interface Setup {
   cluster: StartedCluster;
   store: ObjectStore;
+  storeUrl: string;
   work: string;
   spoolDir: string;
   leader(): Promise<{ id: number; url: string; term: number; stateDir: string }>;
@@ -81,6 +83,7 @@ async function setup(o: { backend: 'folder' | 's3'; objectLock?: boolean; port: 
   const s: Setup = {
     cluster,
     store,
+    storeUrl,
     work,
     spoolDir,
     async leader() {
@@ -98,10 +101,14 @@ async function setup(o: { backend: 'folder' | 's3'; objectLock?: boolean; port: 
       await writeMany(cluster.urls, [P], n, 4, label);
       const { url } = await s.leader();
       const committed = (await statusOf(url, P)).committed;
-      return waitFor(`partition ${P} archived to ${committed}`, async () => {
-        const m = (await readPartitionManifest(store, P))?.value;
-        return m && (m.archived?.last_lsn ?? 0) >= committed ? m : undefined;
-      });
+      return waitFor(
+        `partition ${P} archived to ${committed}`,
+        async () => {
+          const m = (await readPartitionManifest(store, P))?.value;
+          return m && (m.archived?.last_lsn ?? 0) >= committed ? m : undefined;
+        },
+        120_000,
+      );
     },
     async backup(trigger, retention) {
       const l = await s.leader();
@@ -313,6 +320,29 @@ describe.each([
         spoolDir: s.spoolDir,
       }),
     ).rejects.toThrow(new RegExp(`not the leader.*${l.url.replace(/[.]/g, '\\.')}`));
+
+    // The commands: refused on a follower with the leader named, then one manual backup from the leader.
+    const out: string[] = [];
+    const sink = { write: (t: string) => (out.push(t), true) } as unknown as NodeJS.WritableStream;
+    const ctx = { signal: new AbortController().signal, stdout: sink, stderr: sink, env: {} };
+    await expect(
+      backupCommand.run(['--object-store', s.storeUrl, '--node-url', follower, '--partition', P], ctx),
+    ).rejects.toMatchObject({ code: 'NOT_LEADER', message: expect.stringContaining(l.url) });
+    expect(
+      await backupCommand.run(['--object-store', s.storeUrl, '--node-url', l.url, '--partition', P], ctx),
+    ).toBe(0);
+    const taken = JSON.parse(out.pop()!) as { trigger: string; key: string };
+    expect(taken.trigger).toBe('manual');
+    expect((await readPartitionManifest(s.store, P))!.value.backups.map((b) => b.key)).toEqual([taken.key]);
+    out.length = 0;
+    expect(
+      await retentionCommand.run(
+        ['--object-store', s.storeUrl, '--all', '--keep-count', '1', '--dry-run'],
+        ctx,
+      ),
+    ).toBe(0);
+    expect(out.join('')).toMatch(new RegExp(`partition ${P}: would delete \\d+ objects`));
+    expect((await readPartitionManifest(s.store, P))!.value.segments.length).toBeGreaterThan(0);
   });
 });
 

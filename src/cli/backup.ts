@@ -1,0 +1,217 @@
+import { Topics } from '../events/event-bus.js';
+import { createLogger } from '../log.js';
+import { PARTITIONS_PREFIX, partitionOfKey } from '../manifest/keys.js';
+import { readPartitionManifest } from '../manifest/partition-manifest.js';
+import { assertLeader, takeBaseBackup } from '../pipeline/base-backup.js';
+import { applyRetention, listPartitionObjects, planRetention } from '../pipeline/retention.js';
+import { isValidPartitionId } from '../schemas.js';
+import { parseFlags, UsageError, type ParsedFlags } from './flags.js';
+import { openBusFlag, openStoreFlag } from './manifest.js';
+import { EXIT_FAILURE, EXIT_OK, type Command } from './runner.js';
+import type { ObjectStore } from '../store/object-store.js';
+
+/** Every partition with an object in the archive, in key order. */
+async function listPartitionIds(store: ObjectStore, signal?: AbortSignal): Promise<string[]> {
+  const ids = new Set<string>();
+  for await (const o of store.list(PARTITIONS_PREFIX, { signal })) {
+    const id = partitionOfKey(o.key);
+    if (id !== undefined) ids.add(id);
+  }
+  return [...ids];
+}
+
+/**
+ * `wal-archiver backup`: one base backup by hand (trigger `manual`) from the
+ * partition's leader. `wal-archiver retention`: deletes the base backups and
+ * WAL segments no kept backup needs (idempotent; any process may run it).
+ */
+
+const storeFlag = {
+  type: 'string',
+  help: 'the archive (s3://bucket/prefix?… or file:///path)',
+  value: 'URL',
+  required: true,
+  env: 'WAL_ARCHIVER_OBJECT_STORE',
+} as const;
+
+function checkPartition(p: string | undefined): void {
+  if (p !== undefined && !isValidPartitionId(p)) {
+    throw new UsageError(
+      `flag --partition: "${p}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
+    );
+  }
+}
+
+const backupFlags = {
+  'object-store': storeFlag,
+  'node-url': {
+    type: 'string',
+    help: "the partition's leader (storage node URL)",
+    value: 'URL',
+    required: true,
+    env: 'WAL_ARCHIVER_NODE_URL',
+  },
+  partition: { type: 'string', help: 'the partition to back up', value: 'ID', required: true },
+  events: { type: 'string', help: 'publish the wal.backups event on this bus', value: 'URL' },
+  'retention-mode': {
+    type: 'string',
+    help: 'object lock mode for the backup object: GOVERNANCE or COMPLIANCE',
+    value: 'MODE',
+  },
+  'retention-days': { type: 'int', help: 'object lock period in days', value: 'N', min: 1 },
+  'spool-dir': {
+    type: 'string',
+    help: 'where the compressed backup is spooled (default: temp folder)',
+    value: 'DIR',
+  },
+} as const;
+
+const backupHelp = {
+  usage: 'wal-archiver backup --object-store URL --node-url U --partition P [--events URL]',
+  description:
+    'Takes one base backup of a partition now (trigger "manual"): a consistent snapshot of the\n' +
+    "partition's applied state from its leader, zstd-compressed to partitions/<P>/base/<LSN>.tar.zst\n" +
+    'with its SHA-256 in the metadata, then recorded in the partition manifest. The node must lead\n' +
+    'the partition; otherwise the error names the leader. Prints the backup as JSON.',
+};
+
+export function parseBackupFlags(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): ParsedFlags<typeof backupFlags> {
+  const f = parseFlags(argv, backupFlags, backupHelp, env);
+  checkPartition(f.partition);
+  const mode = f['retention-mode'];
+  if (mode !== undefined && mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') {
+    throw new UsageError(`flag --retention-mode: "${mode}" is not GOVERNANCE or COMPLIANCE`);
+  }
+  if ((mode === undefined) !== (f['retention-days'] === undefined)) {
+    throw new UsageError('flags --retention-mode and --retention-days go together');
+  }
+  return f;
+}
+
+export const backupCommand: Command = {
+  summary: 'take one base backup of a partition now, from its leader',
+  async run(argv, ctx) {
+    const f = parseBackupFlags(argv, ctx.env);
+    const store = await openStoreFlag(f['object-store']);
+    try {
+      const status = await assertLeader(f['node-url'], f.partition, undefined, ctx.signal);
+      const mode = f['retention-mode'] as 'GOVERNANCE' | 'COMPLIANCE' | undefined;
+      const result = await takeBaseBackup({
+        store,
+        nodeUrl: f['node-url'],
+        partition: f.partition,
+        node: status.node,
+        term: status.term,
+        trigger: 'manual',
+        ...(mode !== undefined ? { retention: { mode, days: f['retention-days']! } } : {}),
+        ...(f['spool-dir'] !== undefined ? { spoolDir: f['spool-dir'] } : {}),
+        signal: ctx.signal,
+        logger: createLogger({ component: 'backup' }),
+      });
+      if (f.events !== undefined) {
+        const bus = await openBusFlag('events', f.events);
+        try {
+          await bus.publish(Topics.BACKUPS, [{ key: f.partition, value: { ...result.event } }], {
+            signal: ctx.signal,
+          });
+        } finally {
+          await bus.close().catch(() => undefined);
+        }
+      }
+      ctx.stdout.write(
+        `${JSON.stringify({ ...result.record, reused: result.reused, raw_bytes: result.rawBytes })}\n`,
+      );
+      return EXIT_OK;
+    } finally {
+      await store.close();
+    }
+  },
+};
+
+const retentionFlags = {
+  'object-store': storeFlag,
+  partition: { type: 'string', help: 'one partition', value: 'ID' },
+  all: { type: 'bool', help: 'every partition in the archive', default: false },
+  'keep-count': { type: 'int', help: 'keep the newest N base backups', value: 'N', min: 1, required: true },
+  'keep-age': {
+    type: 'duration',
+    help: 'also keep every base backup younger than this (e.g. 7d)',
+    value: 'D',
+    min: 1,
+  },
+  'dry-run': { type: 'bool', help: 'show what would be deleted, delete nothing', default: false },
+} as const;
+
+const retentionHelp = {
+  usage:
+    'wal-archiver retention --object-store URL (--partition P | --all) --keep-count N [--keep-age D] [--dry-run]',
+  description:
+    'Keeps the newest N base backups (and, with --keep-age, every one younger than D plus the one\n' +
+    'before), and deletes older base backups and the WAL segments no kept backup needs: a restore to\n' +
+    'any point from the oldest kept backup on stays possible. The newest backup is always kept; a\n' +
+    'partition without base backups keeps all its WAL. Records leave the manifest first, objects are\n' +
+    'deleted after, so an interruption leaves only unreferenced objects (the next run deletes them).\n' +
+    'Objects under object lock are kept and reported. Safe to run twice, and beside running sidecars.',
+};
+
+export function parseRetentionFlags(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): ParsedFlags<typeof retentionFlags> {
+  const f = parseFlags(argv, retentionFlags, retentionHelp, env);
+  checkPartition(f.partition);
+  if ((f.partition === undefined) === !f.all) throw new UsageError('give one of --partition P or --all');
+  return f;
+}
+
+export const retentionCommand: Command = {
+  summary: 'delete base backups and WAL segments no longer needed (by count and age)',
+  async run(argv, ctx) {
+    const f = parseRetentionFlags(argv, ctx.env);
+    const store = await openStoreFlag(f['object-store']);
+    let problems = 0;
+    try {
+      const partitions =
+        f.partition !== undefined ? [f.partition] : await listPartitionIds(store, ctx.signal);
+      for (const partition of partitions) {
+        const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
+        if (!stored) {
+          ctx.stderr.write(`wal-archiver retention: partition ${partition} has no manifest; skipped\n`);
+          continue;
+        }
+        const now = new Date();
+        const plan = planRetention(
+          stored.value,
+          { keepCount: f['keep-count'], ...(f['keep-age'] !== undefined ? { keepAge: f['keep-age'] } : {}) },
+          now,
+          { objects: await listPartitionObjects(store, partition, ctx.signal) },
+        );
+        const result = await applyRetention(store, partition, undefined, plan, {
+          dryRun: f['dry-run'],
+          signal: ctx.signal,
+        });
+        const verb = f['dry-run'] ? 'would delete' : 'deleted';
+        ctx.stdout.write(
+          `partition ${partition}: ${verb} ${result.deleted.length} objects ` +
+            `(${plan.deleteBackups.length} base backups, ${plan.deleteSegments.length} segments, ${plan.orphans.length} leftovers); ` +
+            `kept ${plan.keepBackups.length} base backups from LSN ${plan.windowStartLsn ?? '-'} on, ${plan.keepSegments} segments\n`,
+        );
+        for (const key of result.deleted)
+          ctx.stdout.write(`  ${verb} ${key}  (${plan.reasons[key] ?? ''})\n`);
+        for (const l of result.locked) {
+          ctx.stdout.write(`  locked  ${l.key}${l.retainUntil ? ` until ${l.retainUntil}` : ''}: kept\n`);
+        }
+        for (const x of result.failed) {
+          problems++;
+          ctx.stderr.write(`wal-archiver retention: ${x.key}: ${x.error}\n`);
+        }
+      }
+    } finally {
+      await store.close();
+    }
+    return problems > 0 ? EXIT_FAILURE : EXIT_OK;
+  },
+};
