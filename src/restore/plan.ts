@@ -1,10 +1,6 @@
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
 import { baseBackupPrefix, segmentPrefix, tryParseBaseKey, tryParseSegmentKey } from '../manifest/keys.js';
-import {
-  contiguousPrefix,
-  readPartitionManifest,
-  type PartitionManifest,
-} from '../manifest/partition-manifest.js';
+import { readPartitionManifest, type PartitionManifest } from '../manifest/partition-manifest.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 
 /**
@@ -123,8 +119,9 @@ export interface ListedObject {
 /**
  * The view the objects alone give: segments and base backups from their
  * keys, checksums from their metadata. Commit times are unknown, so a time
- * target reads segments in order. The archived range is the lowest
- * contiguous run of segments, as a manifest's first write records it.
+ * target reads segments in order. The archived range spans every segment,
+ * so a gap between them is reported (naming the LSN and the objects around
+ * it) rather than silently ending the archive before it.
  */
 export function archiveFromObjects(
   partition: string,
@@ -152,13 +149,14 @@ export function archiveFromObjects(
   }
   segments.sort(compareSegments);
   backups.sort((a, b) => a.lsn - b.lsn);
-  const run = contiguousPrefix(segments.map((s) => ({ first_lsn: s.firstLsn, last_lsn: s.lastLsn })));
+  const first = segments[0]?.firstLsn;
+  const last = Math.max(0, ...segments.map((s) => s.lastLsn));
   return {
     partition,
     source: 'objects',
     segments,
     backups,
-    archived: run ? { firstLsn: run.first_lsn, lastLsn: run.last_lsn } : null,
+    archived: first === undefined ? null : { firstLsn: first, lastLsn: last },
     ...(note ? { note } : {}),
   };
 }
@@ -271,15 +269,16 @@ export async function resolveTimeTarget(
   let answer = first - 1;
   let next = first;
   let stopped = false;
+  // The first commit time seen, for the error when the time is before it.
+  let firstTimed: EntryTime | undefined;
   for (const seg of chain) {
+    // A boundary time only ever skips whole segments: an empty entry at a
+    // boundary carries an approximate time, so where the time falls inside
+    // or before a segment is decided by its entries' own times.
     if (seg.lastCommittedAt !== undefined && seg.lastCommittedAt <= t) {
       answer = seg.lastLsn;
       next = seg.lastLsn + 1;
       continue;
-    }
-    if (seg.firstCommittedAt !== undefined && seg.firstCommittedAt > t && seg.firstLsn === next) {
-      stopped = true;
-      break;
     }
     const times = (await readEntryTimes(seg)).sort((a, b) => a.lsn - b.lsn);
     for (const e of times) {
@@ -291,11 +290,14 @@ export async function resolveTimeTarget(
           { retryable: false, details: { partition: archive.partition, lsn: next, key: seg.key } },
         );
       }
+      if (e.committedAt > 0) firstTimed ??= e;
       if (e.committedAt > t) {
         stopped = true;
         break;
       }
-      answer = e.lsn;
+      // An entry without a time goes with the entries before it; leading
+      // ones (nothing accepted yet) go with the next entry that has a time.
+      if (e.committedAt > 0 || answer >= first) answer = e.lsn;
       next = e.lsn + 1;
     }
     if (stopped) break;
@@ -309,13 +311,12 @@ export async function resolveTimeTarget(
   }
   if (answer < first) {
     const seg = chain[0];
-    const at =
-      seg?.firstCommittedAt !== undefined
-        ? `, committed ${new Date(seg.firstCommittedAt).toISOString()}`
-        : '';
+    const at = firstTimed
+      ? `; the first commit time is ${new Date(firstTimed.committedAt).toISOString()}, at LSN ${firstTimed.lsn}`
+      : '';
     throw notFound(
       `partition ${archive.partition}: ${time.toISOString()} is before the first archived entry ` +
-        `(LSN ${first}${at}, in ${describeSegment(seg)})`,
+        `(LSN ${first}${at}; in ${describeSegment(seg)})`,
       { partition: archive.partition, lsn: first, key: seg?.key, reason: BEFORE_ARCHIVE },
     );
   }

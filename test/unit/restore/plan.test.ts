@@ -97,10 +97,10 @@ describe('restore planning: targets', () => {
     expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 149) }, reader().fn)).toBe(14);
   });
 
-  it('a time on a segment boundary is resolved from the manifest alone', async () => {
+  it('a time at a segment boundary skips the segments before it and reads only the one after', async () => {
     const r = reader();
     expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 205) }, r.fn)).toBe(20);
-    expect(r.read).toEqual([]);
+    expect(r.read).toEqual([segments[2]!.key]);
     expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 10_000) }, r.fn)).toBe(30);
   });
 
@@ -111,9 +111,33 @@ describe('restore planning: targets', () => {
   it('a time before the first archived entry is refused, naming the LSN and the segment', async () => {
     const err = await expectError(
       resolveTarget(a, { kind: 'time', time: new Date(T0 + 5) }, reader().fn),
-      /partition 7: 2025-01-01T00:00:00\.005Z is before the first archived entry \(LSN 1, committed 2025-01-01T00:00:00\.010Z, in partitions\/7\/wal\/0000000000001-000000000000a\.tar\.zst/,
+      /partition 7: 2025-01-01T00:00:00\.005Z is before the first archived entry \(LSN 1; the first commit time is 2025-01-01T00:00:00\.010Z, at LSN 1; in partitions\/7\/wal\/0000000000001-000000000000a\.tar\.zst/,
     );
     expect(err.details.reason).toBe(BEFORE_ARCHIVE);
+  });
+
+  it('a leading empty entry, recorded with an approximate later time, goes with the first timed entry', async () => {
+    // LSN 1 is a new leader's empty entry in a segment of its own; the
+    // archiver recorded its boundary time as the upload time, after LSN 2.
+    const times = new Map([
+      [1, 0],
+      [2, T0 + 20],
+      [3, T0 + 30],
+    ]);
+    const segments = [
+      { ...seg(1, 1), firstCommittedAt: T0 + 500, lastCommittedAt: T0 + 500 },
+      { ...seg(2, 3), firstCommittedAt: T0 + 20, lastCommittedAt: T0 + 30 },
+    ];
+    const b = withTimes(archive(segments), segments);
+    const read = async (s: ArchiveSegment) =>
+      [...times]
+        .filter(([l]) => l >= s.firstLsn && l <= s.lastLsn)
+        .map(([lsn, committedAt]) => ({ lsn, committedAt }));
+    expect(await resolveTarget(b, { kind: 'time', time: new Date(T0 + 25) }, read)).toBe(2);
+    await expectError(
+      resolveTarget(b, { kind: 'time', time: new Date(T0 + 15) }, read),
+      /before the first archived entry \(LSN 1; the first commit time is 2025-01-01T00:00:00\.020Z, at LSN 2;/,
+    );
   });
 
   it('without boundary times (no manifest) the segments are read in order until the time is passed', async () => {
@@ -171,12 +195,16 @@ describe('restore planning: backups and segments', () => {
 
   it('a gap is refused naming the LSN and the segments around it', async () => {
     const a = archive([seg(1, 10), seg(13, 20)]);
-    expect(a.archived).toEqual({ firstLsn: 1, lastLsn: 10 });
+    expect(a.archived).toEqual({ firstLsn: 1, lastLsn: 20 });
     await expectError(
-      () => planRestore({ ...a, archived: { firstLsn: 1, lastLsn: 20 } }, 15),
+      () => planRestore(a, 15),
       /partition 7: gap in the archive: no segment holds LSN 11, needed for LSNs 1-15 .*the segment before ends at LSN 10 \(partitions\/7\/wal\/0000000000001-000000000000a\.tar\.zst\), the next one starts at LSN 13/,
     );
-    await expectError(() => planRestore(a, 15), /LSN 15 is beyond the archive, which ends at LSN 10/);
+    await expectError(() => planRestore(a, 21), /LSN 21 is beyond the archive, which ends at LSN 20/);
+    await expectError(
+      resolveTarget(a, { kind: 'time', time: new Date(T0 + 1000) }, reader().fn),
+      /gap in the archive: no segment holds LSN 11/,
+    );
   });
 
   it('without a backup, an archive that does not start at LSN 1 cannot be restored', async () => {

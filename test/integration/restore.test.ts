@@ -1,0 +1,744 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { promisify } from 'node:util';
+import tar from 'tar-stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compress } from 'zstd-napi';
+import { restoreCommand, verifyCommand } from '../../src/cli/restore.js';
+import { reportError, type Command } from '../../src/cli/runner.js';
+import { baseBackupKey, partitionPrefix, segmentPrefix } from '../../src/manifest/keys.js';
+import { readPartitionManifest, updatePartitionManifest } from '../../src/manifest/partition-manifest.js';
+import { copyTree } from '../../src/restore/restore-all.js';
+import { INCOMPLETE_MARKER } from '../../src/restore/restore.js';
+import { packState } from '../../src/state/snapshot.js';
+import type { ObjectStore } from '../../src/store/object-store.js';
+import { openObjectStore } from '../../src/store/open.js';
+import { readConfState, readHardState } from '../../src/wal/entry.js';
+import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
+import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
+import { readArchive, replay, type ArchiveView } from '../helpers/archive-check.js';
+import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
+import { s3Url, uniqueName } from '../helpers/services.js';
+import { SidecarProcess } from '../helpers/sidecars.js';
+import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';
+
+const run = promisify(execFile);
+
+interface Setup {
+  cluster: StartedCluster;
+  dataDir: string;
+  sidecars: SidecarProcess[];
+  bucket: TestBucket;
+  work: string;
+  cleanups: Array<() => Promise<unknown>>;
+}
+
+async function setup(partitions: number, basePort: number, metricsBase: number): Promise<Setup> {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const work = await mkdtemp(join(tmpdir(), 'restore-'));
+  cleanups.push(() => rm(work, { recursive: true, force: true }));
+  const bucket = await createTestBucket({ objectLock: false, prefix: 'archive' });
+  cleanups.push(() => bucket.cleanup());
+  const dataDir = join(work, 'nodes');
+  const cluster = await startLocalCluster({ nodes: 3, partitions, dataDir, basePort });
+  cleanups.push(() => cluster.stop());
+  const sidecars = cluster.urls.map(
+    (url, i) =>
+      new SidecarProcess({
+        dataDir: join(dataDir, `node-${i + 1}`),
+        nodeUrl: url,
+        objectStore: bucket.url,
+        metricsPort: metricsBase + i + 1,
+        extraArgs: ['--segment-age', '200ms', '--segment-entries', '6'],
+      }),
+  );
+  for (const s of sidecars) {
+    await s.start();
+    cleanups.push(() => s.stop());
+  }
+  return { cluster, dataDir, sidecars, bucket, work, cleanups };
+}
+
+async function teardown(s: Setup | undefined): Promise<void> {
+  while (s?.cleanups.length) await s.cleanups.pop()!().catch(() => undefined);
+}
+
+async function load(s: Setup, partitions: string[], count: number): Promise<WriteRecord[]> {
+  const file = join(s.work, `record-${uniqueName('r')}.jsonl`);
+  const summary = await runLoad({
+    ...LOAD_DEFAULTS,
+    nodeUrls: s.cluster.urls,
+    rate: 40,
+    size: 3000,
+    partitions,
+    count,
+    durationMs: 60_000,
+    git: true,
+    record: file,
+    seed: 7,
+    maxInFlight: 4,
+    progressIntervalMs: 0,
+    log: () => undefined,
+  });
+  expect(summary.ok).toBe(count);
+  const { writes } = await readLoadRecord(file);
+  return writes;
+}
+
+/** Waits until the partition manifest has archived everything the partition committed. */
+async function waitArchived(s: Setup, partition: string): Promise<number> {
+  const leader = await leaderOf(s.cluster.urls, partition);
+  const commit = (await statusOf(s.cluster.urls[leader - 1]!, partition)).committed;
+  await waitFor(
+    `partition ${partition} archived through ${commit}`,
+    async () => {
+      const m = await readPartitionManifest(s.bucket.store, partition);
+      return (m?.value.archived?.last_lsn ?? 0) >= commit || undefined;
+    },
+    60_000,
+    100,
+  );
+  return commit;
+}
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command as the wal-archiver CLI does (one error line on stderr, the exit code). */
+async function cli(command: Command, argv: string[]): Promise<CliResult> {
+  let stdout = '';
+  let stderr = '';
+  const sink = (to: (s: string) => void) =>
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        to(chunk.toString());
+        done();
+      },
+    });
+  const out = sink((t) => (stdout += t));
+  const err = sink((t) => (stderr += t));
+  let code: number;
+  try {
+    code = await command.run(argv, {
+      signal: new AbortController().signal,
+      stdout: out,
+      stderr: err,
+      env: {},
+    });
+  } catch (e) {
+    code = reportError('wal-archiver', e, err);
+  }
+  return { code, stdout, stderr };
+}
+
+/** The refs of every repository in a restored state: relative path → ref name → value. */
+async function refsIn(
+  stateDir: string,
+  repositories: string[],
+): Promise<Record<string, Record<string, string>>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const repo of repositories) {
+    const dir = join(stateDir, 'repositories', repo);
+    const refs: Record<string, string> = {};
+    const walk = async (d: string, name: string) => {
+      for (const e of await readdir(d, { withFileTypes: true }).catch(() => [])) {
+        if (e.isDirectory()) await walk(join(d, e.name), `${name}/${e.name}`);
+        else refs[`${name}/${e.name}`] = (await readFile(join(d, e.name), 'utf8')).trim();
+      }
+    };
+    await walk(join(dir, 'refs'), 'refs');
+    if (Object.keys(refs).length > 0) out[repo] = refs;
+  }
+  return out;
+}
+
+/** What the record says every repository's refs are once the partition is at `lsn`. */
+function expectedRefs(
+  writes: WriteRecord[],
+  partition: string,
+  lsn: number,
+): Record<string, Record<string, string>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const w of writes) if (w.partition === partition && w.lsn <= lsn) out[w.relativePath] = w.refs;
+  return out;
+}
+
+async function fsckClean(stateDir: string, repositories: string[]): Promise<void> {
+  for (const repo of repositories) {
+    const gitDir = join(stateDir, 'repositories', repo);
+    if (!(await stat(gitDir).catch(() => undefined))) continue;
+    const { stdout, stderr } = await run('git', ['--git-dir', gitDir, 'fsck', '--full', '--strict']);
+    expect(`${stdout}${stderr}`.trim(), `git fsck of ${repo}`).toBe('');
+  }
+}
+
+/** Copies one partition's objects (and manifest) to a fresh prefix of the bucket, for damaging. */
+async function copyPartition(s: Setup, partition: string): Promise<{ store: ObjectStore; url: string }> {
+  const url = s3Url(s.bucket.bucket, uniqueName('copy'));
+  const store = await openObjectStore(url);
+  for await (const o of s.bucket.store.list(partitionPrefix(partition))) {
+    const info = await s.bucket.store.head(o.key);
+    const body = await readAll(await s.bucket.store.get(o.key));
+    await store.create(o.key, body, { metadata: info!.metadata });
+  }
+  s.cleanups.push(() => store.close());
+  return { store, url };
+}
+
+async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+async function segmentKeys(store: ObjectStore, partition: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const o of store.list(segmentPrefix(partition))) keys.push(o.key);
+  return keys;
+}
+
+/** Replaces an object (same key, so restore plans it) by other bytes carrying their own SHA-256. */
+async function replaceObject(store: ObjectStore, key: string, body: Buffer, keepSha = false): Promise<void> {
+  const info = await store.head(key);
+  await store.delete(key);
+  await store.create(key, body, {
+    metadata: { ...info!.metadata, ...(keepSha ? {} : { sha256: sha256(body) }) },
+  });
+}
+
+/** Every file below `dir`, relative. */
+async function filesBelow(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string, rel: string) => {
+    for (const e of await readdir(d, { withFileTypes: true }).catch(() => [])) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await walk(join(d, e.name), r);
+      else out.push(r);
+    }
+  };
+  await walk(dir, '');
+  return out;
+}
+
+async function expectNothingAt(target: string): Promise<void> {
+  expect(await stat(target).catch(() => undefined), `${target} must not exist`).toBeUndefined();
+  expect(
+    await stat(`${target}.partial`).catch(() => undefined),
+    `${target}.partial must not exist`,
+  ).toBeUndefined();
+}
+
+function oneErrorLine(r: CliResult, pattern: RegExp): void {
+  expect(r.code, r.stderr).toBe(1);
+  const lines = r.stderr.split('\n').filter((l) => l && !l.startsWith('restore: '));
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(pattern);
+}
+
+describe('restore a partition from the archive of a live cluster', () => {
+  let s: Setup;
+  let writes: WriteRecord[];
+  const views = new Map<string, ArchiveView>();
+  const commits = new Map<string, number>();
+  const refDir = (p: string, lsn: number) => join(s.work, 'reference', p, String(lsn));
+
+  /** The replay of the archive to `lsn`: what a restore must give, byte for byte. */
+  async function reference(p: string, lsn: number): Promise<Record<string, string>> {
+    const dir = refDir(p, lsn);
+    if (!(await stat(dir).catch(() => undefined))) await replay(views.get(p)!, lsn, dir);
+    return treeDigest(dir);
+  }
+
+  const repos = (p: string) => [
+    ...new Set(writes.filter((w) => w.partition === p).map((w) => w.relativePath)),
+  ];
+
+  beforeAll(async () => {
+    s = await setup(2, 7700, 9700);
+    writes = await load(s, ['1', '2'], 48);
+    for (const p of ['1', '2']) {
+      const commit = await waitArchived(s, p);
+      commits.set(p, commit);
+      views.set(p, await readArchive(s.bucket.store, p, commit, join(s.work, 'archive-view')));
+    }
+  });
+  afterAll(() => teardown(s));
+
+  it('restores to recorded LSNs exactly: refs as recorded, git fsck clean, state identical to a replay', async () => {
+    const mine = writes.filter((w) => w.partition === '1').sort((a, b) => a.lsn - b.lsn);
+    const lsns = [mine[0]!.lsn, mine[Math.floor(mine.length / 2)]!.lsn, mine.at(-1)!.lsn];
+    for (const lsn of lsns) {
+      const target = join(s.work, 'lsn', String(lsn), 'partitions', '1');
+      const r = await cli(restoreCommand, [
+        '--object-store',
+        s.bucket.url,
+        '--partition',
+        '1',
+        '--to-lsn',
+        String(lsn),
+        '--target',
+        target,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`restored partition 1 to LSN ${lsn} \\(term \\d+\\)`));
+      expect(r.stderr).toMatch(/^restore: partition 1: /m);
+      expect(await treeDigest(join(target, 'state'))).toEqual(await reference('1', lsn));
+      expect(await refsIn(join(target, 'state'), repos('1'))).toEqual(expectedRefs(writes, '1', lsn));
+      await fsckClean(join(target, 'state'), repos('1'));
+      const term = views.get('1')!.terms.get(lsn)!;
+      expect(await readFile(join(target, 'applied_lsn'), 'utf8')).toBe(`${lsn}\n`);
+      expect(JSON.parse(await readFile(join(target, 'raft', 'snapshot'), 'utf8'))).toEqual({
+        index: lsn,
+        term,
+        voters: [1, 2, 3],
+      });
+      expect(await readHardState(target)).toEqual({ term, vote: 0, commit: lsn });
+      expect((await readConfState(target))?.voters).toEqual([1, 2, 3]);
+      expect(await filesBelow(target)).not.toContain(INCOMPLETE_MARKER);
+      expect(await stat(`${target}.partial`).catch(() => undefined)).toBeUndefined();
+    }
+    // At the latest LSN the restored state is the node's own, byte for byte.
+    const latest = join(s.work, 'latest', 'partitions', '1');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      '1',
+      '--latest',
+      '--target',
+      latest,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const leader = await leaderOf(s.cluster.urls, '1');
+    const status = await statusOf(s.cluster.urls[leader - 1]!, '1');
+    expect(status.applied).toBe(commits.get('1'));
+    expect(await readFile(join(latest, 'applied_lsn'), 'utf8')).toBe(`${commits.get('1')}\n`);
+    expect(await treeDigest(join(latest, 'state'))).toEqual(
+      await treeDigest(join(s.dataDir, `node-${leader}`, 'partitions', '1', 'state')),
+    );
+  });
+
+  it('restores to times between recorded writes: the last entry committed at or before the time', async () => {
+    const mine = writes.filter((w) => w.partition === '2').sort((a, b) => a.lsn - b.lsn);
+    const gaps = mine
+      .slice(0, -1)
+      .map((w, i) => ({ w, next: mine[i + 1]! }))
+      .filter(({ w, next }) => Date.parse(next.committedAt) - Date.parse(w.committedAt) >= 2);
+    expect(gaps.length).toBeGreaterThan(2);
+    for (const { w, next } of [gaps[0]!, gaps[Math.floor(gaps.length / 2)]!]) {
+      const time = new Date(Date.parse(w.committedAt) + 1).toISOString();
+      const target = join(s.work, 'time', time.replace(/[:.]/g, '-'));
+      const r = await cli(restoreCommand, [
+        '--object-store',
+        s.bucket.url,
+        '--partition',
+        '2',
+        '--to-time',
+        time,
+        '--target',
+        target,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const applied = Number(await readFile(join(target, 'applied_lsn'), 'utf8'));
+      expect(applied).toBeGreaterThanOrEqual(w.lsn);
+      expect(applied).toBeLessThan(next.lsn);
+      expect(await treeDigest(join(target, 'state'))).toEqual(await reference('2', applied));
+      expect(await refsIn(join(target, 'state'), repos('2'))).toEqual(expectedRefs(writes, '2', w.lsn));
+      await fsckClean(join(target, 'state'), repos('2'));
+    }
+  });
+
+  it('starts from the newest base backup at or before the target, and verify accepts it', async () => {
+    const p = '2';
+    const mine = writes.filter((w) => w.partition === p).sort((a, b) => a.lsn - b.lsn);
+    const b = mine[Math.floor(mine.length / 3)]!.lsn;
+    // A base backup of the state at LSN b, as the sidecar stores one.
+    await reference(p, b);
+    const packed = join(s.work, 'packed', String(b));
+    await copyTree(refDir(p, b), packed);
+    // A git workload sets no key; the node's packed state then holds an empty kv-state.
+    await writeFile(join(packed, 'kv-state'), '', { flag: 'a' });
+    const body = compress(await readAll(packState(packed) as unknown as NodeJS.ReadableStream));
+    const key = baseBackupKey(p, b);
+    await s.bucket.store.create(key, body, { metadata: { sha256: sha256(body), partition: p } });
+    const m = (await readPartitionManifest(s.bucket.store, p))!.value;
+    await updatePartitionManifest(s.bucket.store, p, m.leader!, {
+      backups: [
+        {
+          key,
+          lsn: b,
+          taken_at: new Date().toISOString(),
+          bytes: body.length,
+          sha256: sha256(body),
+          trigger: 'manual',
+          term: m.leader!.term,
+          node: m.leader!.node,
+        },
+      ],
+    });
+
+    const latest = commits.get(p)!;
+    const target = join(s.work, 'backup', 'latest');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      p,
+      '--latest',
+      '--target',
+      target,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`base backup ${key} + `);
+    expect(await treeDigest(join(target, 'state'))).toEqual(await reference(p, latest));
+    expect(await refsIn(join(target, 'state'), repos(p))).toEqual(expectedRefs(writes, p, latest));
+
+    // Exactly at the backup: nothing replayed, the term still that of the entry at b.
+    const at = join(s.work, 'backup', 'at');
+    const r2 = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      p,
+      '--to-lsn',
+      String(b),
+      '--target',
+      at,
+    ]);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(r2.stdout).toContain('0 segments, 0 entries replayed');
+    expect(await treeDigest(join(at, 'state'))).toEqual(await reference(p, b));
+    expect((await readHardState(at))?.term).toBe(views.get(p)!.terms.get(b));
+
+    // Before the backup: replayed from LSN 1.
+    const before = join(s.work, 'backup', 'before');
+    const r3 = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      p,
+      '--to-lsn',
+      String(b - 1),
+      '--target',
+      before,
+    ]);
+    expect(r3.code, r3.stderr).toBe(0);
+    expect(r3.stdout).not.toContain('base backup');
+    expect(await treeDigest(join(before, 'state'))).toEqual(await reference(p, b - 1));
+
+    const v = await cli(verifyCommand, ['--object-store', s.bucket.url]);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    expect(v.stdout).toMatch(/^OK {4}partition 1: /m);
+    expect(v.stdout).toMatch(/^OK {4}partition 2: .*1 base backups/m);
+    expect(v.stdout).not.toContain('FAULT');
+  });
+
+  it('refuses a non-empty target without --force, and replaces it with --force', async () => {
+    const target = join(s.work, 'occupied');
+    await mkdir(target, { recursive: true });
+    await writeFile(join(target, 'precious'), 'keep me');
+    const args = ['--object-store', s.bucket.url, '--partition', '1', '--to-lsn', '3', '--target', target];
+    const r = await cli(restoreCommand, args);
+    oneErrorLine(r, /^wal-archiver: target .*occupied is not empty \(use --force to replace it\)$/);
+    expect(await readFile(join(target, 'precious'), 'utf8')).toBe('keep me');
+    const forced = await cli(restoreCommand, [...args, '--force']);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(await stat(join(target, 'precious')).catch(() => undefined)).toBeUndefined();
+    expect(await readFile(join(target, 'applied_lsn'), 'utf8')).toBe('3\n');
+  });
+
+  it('clears what an interrupted restore left behind, and an aborted one leaves nothing that looks complete', async () => {
+    const target = join(s.work, 'interrupted');
+    await mkdir(`${target}.partial/state`, { recursive: true });
+    await writeFile(join(`${target}.partial`, INCOMPLETE_MARKER), 'incomplete');
+    const args = ['--object-store', s.bucket.url, '--partition', '1', '--latest', '--target', target];
+    const r = await cli(restoreCommand, args);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await stat(`${target}.partial`).catch(() => undefined)).toBeUndefined();
+
+    const other = join(s.work, 'aborted');
+    const controller = new AbortController();
+    const { restorePartition } = await import('../../src/restore/restore.js');
+    let seen = false;
+    await expect(
+      restorePartition({
+        store: s.bucket.store,
+        partition: '1',
+        target: { kind: 'latest' },
+        targetDir: other,
+        voters: [1, 2, 3],
+        concurrency: 1,
+        signal: controller.signal,
+        onProgress: (p) => {
+          if (p.phase === 'replay' && p.segmentsDone >= 1 && !seen) {
+            seen = true;
+            expect(p.segmentsDone).toBeLessThan(p.segmentsTotal);
+            controller.abort(new Error('operator pressed Ctrl-C'));
+          }
+        },
+      }),
+    ).rejects.toThrow();
+    expect(seen).toBe(true);
+    await expectNothingAt(other);
+  });
+
+  it('bad input: a missing object, named with its partition and LSNs; verify lists it', async () => {
+    const copy = await copyPartition(s, '1');
+    const keys = await segmentKeys(copy.store, '1');
+    const victim = keys[1]!;
+    await copy.store.delete(victim);
+    const target = join(s.work, 'bad', 'missing');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      copy.url,
+      '--partition',
+      '1',
+      '--latest',
+      '--target',
+      target,
+    ]);
+    oneErrorLine(
+      r,
+      new RegExp(`^wal-archiver: partition 1: segment of LSNs \\d+-\\d+: object ${victim} is missing`),
+    );
+    await expectNothingAt(target);
+    const v = await cli(verifyCommand, ['--object-store', copy.url, '--partition', '1']);
+    expect(v.code).toBe(1);
+    expect(v.stdout).toContain(`FAULT partition 1 ${victim}: segment of LSNs`);
+    expect(v.stdout).toMatch(/the object is missing/);
+  });
+
+  it('bad input: a segment whose bytes do not match its checksum', async () => {
+    const copy = await copyPartition(s, '1');
+    const victim = (await segmentKeys(copy.store, '1'))[0]!;
+    const bytes = await readAll(await copy.store.get(victim));
+    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+    await replaceObject(copy.store, victim, bytes, true);
+    const target = join(s.work, 'bad', 'checksum');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      copy.url,
+      '--partition',
+      '1',
+      '--to-lsn',
+      '2',
+      '--target',
+      target,
+    ]);
+    oneErrorLine(
+      r,
+      new RegExp(
+        `^wal-archiver: partition 1: segment ${victim}: checksum mismatch \\(expected [0-9a-f]{64}, read [0-9a-f]{64}\\)`,
+      ),
+    );
+    await expectNothingAt(target);
+    const v = await cli(verifyCommand, ['--object-store', copy.url, '--partition', '1']);
+    expect(v.code).toBe(1);
+    expect(v.stdout).toMatch(new RegExp(`FAULT partition 1 ${victim}: segment of LSNs .*checksum mismatch`));
+  });
+
+  it('bad input: a gap in the archive (manifest gone, a segment lost)', async () => {
+    const copy = await copyPartition(s, '1');
+    await copy.store.delete(`${partitionPrefix('1')}manifest.json`);
+    const keys = await segmentKeys(copy.store, '1');
+    const victim = keys[2]!;
+    await copy.store.delete(victim);
+    const target = join(s.work, 'bad', 'gap');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      copy.url,
+      '--partition',
+      '1',
+      '--latest',
+      '--target',
+      target,
+    ]);
+    oneErrorLine(
+      r,
+      new RegExp(
+        `^wal-archiver: partition 1: gap in the archive: no segment holds LSN \\d+, needed for .*the segment before ends at LSN \\d+ \\(${keys[1]}\\)`,
+      ),
+    );
+    await expectNothingAt(target);
+    const v = await cli(verifyCommand, ['--object-store', copy.url, '--partition', '1']);
+    expect(v.code).toBe(1);
+    expect(v.stdout).toContain('the partition manifest is missing');
+    expect(v.stdout).toMatch(/FAULT partition 1 .*gap in the archive: no segment holds LSN/);
+  });
+
+  it('bad input: an LSN beyond the archive, and a time before its first entry', async () => {
+    const target = join(s.work, 'bad', 'range');
+    const beyond = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      '1',
+      '--to-lsn',
+      '100000',
+      '--target',
+      target,
+    ]);
+    oneErrorLine(
+      beyond,
+      /^wal-archiver: partition 1: LSN 100000 is beyond the archive, which ends at LSN \d+ \(last segment partitions\/1\/wal\/.*\)$/,
+    );
+    const early = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      '1',
+      '--to-time',
+      '2001-01-01T00:00:00Z',
+      '--target',
+      target,
+    ]);
+    oneErrorLine(
+      early,
+      /^wal-archiver: partition 1: 2001-01-01T00:00:00\.000Z is before the first archived entry \(LSN 1; the first commit time is .*, at LSN \d+; in partitions\/1\/wal\/0000000000001-/,
+    );
+    await expectNothingAt(target);
+    const usage = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--partition',
+      '1',
+      '--to-lsn',
+      '3',
+      '--latest',
+      '--target',
+      target,
+    ]);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toBe('wal-archiver: give exactly one of --to-lsn N, --to-time T or --latest\n');
+  });
+
+  it('bad input: a malicious segment trying to write outside the target, or plant a symlink', async () => {
+    for (const [label, members] of [
+      [
+        'escape',
+        [
+          { name: '0000000000001/', type: 'directory' as const },
+          { name: '../../../../evil', type: 'file' as const, body: 'pwned' },
+        ],
+      ],
+      [
+        'symlink',
+        [
+          { name: '0000000000001/', type: 'directory' as const },
+          { name: '0000000000001/1', type: 'symlink' as const, linkname: '../../../../../etc' },
+        ],
+      ],
+    ] as const) {
+      const copy = await copyPartition(s, '1');
+      await copy.store.delete(`${partitionPrefix('1')}manifest.json`);
+      const victim = (await segmentKeys(copy.store, '1'))[0]!;
+      const pack = tar.pack();
+      for (const m of members) {
+        if (m.type === 'file') pack.entry({ name: m.name, type: 'file', mode: 0o644 }, m.body);
+        else if (m.type === 'symlink') pack.entry({ name: m.name, type: 'symlink', linkname: m.linkname });
+        else pack.entry({ name: m.name, type: 'directory', mode: 0o755 });
+      }
+      pack.finalize();
+      await replaceObject(
+        copy.store,
+        victim,
+        compress(await readAll(pack as unknown as NodeJS.ReadableStream)),
+      );
+      const root = join(s.work, 'malicious', label);
+      const target = join(root, 'a', 'b', 'c', 'target');
+      const r = await cli(restoreCommand, [
+        '--object-store',
+        copy.url,
+        '--partition',
+        '1',
+        '--latest',
+        '--target',
+        target,
+      ]);
+      oneErrorLine(
+        r,
+        new RegExp(
+          `^wal-archiver: partition 1: segment ${victim}: refusing "(\\.\\./\\.\\./\\.\\./\\.\\./evil|0000000000001/1)": `,
+        ),
+      );
+      await expectNothingAt(target);
+      expect(await filesBelow(join(s.work, 'malicious'))).toEqual([]);
+    }
+  });
+});
+
+describe('restore --all: rebuild a destroyed cluster from the archive', () => {
+  let s: Setup | undefined;
+  afterAll(() => teardown(s));
+
+  it('archives under load, loses every node, restores all partitions for 3 nodes and boots a cluster from them', async () => {
+    s = await setup(2, 7705, 9705);
+    const writes = await load(s, ['1', '2'], 30);
+    const commits = new Map<string, number>();
+    for (const p of ['1', '2']) commits.set(p, await waitArchived(s, p));
+    // Lose everything: sidecars, nodes and their data.
+    for (const c of s.sidecars) await c.stop();
+    await s.cluster.stop();
+    await rm(s.dataDir, { recursive: true, force: true });
+
+    const restored = join(s.work, 'restored');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      s.bucket.url,
+      '--all',
+      '--latest',
+      '--nodes',
+      '3',
+      '--target',
+      restored,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    for (const p of ['1', '2']) expect(r.stdout).toContain(`partition ${p}: LSN ${commits.get(p)} `);
+    expect(r.stdout).toContain(`storage-node run --id I --data-dir ${join(restored, 'node-I')}`);
+    for (let n = 1; n <= 3; n++) {
+      for (const p of ['1', '2']) {
+        const dir = join(restored, `node-${n}`, 'partitions', p);
+        expect(await readFile(join(dir, 'applied_lsn'), 'utf8')).toBe(`${commits.get(p)}\n`);
+        expect(await treeDigest(join(dir, 'state'))).toEqual(
+          await treeDigest(join(restored, 'node-1', 'partitions', p, 'state')),
+        );
+      }
+    }
+
+    // Form the cluster from the restored data directories.
+    const cluster = await startLocalCluster({ nodes: 3, partitions: 2, dataDir: restored, basePort: 7705 });
+    s.cleanups.push(() => cluster.stop());
+    for (const p of ['1', '2']) {
+      const leader = await leaderOf(cluster.urls, p);
+      const status = await statusOf(cluster.urls[leader - 1]!, p);
+      expect(status.applied).toBeGreaterThanOrEqual(commits.get(p)!);
+      const stateDir = join(restored, `node-${leader}`, 'partitions', p, 'state');
+      const repositories = [...new Set(writes.filter((w) => w.partition === p).map((w) => w.relativePath))];
+      expect(await refsIn(stateDir, repositories)).toEqual(expectedRefs(writes, p, commits.get(p)!));
+      await fsckClean(stateDir, repositories);
+    }
+    // The new cluster takes writes after the restored LSN, on every replica.
+    const lsns = await writeMany(cluster.urls, ['1', '2'], 4);
+    for (const p of ['1', '2']) {
+      for (const lsn of lsns.get(p)!) expect(lsn).toBeGreaterThan(commits.get(p)!);
+      const last = Math.max(...lsns.get(p)!);
+      for (const url of cluster.urls) {
+        await waitFor(
+          `partition ${p} applied ${last} on ${url}`,
+          async () => (await statusOf(url, p)).applied >= last || undefined,
+        );
+      }
+    }
+  });
+});
