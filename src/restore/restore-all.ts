@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { chmod, copyFile, lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
@@ -127,6 +128,8 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
   const concurrency = Math.max(1, o.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
   const downloads = new Semaphore(concurrency);
   const controller = new AbortController();
+  // Every request of a long restore listens on this signal.
+  setMaxListeners(0, controller.signal);
   const onAbort = () => controller.abort(o.signal?.reason);
   if (o.signal?.aborted) onAbort();
   o.signal?.addEventListener('abort', onAbort, { once: true });

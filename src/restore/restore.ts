@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -454,6 +455,8 @@ export async function restorePartition(o: RestorePartitionOptions): Promise<Rest
   await prepareBuildDir(build, { partition: o.partition, target: o.target });
   const work = join(build, WORK_DIR);
   const controller = new AbortController();
+  // Every request of a long restore listens on this signal.
+  setMaxListeners(0, controller.signal);
   const onAbort = () => controller.abort(o.signal?.reason);
   if (o.signal?.aborted) onAbort();
   o.signal?.addEventListener('abort', onAbort, { once: true });

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, describeError, isWalArchiverError } from '../errors.js';
@@ -243,7 +244,21 @@ export async function verifyPartition(
 }
 
 /** Verifies one partition, or every partition the objects and the global manifest name. */
-export async function verifyArchive(store: ObjectStore, options: VerifyOptions): Promise<VerifyReport> {
+export async function verifyArchive(store: ObjectStore, given: VerifyOptions): Promise<VerifyReport> {
+  // Every request listens on the signal: give them one of their own.
+  const controller = new AbortController();
+  setMaxListeners(0, controller.signal);
+  const onAbort = () => controller.abort(given.signal?.reason);
+  if (given.signal?.aborted) onAbort();
+  given.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await verifyWith(store, { ...given, signal: controller.signal });
+  } finally {
+    given.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+async function verifyWith(store: ObjectStore, options: VerifyOptions): Promise<VerifyReport> {
   const signal = options.signal;
   let globalFaults = 0;
   let globalWarnings = 0;

@@ -93,15 +93,23 @@ async function load(s: Setup, partitions: string[], count: number): Promise<Writ
 async function waitArchived(s: Setup, partition: string): Promise<number> {
   const leader = await leaderOf(s.cluster.urls, partition);
   const commit = (await statusOf(s.cluster.urls[leader - 1]!, partition)).committed;
-  await waitFor(
-    `partition ${partition} archived through ${commit}`,
-    async () => {
-      const m = await readPartitionManifest(s.bucket.store, partition);
-      return (m?.value.archived?.last_lsn ?? 0) >= commit || undefined;
-    },
-    60_000,
-    100,
-  );
+  try {
+    await waitFor(
+      `partition ${partition} archived through ${commit}`,
+      async () => {
+        const m = await readPartitionManifest(s.bucket.store, partition);
+        return (m?.value.archived?.last_lsn ?? 0) >= commit || undefined;
+      },
+      60_000,
+      100,
+    );
+  } catch (err) {
+    const m = (await readPartitionManifest(s.bucket.store, partition).catch(() => undefined))?.value;
+    const problems = s.sidecars.map((c) => c.problems().slice(-5));
+    throw new Error(
+      `${(err as Error).message}; manifest archived ${JSON.stringify(m?.archived)} leader ${JSON.stringify(m?.leader)}; sidecars: ${JSON.stringify(problems)}`,
+    );
+  }
   return commit;
 }
 

@@ -1,0 +1,115 @@
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { progressRenderer, restoreCommand, verifyCommand } from '../../../src/cli/restore.js';
+import { reportError } from '../../../src/cli/runner.js';
+import type { RestoreProgress } from '../../../src/restore/restore.js';
+
+function sink(): { stream: Writable; text: () => string } {
+  let text = '';
+  return {
+    stream: new Writable({
+      write(chunk: Buffer, _enc, done) {
+        text += chunk.toString();
+        done();
+      },
+    }),
+    text: () => text,
+  };
+}
+
+async function usage(argv: string[], command = restoreCommand): Promise<{ code: number; line: string }> {
+  const out = sink();
+  const err = sink();
+  try {
+    await command.run(argv, {
+      signal: new AbortController().signal,
+      stdout: out.stream,
+      stderr: err.stream,
+      env: {},
+    });
+    return { code: 0, line: '' };
+  } catch (e) {
+    return { code: reportError('wal-archiver', e, err.stream), line: err.text() };
+  }
+}
+
+const store = ['--object-store', 'file:///nonexistent-archive'];
+
+describe('restore and verify command lines', () => {
+  it('needs exactly one of --partition and --all, and exactly one target', async () => {
+    expect(await usage([...store, '--latest', '--target', '/tmp/x'])).toEqual({
+      code: 2,
+      line: 'wal-archiver: give exactly one of --partition P or --all\n',
+    });
+    expect(
+      await usage([...store, '--partition', '1', '--all', '--latest', '--target', '/tmp/x']),
+    ).toMatchObject({
+      code: 2,
+    });
+    expect(await usage([...store, '--partition', '1', '--target', '/tmp/x'])).toEqual({
+      code: 2,
+      line: 'wal-archiver: give exactly one of --to-lsn N, --to-time T or --latest\n',
+    });
+    expect(await usage([...store, '--all', '--to-lsn', '4', '--target', '/tmp/x'])).toEqual({
+      code: 2,
+      line: "wal-archiver: --to-lsn names one partition's LSN: with --all use --to-time or --latest\n",
+    });
+  });
+
+  it('refuses malformed values with one line', async () => {
+    expect(
+      (await usage([...store, '--partition', '1', '--to-time', 'noon', '--target', '/tmp/x'])).line,
+    ).toMatch(/^wal-archiver: --to-time: "noon" is not a time/);
+    expect((await usage([...store, '--partition', '../1', '--latest', '--target', '/tmp/x'])).line).toBe(
+      'wal-archiver: --partition "../1" is not a partition ID\n',
+    );
+    expect((await usage([...store, '--partition', '1', '--to-lsn', '0', '--target', '/tmp/x'])).code).toBe(2);
+    expect((await usage([...store, '--partition', '1', '--latest'])).line).toMatch(
+      /missing required flag --target/,
+    );
+    expect((await usage([...store, '--partition', '../1'], verifyCommand)).code).toBe(2);
+  });
+});
+
+describe('restore progress', () => {
+  const p = (over: Partial<RestoreProgress>): RestoreProgress => ({
+    partition: '3',
+    phase: 'replay',
+    targetLsn: 100,
+    fromLsn: 1,
+    appliedLsn: 0,
+    segmentsDone: 0,
+    segmentsTotal: 10,
+    bytes: 0,
+    ...over,
+  });
+
+  it('writes plain lines off a terminal: on each phase change, then at most one per interval', () => {
+    const err = sink();
+    let now = 0;
+    const r = progressRenderer(err.stream, { tty: false, now: () => now });
+    r.update(p({ phase: 'planning' }));
+    r.update(p({ appliedLsn: 10, segmentsDone: 1 }));
+    r.update(p({ appliedLsn: 20, segmentsDone: 2 }));
+    now = 2_500;
+    r.update(p({ appliedLsn: 30, segmentsDone: 3, bytes: 2048 }));
+    r.update(p({ phase: 'done', appliedLsn: 100, segmentsDone: 10 }));
+    r.end();
+    expect(err.text().split('\n').filter(Boolean)).toEqual([
+      'restore: partition 3: planning, LSN 0/100, segments 0/10, 0 B',
+      'restore: partition 3: replay, LSN 10/100, segments 1/10, 0 B',
+      'restore: partition 3: replay, LSN 30/100, segments 3/10, 2.0 KiB',
+      'restore: partition 3: done, LSN 100/100, segments 10/10, 0 B',
+    ]);
+  });
+
+  it('draws one bar in place on a terminal', () => {
+    const err = sink();
+    const r = progressRenderer(err.stream, { tty: true });
+    r.update(p({ appliedLsn: 50, segmentsDone: 5 }));
+    r.end();
+    expect(err.text()).toBe(
+      `\r\x1b[K[${'#'.repeat(15)}${'.'.repeat(15)}] 50% partition 3: replay, LSN 50/100, segments 5/10, 0 B\n`,
+    );
+  });
+});
