@@ -1,5 +1,11 @@
 import { join } from 'node:path';
-import { parseFlags } from './flags.js';
+import { parseFlags, UsageError } from './flags.js';
+import {
+  DEFAULT_BACKUP_SLOTS,
+  DEFAULT_THRESHOLDS,
+  resolveThresholds,
+  type ThresholdOverrides,
+} from '../policy/index.js';
 import type { Command } from './runner.js';
 import type { EventBus } from '../events/event-bus.js';
 import { openEventBus } from '../events/open.js';
@@ -105,6 +111,88 @@ export const RUN_FLAGS = {
     default: DEFAULT_ARCHIVER_CONFIG.zstdLevel,
     env: 'WAL_ARCHIVER_ZSTD_LEVEL',
   },
+  backups: {
+    type: 'bool',
+    help: 'take base backups when the thresholds below are crossed',
+    default: true,
+    env: 'WAL_ARCHIVER_BACKUPS',
+  },
+  'backup-size': {
+    type: 'bytes',
+    help: 'base backup after this much WAL (raw bytes) since the last',
+    value: 'SIZE',
+    min: 1,
+    default: DEFAULT_THRESHOLDS.maxBytes,
+    env: 'WAL_ARCHIVER_BACKUP_SIZE',
+  },
+  'backup-entries': {
+    type: 'int',
+    help: 'base backup after this many WAL entries since the last',
+    value: 'N',
+    min: 1,
+    default: DEFAULT_THRESHOLDS.maxEntries,
+    env: 'WAL_ARCHIVER_BACKUP_ENTRIES',
+  },
+  'backup-age': {
+    type: 'duration',
+    help: 'base backup when the last is this old (and WAL changed)',
+    value: 'DURATION',
+    min: 1,
+    default: DEFAULT_THRESHOLDS.maxAge,
+    env: 'WAL_ARCHIVER_BACKUP_AGE',
+  },
+  'backup-min-interval': {
+    type: 'duration',
+    help: 'no threshold backup sooner than this after the last',
+    value: 'DURATION',
+    min: 0,
+    default: DEFAULT_THRESHOLDS.minInterval,
+    env: 'WAL_ARCHIVER_BACKUP_MIN_INTERVAL',
+  },
+  'backup-overrides': {
+    type: 'string',
+    help: 'per-partition thresholds as JSON, e.g. {"7":{"maxBytes":1048576,"maxAge":3600000}}',
+    value: 'JSON',
+    env: 'WAL_ARCHIVER_BACKUP_OVERRIDES',
+  },
+  'backup-concurrency': {
+    type: 'int',
+    help: 'base backups in flight at once on this node',
+    value: 'N',
+    min: 1,
+    max: 64,
+    default: DEFAULT_BACKUP_SLOTS,
+    env: 'WAL_ARCHIVER_BACKUP_CONCURRENCY',
+  },
+  'keep-backups': {
+    type: 'int',
+    help: 'after each backup, keep this many base backups (and the WAL they need); 0: keep all',
+    value: 'N',
+    min: 0,
+    default: 0,
+    env: 'WAL_ARCHIVER_KEEP_BACKUPS',
+  },
+  'keep-backup-age': {
+    type: 'duration',
+    help: 'also keep every base backup younger than this',
+    value: 'DURATION',
+    min: 1,
+    env: 'WAL_ARCHIVER_KEEP_BACKUP_AGE',
+  },
+  'retention-mode': {
+    type: 'string',
+    help: 'object lock (WORM) mode for base backups: GOVERNANCE or COMPLIANCE',
+    value: 'MODE',
+    env: 'WAL_ARCHIVER_RETENTION_MODE',
+  },
+  'retention-days': {
+    type: 'int',
+    help: 'object lock period for base backups, in days',
+    value: 'N',
+    min: 1,
+    max: 36500,
+    env: 'WAL_ARCHIVER_RETENTION_DAYS',
+  },
   'manifest-projector': {
     type: 'bool',
     help: 'keep the global manifest current from the events (one consumer group across all sidecars)',
@@ -136,6 +224,41 @@ export const runCommand: Command = {
     let events: EventBus | undefined;
     try {
       if (f.events) events = await openEventBus(f.events);
+      let overrides: ThresholdOverrides | undefined;
+      if (f['backup-overrides']) {
+        try {
+          overrides = JSON.parse(f['backup-overrides']) as ThresholdOverrides;
+        } catch {
+          throw new UsageError('--backup-overrides is not JSON');
+        }
+        if (typeof overrides !== 'object' || overrides === null || Array.isArray(overrides)) {
+          throw new UsageError('--backup-overrides must be a JSON object of partition ID → thresholds');
+        }
+      }
+      const mode = f['retention-mode'];
+      if (mode !== undefined && mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') {
+        throw new UsageError(`--retention-mode must be GOVERNANCE or COMPLIANCE, not "${mode}"`);
+      }
+      if ((mode === undefined) !== (f['retention-days'] === undefined)) {
+        throw new UsageError('--retention-mode and --retention-days go together');
+      }
+      const thresholds = {
+        maxBytes: f['backup-size'],
+        maxEntries: f['backup-entries'],
+        maxAge: f['backup-age'],
+        minInterval: f['backup-min-interval'],
+        retryAfter: DEFAULT_THRESHOLDS.retryAfter,
+      };
+      // Validates the defaults and every override now, not at the first backup.
+      resolveThresholds(thresholds, overrides, '1');
+      for (const id of Object.keys(overrides ?? {})) resolveThresholds(thresholds, overrides, id);
+      const keep =
+        f['keep-backups'] > 0 || f['keep-backup-age'] !== undefined
+          ? {
+              ...(f['keep-backups'] > 0 ? { keepCount: f['keep-backups'] } : {}),
+              ...(f['keep-backup-age'] !== undefined ? { keepAge: f['keep-backup-age'] } : {}),
+            }
+          : undefined;
       const projector =
         events && f['manifest-projector']
           ? new GlobalManifestProjector({ store, bus: events, logger })
@@ -159,6 +282,17 @@ export const runCommand: Command = {
         metricsHost: f['metrics-host'],
         logger,
         companions: projector ? [projector] : [],
+        ...(f.backups
+          ? {
+              backups: {
+                concurrency: f['backup-concurrency'],
+                thresholds,
+                ...(overrides ? { overrides } : {}),
+                ...(mode ? { retention: { mode, days: f['retention-days']! } } : {}),
+                ...(keep ? { keep } : {}),
+              },
+            }
+          : {}),
       });
       if (projector) registerProjectorMetrics(sidecar.metrics.registry, () => projector.stats);
       await sidecar.start();

@@ -1,6 +1,8 @@
+import { backupCommand, retentionCommand } from './backup.js';
 import { eventsCommand } from './events.js';
 import { manifestCommand } from './manifest.js';
 import { quickstartCommand } from './quickstart.js';
+import { restoreCommand, verifyCommand } from './restore.js';
 import { runCommand } from './run.js';
 import { runCli } from './runner.js';
 
@@ -10,6 +12,10 @@ await runCli(
   {
     run: runCommand,
     manifest: manifestCommand,
+    verify: verifyCommand,
+    restore: restoreCommand,
+    backup: backupCommand,
+    retention: retentionCommand,
     events: eventsCommand,
     quickstart: quickstartCommand,
   },

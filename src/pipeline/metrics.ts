@@ -96,6 +96,36 @@ export function createArchiverMetrics(registry: Registry = new Registry()) {
       labelNames,
       registers: r,
     }),
+    backups: new Counter({
+      name: 'wal_archiver_base_backups_total',
+      help: 'Base backups taken, by reason',
+      labelNames: ['partition', 'reason'] as const,
+      registers: r,
+    }),
+    backupBytes: new Counter({
+      name: 'wal_archiver_base_backup_bytes_total',
+      help: 'Compressed bytes of base backups taken',
+      labelNames,
+      registers: r,
+    }),
+    backupSeconds: new Histogram({
+      name: 'wal_archiver_base_backup_seconds',
+      help: 'Time to take one base backup',
+      buckets: [0.1, 0.5, 1, 5, 15, 60, 300, 1800],
+      registers: r,
+    }),
+    sinceBackupSeconds: new Gauge({
+      name: 'wal_archiver_seconds_since_base_backup',
+      help: 'Time since the latest base backup (absent: none yet)',
+      labelNames,
+      registers: r,
+    }),
+    walBytesSinceBackup: new Gauge({
+      name: 'wal_archiver_wal_bytes_since_base_backup',
+      help: 'Raw WAL bytes archived since the latest base backup',
+      labelNames,
+      registers: r,
+    }),
     leading: new Gauge({
       name: 'wal_archiver_partition_archiving',
       help: '1 while this sidecar archives the partition',

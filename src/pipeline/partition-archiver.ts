@@ -8,8 +8,12 @@ import { segmentKey } from '../manifest/keys.js';
 import {
   readPartitionManifest,
   updatePartitionManifest,
+  type PartitionManifest,
   type SegmentRecord,
 } from '../manifest/partition-manifest.js';
+import { decide, policyStateFromManifest, type BackupSlots, type Thresholds } from '../policy/index.js';
+import { takeBaseBackup, type BackupRetentionConfig } from './base-backup.js';
+import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
 import { Backoff, retry, sleep } from '../retry.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import { readCommitLsn, readCommittedEntry, type CommittedEntry } from '../tail/committed.js';
@@ -65,7 +69,20 @@ export const DEFAULT_ARCHIVER_CONFIG: ArchiverConfig = {
   idlePollMs: 60_000,
 };
 
+/** Base backups taken by the archiving sidecar when the policy says so (issue: thresholds on WAL volume). */
+export interface BackupOptions {
+  slots: BackupSlots;
+  thresholds: Required<Thresholds>;
+  nodeUrl: string;
+  retention?: BackupRetentionConfig;
+  /** Applied after each backup when set: how many / how long base backups are kept. */
+  keep?: RetentionPolicy;
+  spoolDir: string;
+  zstdLevel?: number;
+}
+
 export interface PartitionArchiverOptions {
+  backup?: BackupOptions;
   partition: string;
   partitionDir: string;
   node: number;
@@ -111,6 +128,12 @@ export class PartitionArchiver {
   private recordedPublished = 0;
   private readonly archivedEvents: Array<Record<string, unknown>> = [];
   private resumed!: Promise<void>;
+  /** The partition manifest as last read or written here (the policy decides from it). */
+  private manifest: PartitionManifest | undefined;
+  private backupRun: Promise<void> | undefined;
+  private backupFailedAt: number | undefined;
+  private manualBackup = false;
+  private readonly backupEvents: Array<Record<string, unknown>> = [];
   private resolveResumed!: () => void;
 
   constructor(private readonly o: PartitionArchiverOptions) {
@@ -138,6 +161,7 @@ export class PartitionArchiver {
     this.abort.abort();
     this.notify();
     await this.loops;
+    await this.backupRun;
     if (this.state === 'archiving' || this.state === 'starting') this.state = 'stopped';
     this.o.metrics.leading.set({ partition: this.partition }, 0);
   }
@@ -233,6 +257,7 @@ export class PartitionArchiver {
     this.state = 'archiving';
     this.resolveResumed();
     await this.writePosition();
+    this.considerBackup();
     this.log.info('archiving', { archivedLsn: archived, commitLsn: commit, publishedLsn: this.publishedLsn });
     return archived;
   }
@@ -278,7 +303,10 @@ export class PartitionArchiver {
           : next <= commit
             ? 0
             : cfg.idlePollMs;
-      if (waitMs > 0) await this.wait('archive', waitMs);
+      if (waitMs > 0) {
+        await this.wait('archive', waitMs);
+        this.considerBackup();
+      }
     }
     // Stopping: let uploads in flight finish recording (immutable objects; harmless either way).
     for (const p of inflight) await p.promise.catch(() => undefined);
@@ -336,7 +364,7 @@ export class PartitionArchiver {
   /** Records a finished segment, strictly in LSN order. */
   private async complete(p: Pending): Promise<void> {
     const record = await p.promise;
-    await retry(
+    const written = await retry(
       () =>
         updatePartitionManifest(
           this.o.store,
@@ -351,6 +379,7 @@ export class PartitionArchiver {
         onRetry: () => this.o.metrics.retries.inc({ partition: this.partition, operation: 'manifest' }),
       },
     );
+    this.manifest = written.manifest;
     this.archivedLsn = record.last_lsn;
     if (this.o.events) this.recordedPublished = Math.max(this.recordedPublished, this.publishedLsn);
     const m = this.o.metrics;
@@ -384,6 +413,7 @@ export class PartitionArchiver {
       this.wakePublisher?.();
     }
     await this.writePosition();
+    this.considerBackup();
     this.log.debug('segment archived', {
       key: record.key,
       firstLsn: record.first_lsn,
@@ -542,6 +572,16 @@ export class PartitionArchiver {
       this.archivedEvents.splice(0, batch.length);
       moved = true;
     }
+    if (this.backupEvents.length > 0) {
+      const batch = this.backupEvents.slice(0, EVENT_BATCH);
+      await bus.publish(
+        Topics.BACKUPS,
+        batch.map((value) => ({ key: this.partition, value })),
+        { signal: this.abort.signal },
+      );
+      this.backupEvents.splice(0, batch.length);
+      moved = true;
+    }
     const commit = await readCommitLsn(this.o.partitionDir);
     if (this.publishedLsn < commit) {
       let from = this.publishedLsn + 1;
@@ -591,6 +631,117 @@ export class PartitionArchiver {
       this.archivedEvents.length + Math.max(0, commit - this.publishedLsn),
     );
     return moved;
+  }
+
+  // ---- base backups ---------------------------------------------------------------------
+
+  /** Asks for a base backup at the next decision (`wal-archiver backup` goes through the node instead). */
+  requestBackup(): void {
+    this.manualBackup = true;
+    this.considerBackup();
+  }
+
+  /** Time of the last base backup and WAL archived since, for metrics and status. */
+  backupState():
+    { lastBackupAt: number | undefined; walBytesSince: number; walEntriesSince: number } | undefined {
+    if (!this.manifest) return undefined;
+    const st = policyStateFromManifest(this.manifest, {
+      leading: true,
+      backupRunning: false,
+      manualRequested: false,
+    });
+    return {
+      lastBackupAt: st.lastBackupAt,
+      walBytesSince: st.walBytesSinceBackup,
+      walEntriesSince: st.walEntriesSinceBackup,
+    };
+  }
+
+  /**
+   * Runs the policy; when it says so and a node-wide slot is free, takes a
+   * base backup beside archiving (never blocking it). A failed attempt leaves
+   * nothing that looks complete and is retried by the policy later.
+   */
+  private considerBackup(): void {
+    const b = this.o.backup;
+    if (!b || this.backupRun || this.aborted || this.state !== 'archiving') return;
+    const state = policyStateFromManifest(this.manifest, {
+      leading: true,
+      backupRunning: false,
+      manualRequested: this.manualBackup,
+      ...(this.backupFailedAt === undefined ? {} : { lastFailureAt: this.backupFailedAt }),
+    });
+    const d = decide(state, this.now(), b.thresholds);
+    this.log.debug('base backup policy', {
+      decision: d,
+      walBytes: state.walBytesSinceBackup,
+      archivedLsn: state.archivedLsn,
+    });
+    if (d.action !== 'backup') return;
+    const release = b.slots.tryAcquire(this.partition);
+    if (!release) return;
+    const trigger = d.reason;
+    this.backupRun = (async () => {
+      const started = performance.now();
+      try {
+        const result = await takeBaseBackup({
+          store: this.o.store,
+          nodeUrl: b.nodeUrl,
+          partition: this.partition,
+          node: this.o.node,
+          term: this.term,
+          trigger,
+          ...(b.retention ? { retention: b.retention } : {}),
+          signal: this.abort.signal,
+          logger: this.log,
+          spoolDir: b.spoolDir,
+          ...(b.zstdLevel === undefined ? {} : { zstdLevel: b.zstdLevel }),
+        });
+        this.manifest = result.manifest;
+        this.manualBackup = false;
+        this.backupFailedAt = undefined;
+        const l = { partition: this.partition, reason: trigger };
+        this.o.metrics.backups.inc(l);
+        this.o.metrics.backupBytes.inc({ partition: this.partition }, result.record.bytes);
+        this.o.metrics.backupSeconds.observe((performance.now() - started) / 1000);
+        this.log.info('base backup taken', {
+          key: result.record.key,
+          lsn: result.record.lsn,
+          trigger,
+          bytes: result.record.bytes,
+        });
+        if (this.o.events) {
+          this.backupEvents.push(result.event as unknown as Record<string, unknown>);
+          this.wakePublisher?.();
+        }
+        if (b.keep) {
+          const plan = planRetention(result.manifest, b.keep, new Date(this.now()));
+          const outcome = await applyRetention(
+            this.o.store,
+            this.partition,
+            { node: this.o.node, term: this.term },
+            plan,
+            {
+              logger: this.log,
+            },
+          );
+          if (outcome.locked.length > 0)
+            this.log.info('retention kept objects still under lock', { locked: outcome.locked.length });
+        }
+      } catch (err) {
+        if (this.aborted) return;
+        if (isWalArchiverError(err, ErrorCodes.FENCED)) {
+          this.log.warn('base backup abandoned: a newer leader owns the partition', { error: err });
+          return;
+        }
+        this.backupFailedAt = this.now();
+        this.o.metrics.errors.inc({ partition: this.partition, kind: 'backup' });
+        this.log.warn('base backup failed; the policy will try again later', { error: err, trigger });
+      } finally {
+        release();
+        this.backupRun = undefined;
+      }
+    })();
   }
 
   /**

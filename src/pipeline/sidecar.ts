@@ -10,6 +10,9 @@ import { listPartitionIds, partitionDir, readArchiverPosition, writeArchiverPosi
 import { createArchiverMetrics, type ArchiverMetrics } from './metrics.js';
 import { PartitionArchiver, type ArchiverConfig } from './partition-archiver.js';
 import { Semaphore } from './semaphore.js';
+import { BackupSlots, resolveThresholds, type ThresholdOverrides, type Thresholds } from '../policy/index.js';
+import type { BackupRetentionConfig } from './base-backup.js';
+import type { RetentionPolicy } from './retention.js';
 
 /**
  * The sidecar: runs beside one storage node (same data directory), follows
@@ -31,6 +34,14 @@ export interface SidecarOptions {
   metricsPort?: number;
   metricsHost?: string;
   logger: Logger;
+  /** Base backups by policy; absent: none are taken. */
+  backups?: {
+    concurrency: number;
+    thresholds: Thresholds;
+    overrides?: ThresholdOverrides;
+    retention?: BackupRetentionConfig;
+    keep?: RetentionPolicy;
+  };
   /** Extra parts to start and stop with the sidecar (the global manifest projector). */
   companions?: Array<{ start(): Promise<void>; stop(): Promise<void> }>;
 }
@@ -50,6 +61,7 @@ export class Sidecar {
   private readonly archivers = new Map<string, PartitionArchiver>();
   private readonly transitions = new Map<string, Promise<void>>();
   private readonly uploads: Semaphore;
+  private readonly backupSlots: BackupSlots | undefined;
   private readonly abort = new AbortController();
   private watcher: CommitWatcher | undefined;
   private follower: Promise<void> | undefined;
@@ -60,6 +72,7 @@ export class Sidecar {
   constructor(private readonly o: SidecarOptions) {
     this.metrics = createArchiverMetrics();
     this.uploads = new Semaphore(o.uploadConcurrency);
+    this.backupSlots = o.backups ? new BackupSlots(o.backups.concurrency) : undefined;
   }
 
   async start(): Promise<void> {
@@ -131,6 +144,19 @@ export class Sidecar {
       config: this.o.config,
       metrics: this.metrics,
       logger: this.o.logger,
+      ...(this.o.backups && this.backupSlots
+        ? {
+            backup: {
+              slots: this.backupSlots,
+              thresholds: resolveThresholds(this.o.backups.thresholds, this.o.backups.overrides, partition),
+              nodeUrl: this.o.nodeUrl,
+              spoolDir: this.o.spoolDir,
+              zstdLevel: this.o.config.zstdLevel,
+              ...(this.o.backups.retention ? { retention: this.o.backups.retention } : {}),
+              ...(this.o.backups.keep ? { keep: this.o.backups.keep } : {}),
+            },
+          }
+        : {}),
     });
     this.archivers.set(partition, a);
     this.watcher?.add(partition);
@@ -182,6 +208,15 @@ export class Sidecar {
   private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/metrics') {
+      const now = Date.now();
+      for (const a of this.archivers.values()) {
+        const b = a.backupState();
+        if (!b) continue;
+        const l = { partition: a.partition };
+        if (b.lastBackupAt !== undefined)
+          this.metrics.sinceBackupSeconds.set(l, (now - b.lastBackupAt) / 1000);
+        this.metrics.walBytesSinceBackup.set(l, b.walBytesSince);
+      }
       res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
       res.end(await this.metrics.registry.metrics());
     } else if (path === '/healthz') {

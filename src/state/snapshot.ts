@@ -66,10 +66,12 @@ async function* walk(dir: string, rel: string): AsyncGenerator<{ rel: string; pa
   }
 }
 
-function addToPack(pack: tar.Pack, header: TarHeader, source?: string): Promise<void> {
+function addToPack(pack: tar.Pack, header: TarHeader, source?: string | Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (!source) {
-      pack.entry(header, (err) => (err ? reject(err) : resolve()));
+    if (source === undefined || Buffer.isBuffer(source)) {
+      // A directory, or a file given in full (an empty one must be given as a buffer, or the pack waits for data).
+      if (source === undefined) pack.entry(header, (err) => (err ? reject(err) : resolve()));
+      else pack.entry(header, source, (err) => (err ? reject(err) : resolve()));
       return;
     }
     const sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
@@ -101,7 +103,11 @@ export function packState(stateDir: string, options: PackStateOptions = {}): Rea
     } catch (err) {
       if (!isNotFound(err)) throw err;
       // An empty key-value state is an empty file, so every snapshot has both parts.
-      await addToPack(pack, { name: KV_STATE_FILE, size: 0, mode: 0o644, mtime: FIXED_MTIME }, undefined);
+      await addToPack(
+        pack,
+        { name: KV_STATE_FILE, size: 0, mode: 0o644, mtime: FIXED_MTIME },
+        Buffer.alloc(0),
+      );
     }
     await addToPack(pack, { name: `${FS_PREFIX}/`, type: 'directory', mode: 0o755, mtime: FIXED_MTIME });
     for await (const item of walk(join(stateDir, REPOSITORIES_DIR), '')) {

@@ -167,6 +167,16 @@ describe('state snapshots', () => {
     expect(await tree(withWal)).toEqual(before);
   });
 
+  it('packs a state with no kv-state (a partition that never set a key) as an empty kv-state', async () => {
+    const state = join(root, 'no-kv');
+    await mkdir(join(state, 'repositories', 'r.git'), { recursive: true });
+    await writeFile(join(state, 'repositories', 'r.git', 'HEAD'), 'ref: refs/heads/main\n');
+    const out = join(root, 'no-kv-out');
+    await extractState(packState(state), out);
+    expect(await readFile(join(out, 'kv-state'))).toEqual(Buffer.alloc(0));
+    expect(await readFile(join(out, 'repositories', 'r.git', 'HEAD'), 'utf8')).toBe('ref: refs/heads/main\n');
+  });
+
   async function hostile(build: (pack: tar.Pack) => void): Promise<Readable> {
     const pack = tar.pack();
     build(pack);
