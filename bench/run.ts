@@ -13,7 +13,7 @@ import { createBucket, rawClient, removeBucket, REPO_ROOT, S3_ENDPOINT, KAFKA_BR
 import { figure, formatReport, renderSvg, type Figure } from './report.js';
 import { large, many, restore, small, steady, type BenchContext, type WorkloadResult } from './workloads.js';
 
-const WORKLOADS = { small, large, steady, many, restore } as const;
+const WORKLOADS = { small, large, steady, restore, many } as const;
 type WorkloadName = keyof typeof WORKLOADS;
 
 interface Args {
@@ -24,7 +24,7 @@ interface Args {
 }
 
 const USAGE =
-  'usage: npm run bench -- [--quick] [--only small,large,steady,many,restore] [--no-kafka] [--cpu-prof]\n';
+  'usage: npm run bench -- [--quick] [--only small,large,steady,restore,many] [--no-kafka] [--cpu-prof]\n';
 
 function parseArgs(argv: readonly string[]): Args {
   const args: Args = {
@@ -75,6 +75,37 @@ async function main(): Promise<number> {
   const figures: Figure[] = [];
   const results: Record<string, WorkloadResult['details'] | { error: string }> = {};
   let failed = 0;
+  const mode = args.quick ? 'quick' : 'full';
+  const machine = `${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+  const base = join(resultsDir, stamp);
+  const write = async (final: boolean) => {
+    const json = {
+      schema: 1,
+      mode,
+      complete: final,
+      started: started.toISOString(),
+      finished: new Date().toISOString(),
+      machine,
+      services: { s3: S3_ENDPOINT, kafka: args.kafka ? KAFKA_BROKERS : null },
+      figures,
+      workloads: results,
+    };
+    await writeFile(`${base}.json`, JSON.stringify(json, null, 2) + '\n');
+    await writeFile(
+      `${base}.svg`,
+      renderSvg(figures, {
+        title: `wal-archiver benchmark (${mode})`,
+        subtitle: `${started.toISOString()} · ${machine}`,
+      }),
+    );
+    if (!final) return;
+    await copyFile(`${base}.json`, join(resultsDir, 'latest.json'));
+    await copyFile(`${base}.svg`, join(resultsDir, 'latest.svg'));
+    process.stdout.write(
+      `\nwal-archiver benchmark (${mode}), ${started.toISOString()}\n${machine}\n\n${formatReport(figures)}`,
+    );
+    process.stdout.write(`\nwrote ${base}.json and ${base}.svg\n`);
+  };
   try {
     for (const name of args.only) {
       const t = performance.now();
@@ -91,6 +122,8 @@ async function main(): Promise<number> {
         await rm(root, { recursive: true, force: true });
         await mkdir(root, { recursive: true });
       }
+      // Written after every workload, so a run cut short still leaves what it measured.
+      await write(false);
     }
   } finally {
     await removeBucket(s3, bucket).catch((err: unknown) =>
@@ -100,34 +133,7 @@ async function main(): Promise<number> {
     await rm(root, { recursive: true, force: true });
   }
 
-  const mode = args.quick ? 'quick' : 'full';
-  const machine = `${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-  const table = formatReport(figures);
-  process.stdout.write(
-    `\nwal-archiver benchmark (${mode}), ${started.toISOString()}\n${machine}\n\n${table}`,
-  );
-  const json = {
-    schema: 1,
-    mode,
-    started: started.toISOString(),
-    finished: new Date().toISOString(),
-    machine,
-    services: { s3: S3_ENDPOINT, kafka: args.kafka ? KAFKA_BROKERS : null },
-    figures,
-    workloads: results,
-  };
-  const base = join(resultsDir, stamp);
-  await writeFile(`${base}.json`, JSON.stringify(json, null, 2) + '\n');
-  await writeFile(
-    `${base}.svg`,
-    renderSvg(figures, {
-      title: `wal-archiver benchmark (${mode})`,
-      subtitle: `${started.toISOString()} · ${machine}`,
-    }),
-  );
-  await copyFile(`${base}.json`, join(resultsDir, 'latest.json'));
-  await copyFile(`${base}.svg`, join(resultsDir, 'latest.svg'));
-  process.stdout.write(`\nwrote ${base}.json and ${base}.svg\n`);
+  await write(true);
   if (args.cpuProf) process.stdout.write(`sidecar CPU profiles in ${profDir}\n`);
   return failed > 0 ? 1 : 0;
 }
