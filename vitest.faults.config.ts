@@ -1,0 +1,13 @@
+import { defineConfig } from 'vitest/config';
+
+// `npm run test:faults` (scripts/test-faults.mjs): the fault-injection suite, apart from `npm test`
+// because one run takes minutes. It drives real processes and its own Kafka and MinIO.
+export default defineConfig({
+  test: {
+    name: 'faults',
+    include: ['test/faults/**/*.test.ts'],
+    testTimeout: 900_000,
+    hookTimeout: 300_000,
+    fileParallelism: false,
+  },
+});
