@@ -74,7 +74,7 @@ async function setup(o: { backend: 'folder' | 's3'; objectLock?: boolean; port: 
       nodeUrl: url,
       objectStore: storeUrl,
       metricsPort: o.port + 50 + i,
-      extraArgs: ['--segment-age', '100ms', '--segment-entries', '7'],
+      extraArgs: ['--segment-age', '100ms', '--segment-entries', '7', '--backups=false'],
     });
     await sidecar.start();
     cleanups.push(() => sidecar.stop());

@@ -53,7 +53,7 @@ async function setup(partitions: number, basePort: number, metricsBase: number):
         nodeUrl: url,
         objectStore: bucket.url,
         metricsPort: metricsBase + i + 1,
-        extraArgs: ['--segment-age', '200ms', '--segment-entries', '6'],
+        extraArgs: ['--segment-age', '200ms', '--segment-entries', '6', '--backups=false'],
       }),
   );
   for (const s of sidecars) {
