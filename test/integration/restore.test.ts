@@ -690,7 +690,7 @@ describe('restore --all: rebuild a destroyed cluster from the archive', () => {
   let s: Setup | undefined;
   afterAll(() => teardown(s));
 
-  it('archives under load, loses every node, restores all partitions for 3 nodes and boots a cluster from them', async () => {
+  it('archives under load, loses every node, restores all partitions to a time for 3 nodes and boots a cluster from them', async () => {
     s = await setup(2, 7705, 9705);
     const writes = await load(s, ['1', '2'], 30);
     const commits = new Map<string, number>();
@@ -700,24 +700,38 @@ describe('restore --all: rebuild a destroyed cluster from the archive', () => {
     await s.cluster.stop();
     await rm(s.dataDir, { recursive: true, force: true });
 
+    // The target: a time in the middle of the load. Each partition is restored to
+    // its last entry committed at or before it.
+    const byTime = [...writes].sort((a, b) => Date.parse(a.committedAt) - Date.parse(b.committedAt));
+    const targetTime = byTime[Math.floor(byTime.length * 0.6)]!.committedAt;
+    const targets = new Map<string, number>();
+    for (const p of ['1', '2']) {
+      const before = writes.filter(
+        (w) => w.partition === p && Date.parse(w.committedAt) <= Date.parse(targetTime),
+      );
+      expect(before.length, `partition ${p} has writes before the target time`).toBeGreaterThan(0);
+      targets.set(p, Math.max(...before.map((w) => w.lsn)));
+      expect(targets.get(p)!).toBeLessThan(commits.get(p)!);
+    }
     const restored = join(s.work, 'restored');
     const r = await cli(restoreCommand, [
       '--object-store',
       s.bucket.url,
       '--all',
-      '--latest',
+      '--to-time',
+      targetTime,
       '--nodes',
       '3',
       '--target',
       restored,
     ]);
     expect(r.code, r.stderr).toBe(0);
-    for (const p of ['1', '2']) expect(r.stdout).toContain(`partition ${p}: LSN ${commits.get(p)} `);
+    for (const p of ['1', '2']) expect(r.stdout).toContain(`partition ${p}: LSN ${targets.get(p)} `);
     expect(r.stdout).toContain(`storage-node run --id I --data-dir ${join(restored, 'node-I')}`);
     for (let n = 1; n <= 3; n++) {
       for (const p of ['1', '2']) {
         const dir = join(restored, `node-${n}`, 'partitions', p);
-        expect(await readFile(join(dir, 'applied_lsn'), 'utf8')).toBe(`${commits.get(p)}\n`);
+        expect(await readFile(join(dir, 'applied_lsn'), 'utf8')).toBe(`${targets.get(p)}\n`);
         expect(await treeDigest(join(dir, 'state'))).toEqual(
           await treeDigest(join(restored, 'node-1', 'partitions', p, 'state')),
         );
@@ -730,16 +744,21 @@ describe('restore --all: rebuild a destroyed cluster from the archive', () => {
     for (const p of ['1', '2']) {
       const leader = await leaderOf(cluster.urls, p);
       const status = await statusOf(cluster.urls[leader - 1]!, p);
-      expect(status.applied).toBeGreaterThanOrEqual(commits.get(p)!);
+      expect(status.applied).toBeGreaterThanOrEqual(targets.get(p)!);
       const stateDir = join(restored, `node-${leader}`, 'partitions', p, 'state');
-      const repositories = [...new Set(writes.filter((w) => w.partition === p).map((w) => w.relativePath))];
-      expect(await refsIn(stateDir, repositories)).toEqual(expectedRefs(writes, p, commits.get(p)!));
+      const repositories = [
+        ...new Set(
+          writes.filter((w) => w.partition === p && w.lsn <= targets.get(p)!).map((w) => w.relativePath),
+        ),
+      ];
+      // Every repository reads back as of the target time: the refs the record had then.
+      expect(await refsIn(stateDir, repositories)).toEqual(expectedRefs(writes, p, targets.get(p)!));
       await fsckClean(stateDir, repositories);
     }
     // The new cluster takes writes after the restored LSN, on every replica.
     const lsns = await writeMany(cluster.urls, ['1', '2'], 4);
     for (const p of ['1', '2']) {
-      for (const lsn of lsns.get(p)!) expect(lsn).toBeGreaterThan(commits.get(p)!);
+      for (const lsn of lsns.get(p)!) expect(lsn).toBeGreaterThan(targets.get(p)!);
       const last = Math.max(...lsns.get(p)!);
       for (const url of cluster.urls) {
         await waitFor(
