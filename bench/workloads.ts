@@ -375,16 +375,19 @@ export async function steady(ctx: BenchContext): Promise<WorkloadResult> {
     while (seconds(t0) < durationS) {
       const due = Math.floor(seconds(t0) * rate) - written;
       const touched = new Set<string>();
-      const batch: Array<Promise<void>> = [];
+      const batch: Array<[string, number, number]> = [];
       for (let i = 0; i < due; i++) {
         const p = partitions[turn++ % partitions.length]!;
         const lsn = next.get(p)!;
         next.set(p, lsn + 1);
         touched.add(p);
-        const e = makeEntry(lsn, TERM, pool[(turn + i) % pool.length]!, Date.now());
-        batch.push(writeWalEntry(benchPartitionDir(dataDir, p), lsn, e));
+        batch.push([p, lsn, turn]);
       }
-      await Promise.all(batch);
+      // Bounded, so a writer that fell behind catches up without running out of file descriptors.
+      await forEachLimit(batch, 32, async ([p, lsn, k]) => {
+        const e = makeEntry(lsn, TERM, pool[k % pool.length]!, Date.now());
+        await writeWalEntry(benchPartitionDir(dataDir, p), lsn, e);
+      });
       written += due;
       await Promise.all(
         [...touched].map(async (p) => {
