@@ -180,3 +180,26 @@ export async function atomicWriteFile(
   }
   await fsyncDir(path.dirname(file));
 }
+
+/**
+ * Makes everything written below `dir` durable at once: `syncfs` of its file
+ * system through `sync -f`, or, where that is not available, an fsync of
+ * every file and folder below it. Used to publish a large result (a restore)
+ * whose pieces were written without a sync each.
+ */
+export async function syncTree(dir: string): Promise<void> {
+  const { execFile } = await import('node:child_process');
+  const viaSyncfs = await new Promise<boolean>((resolve) => {
+    execFile('sync', ['-f', dir], (err) => resolve(!err));
+  });
+  if (viaSyncfs) return;
+  const walk = async (d: string): Promise<void> => {
+    for (const dirent of await fsp.readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, dirent.name);
+      if (dirent.isDirectory()) await walk(p);
+      else if (dirent.isFile()) await fsyncFile(p);
+    }
+    await fsyncDir(d);
+  };
+  await walk(dir);
+}

@@ -7,7 +7,7 @@ import { DecompressStream } from 'zstd-napi';
 import { fetchSegment, type ExtractedEntry } from '../archive/segment-reader.js';
 import { ContentDigest, decodeEntryInfo } from '../entry-info.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
-import { atomicWriteFile, fsyncDir, isNotFound } from '../fs-atomic.js';
+import { atomicWriteFile, fsyncDir, isNotFound, syncTree } from '../fs-atomic.js';
 import { HashingStream } from '../pipeline/segment.js';
 import type { Semaphore } from '../pipeline/semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../state/apply.js';
@@ -339,6 +339,8 @@ export async function prepareBuildDir(dir: string, what: Record<string, unknown>
 
 /** Puts a complete build folder in place of `targetDir` (replacing what --force allowed). */
 export async function publishBuildDir(buildDir: string, targetDir: string): Promise<void> {
+  // Entries were applied without a sync each; make all of it durable before it is marked complete.
+  await syncTree(buildDir);
   await rm(join(buildDir, INCOMPLETE_MARKER), { force: true });
   await fsyncDir(buildDir);
   const existing = await isEmptyDir(targetDir);
@@ -584,7 +586,7 @@ async function restoreInto(
         if (e.lsn > plan.targetLsn) break;
         if (e.lsn !== next)
           throw corruptEntry(partition, seg.key, next, `the segment does not hold LSN ${next}`);
-        if (!e.empty) await applyEntry(e.manifest, { stateDir, entryDir: e.dir, lsn: e.lsn });
+        if (!e.empty) await applyEntry(e.manifest, { stateDir, entryDir: e.dir, lsn: e.lsn, durable: false });
         term = e.term;
         next = e.lsn + 1;
         entries++;

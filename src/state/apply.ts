@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, link, mkdir, readFile, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
+import { chmod, link, mkdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
 import { fsyncDir, isNotFound, writeNewFileSynced } from '../fs-atomic.js';
@@ -56,11 +56,17 @@ export interface ApplyOptions {
   /** The entry's directory: staged files named in the operations are read from here. */
   entryDir: string;
   lsn: number;
+  /**
+   * fsync every file written (default). Restore turns it off and makes the
+   * whole result durable once, before it is published as complete.
+   */
+  durable?: boolean;
 }
 
 /** Applies one committed entry to the state directory. */
 export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promise<void> {
   const { stateDir, entryDir, lsn } = options;
+  const durable = options.durable ?? true;
   const root = join(stateDir, REPOSITORIES_DIR);
   await mkdir(root, { recursive: true });
   let kv: Map<string, Buffer> | undefined;
@@ -126,9 +132,10 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
     await rm(repo, { recursive: true, force: true });
   }
   for (const tx of entry.referenceTransactions) {
-    for (const change of tx.changes) await applyReferenceChange(root, entry.relativePath, change, lsn);
+    for (const change of tx.changes)
+      await applyReferenceChange(root, entry.relativePath, change, lsn, durable);
   }
-  if (kv) await writeKvState(stateDir, kv);
+  if (kv) await writeKvState(stateDir, kv, durable);
 }
 
 async function applyReferenceChange(
@@ -136,6 +143,7 @@ async function applyReferenceChange(
   relativePath: string,
   change: { referenceName: Buffer; newOid: Buffer; newTarget: Buffer },
   lsn: number,
+  durable: boolean,
 ): Promise<void> {
   if (!relativePath) throw corrupt(lsn, 'reference change without a relative path');
   const repo = join(root, safeRelativePath(relativePath, lsn, 'relative path'));
@@ -147,7 +155,7 @@ async function applyReferenceChange(
   const oid = change.newOid.toString('utf8');
   if (target) {
     safeRelativePath(target, lsn, 'symbolic reference target');
-    await writeStateFile(stateDirOf(root), path, `ref: ${target}\n`);
+    await writeStateFile(stateDirOf(root), path, `ref: ${target}\n`, durable);
   } else if (oid === '' || ZERO_OID.test(oid)) {
     try {
       await unlink(path);
@@ -157,7 +165,7 @@ async function applyReferenceChange(
   } else {
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(oid))
       throw corrupt(lsn, `reference ${name}: "${oid}" is not an object ID`);
-    await writeStateFile(stateDirOf(root), path, `${oid}\n`);
+    await writeStateFile(stateDirOf(root), path, `${oid}\n`, durable);
   }
 }
 
@@ -166,21 +174,26 @@ async function applyReferenceChange(
  * the partition's `staging/` (next to `state/`, cleaned when the node starts),
  * never inside `state/`, so a crash mid-write leaves nothing behind there.
  */
-async function writeStateFile(stateDir: string, path: string, content: string | Buffer): Promise<void> {
+async function writeStateFile(
+  stateDir: string,
+  path: string,
+  content: string | Buffer,
+  durable: boolean,
+): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   const staging = join(dirname(stateDir), 'staging');
   await mkdir(staging, { recursive: true });
   const tmp = join(staging, `apply-${randomBytes(8).toString('hex')}.tmp`);
+  const bytes = typeof content === 'string' ? Buffer.from(content) : content;
   try {
-    await writeNewFileSynced(tmp, typeof content === 'string' ? Buffer.from(content) : content, {
-      mode: FILE_MODE,
-    });
+    if (durable) await writeNewFileSynced(tmp, bytes, { mode: FILE_MODE });
+    else await writeFile(tmp, bytes, { mode: FILE_MODE, flag: 'wx' });
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;
   }
-  await fsyncDir(dirname(path));
+  if (durable) await fsyncDir(dirname(path));
 }
 
 /**
@@ -231,6 +244,6 @@ export async function readKvState(stateDir: string): Promise<Map<string, Buffer>
   }
 }
 
-async function writeKvState(stateDir: string, kv: Map<string, Buffer>): Promise<void> {
-  await writeStateFile(stateDir, join(stateDir, KV_STATE_FILE), encodeKvState(kv));
+async function writeKvState(stateDir: string, kv: Map<string, Buffer>, durable: boolean): Promise<void> {
+  await writeStateFile(stateDir, join(stateDir, KV_STATE_FILE), encodeKvState(kv), durable);
 }

@@ -7,6 +7,7 @@ import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyEntry, decodeKvState, encodeKvState, readKvState } from '../../../src/state/apply.js';
 import { extractState, linkTree, packState } from '../../../src/state/snapshot.js';
+import { syncTree } from '../../../src/fs-atomic.js';
 import { newLogEntry, operation, referenceChange } from '../../../src/wal/log-entry.js';
 
 let root: string;
@@ -87,6 +88,24 @@ describe('applyEntry', () => {
     await applyEntry(del, { stateDir: state, entryDir, lsn: 2 });
     await expect(stat(join(state, 'repositories/repo.git/refs/heads/main'))).rejects.toThrow();
     await expect(stat(join(state, 'repositories/repo.git/objects/pack/p.pack'))).rejects.toThrow();
+  });
+
+  it('applying without a sync per file (restore) gives the same state', async () => {
+    const entryDir = await stageEntry(1, [randomBytes(100)]);
+    const entry = newLogEntry({
+      relativePath: 'r.git',
+      operations: [
+        operation.createDirectory('r.git', 0o755),
+        operation.createHardLink('1', 'r.git/x'),
+        operation.setKey('k', 'v'),
+      ],
+      referenceTransactions: [{ changes: [referenceChange('refs/heads/main', OID)] }],
+    });
+    await applyEntry(entry, { stateDir: join(root, 'a', 'state'), entryDir, lsn: 1 });
+    await applyEntry(entry, { stateDir: join(root, 'b', 'state'), entryDir, lsn: 1, durable: false });
+    expect(await tree(join(root, 'b', 'state'))).toEqual(await tree(join(root, 'a', 'state')));
+    await syncTree(join(root, 'b'));
+    await expect(syncTree(join(root, 'missing'))).rejects.toThrow();
   });
 
   it.each([
