@@ -126,7 +126,7 @@ async function setup(seed: number, report: RunReport): Promise<Rig> {
         objectStore: storeUrl,
         events,
         metricsPort: 9900 + i + 1,
-        extraArgs: ['--segment-age', '500ms', '--spool-dir', join(spool.root, `node-${i + 1}`)],
+        extraArgs: ['--segment-age', '1s', '--spool-dir', join(spool.root, `node-${i + 1}`)],
       }),
   );
   for (const s of sidecars) {
@@ -347,7 +347,10 @@ async function objectStoreDown(rig: Rig): Promise<void> {
 async function kafkaDown(rig: Rig): Promise<void> {
   await rig.services.stopKafka();
   rig.report.fault('kafka-stopped');
-  await sleep(OUTAGE_MS);
+  await sleep(OUTAGE_MS / 2);
+  // A handoff while the bus is down: the new leader's sidecar must still publish every entry once it is back.
+  await killLeaderNode(rig);
+  await sleep(OUTAGE_MS / 2);
   await rig.services.up();
 }
 
@@ -449,7 +452,12 @@ async function corruptObjects(rig: Rig, [deleted, truncated, tampered]: string[]
   await store.delete(del.key);
   rig.report.fault('segment-deleted');
 
-  const cut = await segmentOf(truncated!);
+  // A segment no base backup skips: restoring to its last LSN must read it.
+  const cutManifest = (await readPartitionManifest(store, truncated!))!.value;
+  const needed = cutManifest.segments.filter(
+    (s) => !cutManifest.backups.some((b) => b.lsn >= s.first_lsn - 1 && b.lsn <= s.last_lsn),
+  );
+  const cut = rig.rng.pick(needed.length ? needed : cutManifest.segments);
   const info = (await store.head(cut.key))!;
   const body = await readAll(await store.get(cut.key));
   await store.delete(cut.key);
@@ -467,10 +475,12 @@ async function corruptObjects(rig: Rig, [deleted, truncated, tampered]: string[]
   rig.report.fault('manifest-tampered');
 
   const findings: VerifyFinding[] = [];
-  await verifyArchive(store, {
-    scratch: join(rig.work, 'verify'),
-    onFinding: (f) => findings.push(f),
-  });
+  for (const partition of [deleted!, truncated!, tampered!])
+    await verifyArchive(store, {
+      partition,
+      scratch: join(rig.work, 'verify'),
+      onFinding: (f) => findings.push(f),
+    });
   const faultOn = (key: string) => findings.some((f) => f.severity === 'fault' && f.key === key);
   rig.report.check(faultOn(del.key), `verify did not name the deleted segment ${del.key}`);
   rig.report.check(faultOn(cut.key), `verify did not name the truncated segment ${cut.key}`);
@@ -482,7 +492,7 @@ async function corruptObjects(rig: Rig, [deleted, truncated, tampered]: string[]
   const refused = await restorePartition({
     store,
     partition: truncated!,
-    target: { kind: 'latest' },
+    target: { kind: 'lsn', lsn: cut.last_lsn },
     targetDir: join(rig.work, 'refused', 'partitions', truncated!),
     voters: [1, 2, 3],
   }).then(
@@ -491,7 +501,7 @@ async function corruptObjects(rig: Rig, [deleted, truncated, tampered]: string[]
   );
   rig.report.check(
     refused !== undefined && refused.includes(cut.key),
-    `restore of partition ${truncated} over a truncated segment did not fail naming ${cut.key}: ${refused}`,
+    `restore of partition ${truncated} to LSN ${cut.last_lsn} over a truncated segment did not fail naming ${cut.key}: ${refused ?? 'it succeeded'}`,
   );
 }
 
@@ -549,16 +559,20 @@ async function runSeed(seed: number): Promise<RunReport> {
   const check = join(rig.work, 'check');
   for (const p of PARTITIONS) {
     const commit = commits.get(p)!;
-    const archive = await checkArchive(report, rig.bucket.store, p, commit, check);
+    const archive = await checkArchive(report, rig.bucket.store, p, commit, check, () =>
+      committedNow(rig.cluster.urls, [p]).then((m) => m.get(p)!),
+    );
     terms.set(p, archive.terms);
     report.archived += archive.entries.size;
     await checkAgainstWal(report, archive, p, commit, rig.nodeDirs);
     for (const s of rig.stale.filter((x) => x.partition === p)) checkStaleNotArchived(report, archive, s);
     await checkReplay(report, archive, p, commit, rig.nodeDirs, rig.work);
-    await checkRestore(report, rig.bucket.store, p, commit, rig.nodeDirs, rig.work);
+    await checkRestore(report, rig.bucket.store, p, commit, archive.upper, rig.nodeDirs, rig.work);
     await rm(check, { recursive: true, force: true });
   }
-  await checkEntryEvents(report, rig.events, commits, terms, rig.stale);
+  await checkEntryEvents(report, rig.events, commits, terms, rig.stale, () =>
+    committedNow(rig.cluster.urls, PARTITIONS),
+  );
 
   // Corruption is detected and reported.
   for (const s of rig.sidecars) await s.kill('SIGTERM');
