@@ -587,9 +587,25 @@ export class PartitionArchiver {
       let from = this.publishedLsn + 1;
       const lsns = await listEntryLsns(this.o.partitionDir);
       if (lsns.length > 0 && lsns[0]! > from) {
-        // Pruned before this sidecar published them (events configured after archiving began).
-        this.log.warn('entry events for pruned LSNs cannot be published', { from, to: lsns[0]! - 1 });
-        this.o.metrics.errors.inc({ partition: this.partition, kind: 'events_skipped' });
+        // A node prunes only through a sidecar's min(archived, published): entries
+        // gone from the WAL were published by an earlier leader's sidecar, whose
+        // cursor had not reached the manifest yet. Only when no cursor was ever
+        // recorded (events configured after archiving began) were they never published.
+        if (this.recordedPublished === 0) {
+          this.log.warn('entry events for LSNs pruned before events were configured cannot be published', {
+            from,
+            to: lsns[0]! - 1,
+          });
+          this.o.metrics.errors.inc({ partition: this.partition, kind: 'events_skipped' });
+        } else {
+          this.log.info(
+            'entry events already published by an earlier leader\u2019s sidecar; continuing after them',
+            {
+              from,
+              to: lsns[0]! - 1,
+            },
+          );
+        }
         from = lsns[0]!;
       }
       const to = Math.min(commit, from + EVENT_BATCH - 1);

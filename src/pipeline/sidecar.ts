@@ -67,6 +67,7 @@ export class Sidecar {
   private follower: Promise<void> | undefined;
   private server: http.Server | undefined;
   private connected = false;
+  private companionStarts: Array<Promise<void>> = [];
   metricsUrl: string | undefined;
 
   constructor(private readonly o: SidecarOptions) {
@@ -80,7 +81,14 @@ export class Sidecar {
     await this.pinAll();
     this.watcher = new CommitWatcher(this.o.dataDir, (p) => this.archivers.get(p)?.notify());
     if (this.o.metricsPort !== undefined) await this.listen(this.o.metricsPort);
-    for (const c of this.o.companions ?? []) await c.start();
+    // Companions (the global manifest projector) start beside archiving, never
+    // before it: joining a consumer group can wait for a dead member's session
+    // to expire, and archiving must not wait for that.
+    this.companionStarts = (this.o.companions ?? []).map((c) =>
+      c
+        .start()
+        .catch((err: unknown) => this.o.logger.error('a sidecar companion failed to start', { error: err })),
+    );
     this.follower = followLeadership({
       nodeUrl: this.o.nodeUrl,
       logger: this.o.logger,
@@ -244,6 +252,7 @@ export class Sidecar {
     await Promise.all([...this.transitions.values()]);
     await Promise.all([...this.archivers.values()].map((a) => a.stop()));
     this.archivers.clear();
+    await Promise.all(this.companionStarts);
     for (const c of this.o.companions ?? []) await c.stop();
     await this.watcher?.close();
     if (this.server) {
