@@ -1,3 +1,4 @@
+import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -81,7 +82,6 @@ export const quickstartCommand: Command = {
     await mkdir(dir, { recursive: true });
     // Structured logs go to a file; the terminal shows the progress table.
     const logFile = join(dir, 'quickstart.log');
-    const { createWriteStream } = await import('node:fs');
     const logStream = createWriteStream(logFile, { flags: 'a' });
     const logger = createLogger({ component: 'quickstart' }, { write: (l) => void logStream.write(l) });
     const out = ctx.stdout;
