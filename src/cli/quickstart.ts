@@ -8,6 +8,7 @@ import { openEventBus } from '../events/open.js';
 import { createLogger } from '../log.js';
 import { GlobalManifestProjector } from '../manifest/projector.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
+import { DEFAULT_THRESHOLDS } from '../policy/index.js';
 import { Sidecar } from '../pipeline/sidecar.js';
 import { openObjectStore } from '../store/open.js';
 import { startLocalCluster } from '../../storage-node/cluster.js';
@@ -111,6 +112,11 @@ export const quickstartCommand: Command = {
           metricsPort: 0,
           logger: logger.child({ sidecar: i + 1 }),
           companions: [new GlobalManifestProjector({ store, bus, logger: logger.child({ sidecar: i + 1 }) })],
+          // Small thresholds, so base backups show up within a minute of the workload.
+          backups: {
+            concurrency: 1,
+            thresholds: { ...DEFAULT_THRESHOLDS, maxBytes: 512 * 1024, maxAge: 60_000, minInterval: 20_000 },
+          },
         }),
     );
     for (const s of sidecars) await s.start();
@@ -194,7 +200,9 @@ export const quickstartCommand: Command = {
       `Stopped. Everything is in ${dir}. Inspect the archive with:\n` +
         `  npx wal-archiver manifest --object-store ${archiveUrl}\n` +
         `  npx wal-archiver manifest --object-store ${archiveUrl} --partition 1\n` +
-        `  npx wal-archiver events --events ${eventsUrl} --topic archived --from-beginning --count 5\n`,
+        `  npx wal-archiver events --events ${eventsUrl} --topic archived --from-beginning --count 5\n` +
+        `  npx wal-archiver verify --object-store ${archiveUrl}\n` +
+        `  npx wal-archiver restore --object-store ${archiveUrl} --partition 1 --latest --target ${join(dir, 'restored', 'partition-1')}\n`,
     );
     await new Promise<void>((r) => logStream.end(() => r()));
     return 0;
