@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { ContentDigest } from '../entry-info.js';
 import { describeError, ErrorCodes, isRetryable, isWalArchiverError, WalArchiverError } from '../errors.js';
 import { Topics, type EventBus } from '../events/event-bus.js';
@@ -18,6 +18,7 @@ import { Backoff, retry, sleep } from '../retry.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import { readCommitLsn, readCommittedEntry, type CommittedEntry } from '../tail/committed.js';
 import {
+  entryDir,
   listEntryLsns,
   MANIFEST_FILE,
   RAFT_FILE,
@@ -316,9 +317,25 @@ export class PartitionArchiver {
     try {
       return await readCommittedEntry(this.o.partitionDir, lsn, commit);
     } catch (err) {
-      if (isWalArchiverError(err, ErrorCodes.NOT_FOUND)) throw await this.explainMissing(lsn, err);
-      throw err;
+      throw await this.classifyReadError(lsn, err);
     }
+  }
+
+  /**
+   * A read of entry `lsn` failed. If the entry's directory is gone now, the node
+   * removed it while it was being read (a stale archiver racing a snapshot
+   * install or a prune): that is a missing entry, not corruption.
+   */
+  private async classifyReadError(lsn: number, err: unknown): Promise<unknown> {
+    if (isWalArchiverError(err, ErrorCodes.NOT_FOUND)) return this.explainMissing(lsn, err);
+    if (isWalArchiverError(err, ErrorCodes.CORRUPT)) {
+      const gone = await stat(entryDir(this.o.partitionDir, lsn)).then(
+        () => false,
+        () => true,
+      );
+      if (gone) return this.explainMissing(lsn, err);
+    }
+    return err;
   }
 
   /**
@@ -445,7 +462,10 @@ export class PartitionArchiver {
         signal: this.abort.signal,
         inspect: digestChecker(this.partition, entries),
       },
-    );
+    ).catch(async (err: unknown) => {
+      const lsn = isWalArchiverError(err) ? err.details['lsn'] : undefined;
+      throw typeof lsn === 'number' ? await this.classifyReadError(lsn, err) : err;
+    });
     try {
       const key = segmentKey(this.partition, segment.firstLsn, segment.lastLsn);
       const release = await this.o.uploads.acquire(this.abort.signal);
