@@ -381,13 +381,15 @@ export class PartitionArchiver {
   /** Records a finished segment, strictly in LSN order. */
   private async complete(p: Pending): Promise<void> {
     const record = await p.promise;
+    // The cursor this write records (publishing goes on meanwhile).
+    const sentPublished = this.o.events ? this.publishedLsn : 0;
     const written = await retry(
       () =>
         updatePartitionManifest(
           this.o.store,
           this.partition,
           { node: this.o.node, term: this.term },
-          { segments: [record], publishedLsn: this.o.events ? this.publishedLsn : 0 },
+          { segments: [record], publishedLsn: sentPublished },
           { signal: this.abort.signal },
         ),
       {
@@ -398,7 +400,7 @@ export class PartitionArchiver {
     );
     this.manifest = written.manifest;
     this.archivedLsn = record.last_lsn;
-    if (this.o.events) this.recordedPublished = Math.max(this.recordedPublished, this.publishedLsn);
+    if (this.o.events) this.recordedPublished = Math.max(this.recordedPublished, sentPublished);
     const m = this.o.metrics;
     const l = { partition: this.partition };
     m.archivedLsn.set(l, this.archivedLsn);
@@ -430,6 +432,9 @@ export class PartitionArchiver {
       this.wakePublisher?.();
     }
     await this.writePosition();
+    // Publishing may have moved on while this write was in flight: let the
+    // publisher record its cursor once the partition is idle.
+    if (this.o.events && this.publishedLsn > this.recordedPublished) this.wakePublisher?.();
     this.considerBackup();
     this.log.debug('segment archived', {
       key: record.key,
