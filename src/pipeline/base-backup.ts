@@ -350,6 +350,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
           [MetadataKeys.PARTITION]: o.partition,
         },
         contentType: 'application/zstd',
+        size: spooled.bytes,
         ...(o.retention !== undefined ? { retention: retentionFor(o.retention, now()) } : {}),
         signal: o.signal,
       });

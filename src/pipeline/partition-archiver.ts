@@ -481,6 +481,7 @@ export class PartitionArchiver {
             this.upload(
               key,
               segment.path,
+              segment.bytes,
               segment.sha256,
               segment.firstLsn,
               segment.lastLsn,
@@ -518,6 +519,7 @@ export class PartitionArchiver {
   private async upload(
     key: string,
     path: string,
+    size: number,
     sha256: string,
     first: number,
     last: number,
@@ -527,6 +529,7 @@ export class PartitionArchiver {
       await this.o.store.create(key, createReadStream(path), {
         signal: this.abort.signal,
         contentType: 'application/zstd',
+        size,
         metadata: {
           [MetadataKeys.SHA256]: sha256,
           [MetadataKeys.FIRST_LSN]: String(first),

@@ -438,6 +438,14 @@ export class FolderStore implements ObjectStore {
           }
         }
         throwIfAborted(options.signal);
+        if (options.size !== undefined && options.size !== size) {
+          throw this.error(
+            ErrorCodes.INVALID_ARGUMENT,
+            'create',
+            key,
+            `the body has ${size} bytes, not the ${options.size} announced`,
+          );
+        }
         await fh.sync();
       } finally {
         await fh.close();

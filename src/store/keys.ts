@@ -68,6 +68,9 @@ export function validateCreateOptions(options: CreateOptions | undefined, url: s
   if (options?.contentType !== undefined && !PRINTABLE_ASCII.test(options.contentType)) {
     throw invalid(url, 'content type is not printable ASCII');
   }
+  if (options?.size !== undefined && (!Number.isSafeInteger(options.size) || options.size < 0)) {
+    throw invalid(url, `size ${options.size} is not a non-negative integer`);
+  }
 }
 
 /** Validates a byte range of a get. */

@@ -75,6 +75,12 @@ export interface CreateOptions extends CallOptions {
   contentType?: string;
   /** Object lock retention to apply at creation (WORM). */
   retention?: Retention;
+  /**
+   * The body's length in bytes, when the caller knows it (a spooled file). A
+   * store may then send a stream in one request instead of buffering parts; a
+   * body of another length fails the call.
+   */
+  size?: number;
 }
 
 export interface ReplaceOptions extends CreateOptions {

@@ -29,9 +29,13 @@ import type {
   Retention,
 } from './object-store.js';
 
+const SILENT_LOGGER = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
+
 /** Part size of multipart uploads: memory per upload is about partSize × (queueSize + 1). */
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
 export const DEFAULT_QUEUE_SIZE = 2;
+/** Streams of known length up to this size are sent in one PutObject (S3 allows 5 GiB). */
+export const DEFAULT_SINGLE_PUT_MAX_BYTES = 256 * 1024 * 1024;
 /** Attempts per request (the SDK's own retry, with backoff); longer retries belong to the caller's loop. */
 export const DEFAULT_MAX_ATTEMPTS = 3;
 export const DEFAULT_CONNECTION_TIMEOUT_MS = 3_000;
@@ -208,10 +212,26 @@ class LengthCheck extends Transform {
 
 class Counter extends Transform {
   bytes = 0;
+  /** Fails before passing on a chunk that would take the count past `limit`. */
+  constructor(private readonly limit = Infinity) {
+    super();
+  }
   override _transform(chunk: Buffer | string, _enc: BufferEncoding, callback: TransformCallback): void {
     const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (this.bytes + buf.length > this.limit) {
+      callback(new Error(`the body is longer than the ${this.limit} bytes announced`));
+      return;
+    }
     this.bytes += buf.length;
     callback(null, buf);
+  }
+  /** A body shorter than announced must fail too, or the request would wait for bytes that never come. */
+  override _flush(callback: TransformCallback): void {
+    if (this.limit !== Infinity && this.bytes !== this.limit) {
+      callback(new Error(`the body has ${this.bytes} bytes, not the ${this.limit} announced`));
+      return;
+    }
+    callback();
   }
 }
 
@@ -235,6 +255,7 @@ export class S3Store implements ObjectStore {
   private readonly client: S3Client;
   private readonly partSize: number;
   private readonly queueSize: number;
+  private readonly singlePutMaxBytes = DEFAULT_SINGLE_PUT_MAX_BYTES;
   private readonly now: () => Date;
   private lockEnabled: Promise<boolean> | undefined;
   private closed = false;
@@ -259,6 +280,8 @@ export class S3Store implements ObjectStore {
       forcePathStyle: location.forcePathStyle,
       ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
       maxAttempts: options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+      // Failures reach the caller as errors; without a logger the SDK writes some to the console.
+      logger: SILENT_LOGGER,
       requestHandler: {
         connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECTION_TIMEOUT_MS,
         socketTimeout: options.socketTimeoutMs ?? DEFAULT_SOCKET_TIMEOUT_MS,
@@ -383,6 +406,36 @@ export class S3Store implements ObjectStore {
         );
         etag = out.ETag;
         size = body.length;
+      } else if (
+        !(body instanceof Uint8Array) &&
+        options.size !== undefined &&
+        options.size <= this.singlePutMaxBytes
+      ) {
+        // A stream of known length (a spooled segment): one request, streamed,
+        // no part buffers. The length is checked on the way so a body that is
+        // shorter or longer than announced fails instead of being stored.
+        const announced = options.size;
+        const counter = new Counter(announced);
+        // The SDK does not end a request whose body stream failed; abort it.
+        const broken = new AbortController();
+        counter.once('error', () => broken.abort());
+        pipeline(body, counter, () => undefined);
+        try {
+          const out = await this.client.send(
+            new PutObjectCommand({ ...params, Body: counter, ContentLength: announced }),
+            {
+              abortSignal: options.signal ? AbortSignal.any([options.signal, broken.signal]) : broken.signal,
+            },
+          );
+          etag = out.ETag;
+        } catch (err) {
+          const broken = counter.errored;
+          counter.destroy();
+          if (broken && /announced/.test(broken.message))
+            throw this.error(ErrorCodes.INVALID_ARGUMENT, 'create', key, broken.message, false);
+          throw err;
+        }
+        size = announced;
       } else {
         const counter = new Counter();
         const source = body instanceof Uint8Array ? Readable.from([Buffer.from(body)]) : body;

@@ -353,6 +353,34 @@ export function objectStoreConformance(name: string, factory: ConformanceFactory
       expect(tail.length).toBe(10);
     });
 
+    it('a stream of announced size is stored intact, races conditionally, and a wrong length is refused', async () => {
+      const size = 12 * MiB + 7;
+      const bodies = [0, 1].map((w) => generatedBody(size, `sized-${w}`));
+      const results = await Promise.allSettled(
+        bodies.map((b, w) => store.create('sized/race', b.stream, { size, metadata: { writer: String(w) } })),
+      );
+      const winners = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
+      expect(winners).toHaveLength(1);
+      const read = await streamSha256(await store.get('sized/race'));
+      expect(read.bytes).toBe(size);
+      expect(read.sha256).toBe(await bodies[winners[0]!]!.sha256);
+      expect((await store.head('sized/race'))?.size).toBe(size);
+
+      for (const [announced, actual] of [
+        [4096, 4000],
+        [4096, 5000],
+      ] as const) {
+        const key = `sized/wrong-${actual}`;
+        const err = await expectCode(
+          store.create(key, Readable.from([randomBytes(actual)]), { size: announced }),
+          'INVALID_ARGUMENT',
+        );
+        expect(err.message).toContain('announced');
+        expect(await store.head(key)).toBeUndefined();
+      }
+      await expectCode(store.create('sized/negative', Buffer.from('x'), { size: -1 }), 'INVALID_ARGUMENT');
+    });
+
     it('a body stream that fails leaves no object behind', async () => {
       for (const size of [1000, 12 * MiB]) {
         const failing = Readable.from(
