@@ -1,56 +1,80 @@
+import { watch, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
-import chokidar, { type FSWatcher } from 'chokidar';
 
 /**
  * Tells a partition's archiver when its hard state changes (a new commit
- * LSN), using chokidar on `raft/` of the partitions this node leads only: an
- * idle partition costs one inotify watch and no work, whatever their number.
+ * LSN), with one inotify watch (`fs.watch`) on `raft/` of each partition this
+ * node leads: an idle partition costs one watch and no work, whatever their
+ * number. Every event is passed on; none is merged or throttled, so the last
+ * of a quick run of commits is never missed (the archiver re-reads the hard
+ * state, so extra notifications cost one small read).
+ *
+ * A `raft/` that does not exist yet (or goes away) is looked for again every
+ * `retryMs`; the archiver's own idle poll remains the safety net.
  */
 export class CommitWatcher {
-  private readonly watcher: FSWatcher;
-  private readonly watched = new Map<string, string>();
+  private readonly watched = new Map<string, { watcher?: FSWatcher; retry?: NodeJS.Timeout }>();
+  private closed = false;
 
   constructor(
     private readonly dataDir: string,
     private readonly onCommit: (partition: string) => void,
-  ) {
-    this.watcher = chokidar.watch([], {
-      ignoreInitial: true,
-      depth: 0,
-      // The node replaces hard_state by rename; report it at once rather than
-      // waiting to merge the unlink and add into one change.
-      atomic: false,
-      persistent: true,
-    });
-    const fire = (path: string) => {
-      if (!path.endsWith('hard_state')) return;
-      const partition = this.partitionOf(path);
-      if (partition) this.onCommit(partition);
-    };
-    this.watcher.on('add', fire);
-    this.watcher.on('change', fire);
-  }
-
-  private partitionOf(path: string): string | undefined {
-    const m = /partitions[\\/]([^\\/]+)[\\/]raft[\\/]hard_state$/.exec(path);
-    return m && this.watched.has(m[1]!) ? m[1] : undefined;
-  }
+    private readonly retryMs = 1_000,
+  ) {}
 
   add(partition: string): void {
-    if (this.watched.has(partition)) return;
-    const dir = join(this.dataDir, 'partitions', partition, 'raft');
-    this.watched.set(partition, dir);
-    this.watcher.add(dir);
+    if (this.closed || this.watched.has(partition)) return;
+    this.watched.set(partition, {});
+    this.open(partition, false);
   }
 
   remove(partition: string): void {
-    const dir = this.watched.get(partition);
-    if (!dir) return;
+    const w = this.watched.get(partition);
+    if (!w) return;
     this.watched.delete(partition);
-    this.watcher.unwatch(dir);
+    w.watcher?.close();
+    if (w.retry) clearTimeout(w.retry);
+  }
+
+  /** How many partitions are watched, and how many of those wait for their `raft/` to appear. */
+  counts(): { watched: number; waiting: number } {
+    let waiting = 0;
+    for (const w of this.watched.values()) if (!w.watcher) waiting++;
+    return { watched: this.watched.size, waiting };
   }
 
   async close(): Promise<void> {
-    await this.watcher.close();
+    this.closed = true;
+    for (const partition of [...this.watched.keys()]) this.remove(partition);
+  }
+
+  private open(partition: string, notify: boolean): void {
+    const entry = this.watched.get(partition);
+    if (!entry || this.closed) return;
+    entry.retry = undefined;
+    const dir = join(this.dataDir, 'partitions', partition, 'raft');
+    try {
+      const watcher = watch(dir, { persistent: false }, (_event, name) => {
+        if (name === null || name === 'hard_state') this.onCommit(partition);
+      });
+      watcher.on('error', () => {
+        // The folder went away (a partition removed or restored): look for it again.
+        watcher.close();
+        if (this.watched.get(partition) !== entry) return;
+        entry.watcher = undefined;
+        this.later(partition, entry);
+      });
+      entry.watcher = watcher;
+      // A folder that appeared since the last look may already hold a new hard state.
+      if (notify) this.onCommit(partition);
+    } catch {
+      this.later(partition, entry);
+    }
+  }
+
+  private later(partition: string, entry: { retry?: NodeJS.Timeout }): void {
+    if (this.closed) return;
+    entry.retry = setTimeout(() => this.open(partition, true), this.retryMs);
+    entry.retry.unref();
   }
 }
