@@ -31,6 +31,15 @@ export interface CasOptions {
   onConflict?: (attempt: number) => void;
 }
 
+export interface UpdateOptions<T> extends CasOptions {
+  /**
+   * The document as this writer last read or wrote it: the first attempt
+   * writes against its etag instead of reading the document again. If it is
+   * stale the write loses the compare-and-swap and the next attempt reads.
+   */
+  current?: StoredDocument<T> | undefined;
+}
+
 export interface StoredDocument<T> {
   value: T;
   etag: string;
@@ -121,13 +130,16 @@ export async function updateDocument<T>(
   key: string,
   parse: (value: unknown) => T,
   update: (current: T | undefined) => T | undefined,
-  options: CasOptions = {},
+  options: UpdateOptions<T> = {},
 ): Promise<UpdateResult<T>> {
   const attempts = options.attempts ?? DEFAULT_CAS_ATTEMPTS;
   const backoff = new Backoff({ ...DEFAULT_CAS_BACKOFF, ...options.backoff });
+  let known = options.current;
   for (let attempt = 1; ; attempt++) {
     throwIfAborted(options.signal);
-    const current = await readDocument(store, key, parse, { signal: options.signal });
+    const cached = known;
+    known = undefined;
+    const current = cached ?? (await readDocument(store, key, parse, { signal: options.signal }));
     const next = update(current?.value);
     if (next === undefined) {
       return { value: current?.value, etag: current?.etag, written: false, attempts: attempt };
@@ -141,6 +153,11 @@ export async function updateDocument<T>(
       return { value: next, etag: info.etag, written: true, attempts: attempt };
     } catch (err) {
       if (!isConflict(err)) throw err;
+      // A stale cached copy is not a race with another writer: read and try again at once.
+      if (cached) {
+        attempt--;
+        continue;
+      }
       if (attempt >= attempts) {
         throw new WalArchiverError(
           ErrorCodes.PRECONDITION_FAILED,

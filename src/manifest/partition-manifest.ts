@@ -52,7 +52,7 @@ import {
   type WalBackupEvent,
 } from '../schemas.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { readDocument, updateDocument, type CasOptions, type StoredDocument } from './cas.js';
+import { readDocument, updateDocument, type StoredDocument, type UpdateOptions } from './cas.js';
 import { assertPartitionId, partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
 
 export const PARTITION_MANIFEST_SCHEMA = 1;
@@ -622,7 +622,7 @@ export function lsnAtTime(m: PartitionManifest, time: Date | string): TimeResolu
 // ---------------------------------------------------------------------------
 // Object store
 
-export interface PartitionManifestOptions extends CasOptions {
+export interface PartitionManifestOptions extends UpdateOptions<PartitionManifest> {
   /** The clock (tests pass a fixed one). */
   now?: () => Date;
 }

@@ -332,6 +332,34 @@ describe('updatePartitionManifest (memory store)', () => {
     expect(JSON.parse(store.text(partitionManifestKey('7')) ?? '')).toEqual(first.manifest);
   });
 
+  it('writes against a known copy without reading, and reads again when that copy is stale', async () => {
+    const store = new MemoryStore();
+    const first = await updatePartitionManifest(store, '7', W1, { segments: [segment('7', 1, 10)] }, { now });
+    const gets = store.calls.get;
+    const known = { value: first.manifest, etag: first.etag! };
+    const second = await updatePartitionManifest(
+      store,
+      '7',
+      W1,
+      { segments: [segment('7', 11, 20)] },
+      { now, current: known },
+    );
+    expect(second).toMatchObject({ written: true, attempts: 1 });
+    expect(store.calls.get).toBe(gets);
+    // `known` is stale now: the write loses the compare-and-swap, reads, and keeps both segments.
+    const third = await updatePartitionManifest(
+      store,
+      '7',
+      W1,
+      { segments: [segment('7', 21, 30)] },
+      { now, current: known },
+    );
+    expect(third.written).toBe(true);
+    expect(store.calls.get).toBe(gets + 1);
+    expect(third.manifest.segments.map((s) => s.first_lsn)).toEqual([1, 11, 21]);
+    expect((await readPartitionManifest(store, '7'))?.value.archived?.last_lsn).toBe(30);
+  });
+
   it('re-reads and re-applies after losing a race, keeping both updates', async () => {
     const store = new MemoryStore();
     await updatePartitionManifest(store, '7', W1, { segments: [segment('7', 1, 10)] }, { now });
