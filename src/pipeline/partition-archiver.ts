@@ -16,7 +16,12 @@ import { takeBaseBackup, type BackupRetentionConfig } from './base-backup.js';
 import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
 import { Backoff, retry, sleep } from '../retry.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import { readCommitLsn, readCommittedEntry, type CommittedEntry } from '../tail/committed.js';
+import {
+  readCommitLsn,
+  readCommittedEntry,
+  readCommittedEntryContent,
+  type CommittedEntry,
+} from '../tail/committed.js';
 import {
   entryDir,
   listEntryLsns,
@@ -26,7 +31,8 @@ import {
   writeArchiverPosition,
 } from '../wal/entry.js';
 import type { ArchiverMetrics } from './metrics.js';
-import { spoolSegment, type SegmentEntry, type SegmentInspector } from './segment.js';
+import { SegmentWriter, type SegmentInspector } from './segment.js';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Semaphore } from './semaphore.js';
 
 /**
@@ -92,6 +98,8 @@ export interface PartitionArchiverOptions {
   events?: EventBus;
   spoolDir: string;
   uploads: Semaphore;
+  /** Bounds how many partitions read and claim their manifests at once (start-up with many partitions). */
+  resumes?: Semaphore;
   config: ArchiverConfig;
   metrics: ArchiverMetrics;
   logger: Logger;
@@ -103,10 +111,34 @@ export type ArchiverState = 'starting' | 'archiving' | 'fenced' | 'failed' | 'st
 interface Pending {
   done: boolean;
   promise: Promise<SegmentRecord>;
-  entries: CommittedEntry[];
+}
+
+/** A segment being filled: entries are packed into it as they are read. */
+interface OpenSegment {
+  writer: SegmentWriter;
+  startedAt: number;
+  bytes: number;
+  firstAt: number;
+  lastAt: number;
+}
+
+/** What a `wal.entries` event needs of an entry, kept from the archive loop's read. */
+interface EntryEventSource {
+  term: number;
+  bytes: number;
+  committedAt: number;
+  refs: CommittedEntry['refs'];
 }
 
 const EVENT_BATCH = 500;
+/** Entry files up to this size are read into memory whole; larger ones are streamed. */
+const INLINE_MAX = 1024 * 1024;
+/** Entries read between yields to the event loop (reads of small entries are synchronous). */
+const READS_PER_YIELD = 32;
+/** Entry events remembered from the archive loop's reads for the publisher (beyond, it reads the WAL). */
+const EVENT_CACHE_MAX = 5_000;
+/** The publisher reads the WAL itself when the archive loop has not read further for this long. */
+const PUBLISH_READ_STALL_MS = 1_000;
 
 export class PartitionArchiver {
   readonly partition: string;
@@ -121,6 +153,7 @@ export class PartitionArchiver {
   private readonly abort = new AbortController();
   private wakeArchiver: (() => void) | undefined;
   private wakePublisher: (() => void) | undefined;
+  private readonly woken = new Set<'archive' | 'publish'>();
   private loops: Promise<void> | undefined;
   private lastCommitTime = 0;
   private oldestPendingTime = 0;
@@ -136,6 +169,16 @@ export class PartitionArchiver {
   private manualBackup = false;
   private readonly backupEvents: Array<Record<string, unknown>> = [];
   private resolveResumed!: () => void;
+  /** The partition manifest and its etag as last read or written here: the next write goes against it. */
+  private stored: { value: PartitionManifest; etag: string } | undefined;
+  /** Events of entries the archive loop has read and the publisher has not yet published. */
+  private readonly eventCache = new Map<number, EntryEventSource>();
+  /** The highest LSN the archive loop has read, and when it last read further. */
+  private readThrough = 0;
+  private readProgressAt = 0;
+  /** The commit LSN the publisher last saw, and since when it has seen entries the archive loop has not read. */
+  private publisherCommit = 0;
+  private behindSince: number | undefined;
 
   constructor(private readonly o: PartitionArchiverOptions) {
     this.partition = o.partition;
@@ -154,8 +197,8 @@ export class PartitionArchiver {
 
   /** The hard state changed: look for newly committed entries now. */
   notify(): void {
-    this.wakeArchiver?.();
-    this.wakePublisher?.();
+    this.wake('archive');
+    this.wake('publish');
   }
 
   async stop(): Promise<void> {
@@ -223,20 +266,77 @@ export class PartitionArchiver {
 
   // ---- archiving ------------------------------------------------------------------
 
+  /**
+   * A partition with nothing to archive or publish (its `archiver/position`
+   * is at its commit LSN) needs nothing from the object store: it reports
+   * `archiving` at once and reads its manifest only when new entries are
+   * committed. With thousands of partitions led, a restart is then two small
+   * local reads for each idle one. With base backups on, an idle partition
+   * still reads its manifest once, after a spread-out delay, so the age
+   * threshold is checked.
+   */
+  private async idleUntilActive(): Promise<void> {
+    let waits = 0;
+    while (!this.aborted) {
+      const commit = await readCommitLsn(this.o.partitionDir);
+      const position = await readArchiverPosition(this.o.partitionDir).catch(() => undefined);
+      if (position === undefined || commit > position) return;
+      if (this.state === 'starting') {
+        this.archivedLsn = position;
+        this.committedLsn = commit;
+        this.readThrough = position;
+        this.positionWritten = position;
+        this.publishedLsn = this.o.events ? position : Number.MAX_SAFE_INTEGER;
+        this.state = 'archiving';
+        this.resolveResumed();
+        this.updateLag();
+      }
+      if (waits > 0 && this.o.backup && !this.manifest) {
+        const stored = await readPartitionManifest(this.o.store, this.partition, {
+          signal: this.abort.signal,
+        });
+        this.manifest = stored?.value;
+        if (this.manifest)
+          this.archivedLsn = Math.max(this.archivedLsn, this.manifest.archived?.last_lsn ?? 0);
+        this.considerBackup();
+      }
+      const first = waits === 0 && this.o.backup !== undefined;
+      waits++;
+      await this.wait(
+        'archive',
+        first ? this.o.config.idlePollMs * (0.5 + Math.random()) : this.o.config.idlePollMs,
+      );
+    }
+  }
+
   private async resume(): Promise<number> {
+    await this.idleUntilActive();
+    const release = await this.o.resumes?.acquire(this.abort.signal);
+    try {
+      return await this.resumeFromManifest();
+    } finally {
+      release?.();
+    }
+  }
+
+  private async resumeFromManifest(): Promise<number> {
     const stored = await readPartitionManifest(this.o.store, this.partition, { signal: this.abort.signal });
     const archived = stored?.value.archived?.last_lsn ?? 0;
     // Claim the manifest for this term first: a stale leader's sidecar is fenced from now on.
-    await updatePartitionManifest(
+    const claimed = await updatePartitionManifest(
       this.o.store,
       this.partition,
       { node: this.o.node, term: this.term },
       {},
       {
         signal: this.abort.signal,
+        current: stored,
       },
     );
+    this.remember(claimed);
     this.archivedLsn = archived;
+    this.readThrough = archived;
+    this.readProgressAt = this.now();
     this.publishedLsn = Math.max(this.publishedLsn, stored?.value.published_lsn ?? 0);
     this.recordedPublished = stored?.value.published_lsn ?? 0;
     if (!this.o.events) this.publishedLsn = Number.MAX_SAFE_INTEGER;
@@ -266,56 +366,102 @@ export class PartitionArchiver {
   private async archiveLoop(): Promise<void> {
     let next = (await this.resume()) + 1;
     const inflight: Pending[] = [];
-    let batch: CommittedEntry[] = [];
-    let batchBytes = 0;
-    let batchStart = 0;
+    let open: OpenSegment | undefined;
     const cfg = this.o.config;
-    while (!this.aborted) {
-      const commit = await readCommitLsn(this.o.partitionDir);
-      this.committedLsn = commit;
-      while (next <= commit && batchBytes < cfg.segmentMaxBytes && batch.length < cfg.segmentMaxEntries) {
-        const e = await this.readEntry(next, commit);
-        if (batch.length === 0) batchStart = this.now();
-        if (this.oldestPendingTime === 0) this.oldestPendingTime = e.committedAt || this.now();
-        batch.push(e);
-        batchBytes += e.bytes;
-        next++;
-      }
-      this.updateLag();
-      const full = batchBytes >= cfg.segmentMaxBytes || batch.length >= cfg.segmentMaxEntries;
-      const aged = batch.length > 0 && this.now() - batchStart >= cfg.segmentMaxAgeMs;
-      if (full || aged) {
-        while (inflight.length >= cfg.maxInflight) await this.complete(inflight.shift()!);
-        const entries = batch;
-        const pending: Pending = { done: false, entries, promise: this.archiveSegment(entries) };
-        pending.promise.then(
-          () => ((pending.done = true), this.wakeArchiver?.()),
-          () => ((pending.done = true), this.wakeArchiver?.()),
-        );
-        inflight.push(pending);
-        batch = [];
-        batchBytes = 0;
-        continue;
-      }
-      while (inflight.length > 0 && inflight[0]!.done) await this.complete(inflight.shift()!);
-      const waitMs =
-        batch.length > 0
-          ? Math.max(1, cfg.segmentMaxAgeMs - (this.now() - batchStart))
+    const full = (seg: OpenSegment) =>
+      seg.bytes >= cfg.segmentMaxBytes || seg.writer.entries >= cfg.segmentMaxEntries;
+    try {
+      while (!this.aborted) {
+        const commit = await readCommitLsn(this.o.partitionDir);
+        this.committedLsn = commit;
+        let read = 0;
+        while (next <= commit && !(open && full(open)) && !this.aborted) {
+          let e;
+          try {
+            e = await this.readEntryContent(next, commit);
+            open ??= await this.openSegment(next);
+            await open.writer
+              .append(e, e.content, digestChecker(this.partition, e))
+              .catch(async (err: unknown) => {
+                throw await this.classifyReadError(next, err);
+              });
+          } catch (err) {
+            // Record the segments already uploaded (all before this entry) before giving up.
+            while (inflight.length > 0 && !this.aborted) {
+              const ok = await this.complete(inflight.shift()!).then(
+                () => true,
+                () => false,
+              );
+              if (!ok) break;
+            }
+            throw err;
+          }
+          this.track(open, e);
+          if (this.oldestPendingTime === 0) this.oldestPendingTime = e.committedAt || this.now();
+          this.readThrough = next;
+          this.readProgressAt = this.now();
+          next++;
+          if (++read % READS_PER_YIELD === 0) {
+            this.wake('publish');
+            await yieldToEventLoop();
+          }
+        }
+        if (read > 0) this.wake('publish');
+        this.updateLag();
+        if (open && (full(open) || this.now() - open.startedAt >= cfg.segmentMaxAgeMs)) {
+          while (inflight.length >= cfg.maxInflight) await this.complete(inflight.shift()!);
+          const sealing = open;
+          open = undefined;
+          const pending: Pending = { done: false, promise: this.archiveSegment(sealing) };
+          pending.promise.then(
+            () => ((pending.done = true), this.wake('archive')),
+            () => ((pending.done = true), this.wake('archive')),
+          );
+          inflight.push(pending);
+          continue;
+        }
+        while (inflight.length > 0 && inflight[0]!.done) await this.complete(inflight.shift()!);
+        const waitMs = open
+          ? Math.max(1, cfg.segmentMaxAgeMs - (this.now() - open.startedAt))
           : next <= commit
             ? 0
             : cfg.idlePollMs;
-      if (waitMs > 0) {
-        await this.wait('archive', waitMs);
-        this.considerBackup();
+        if (waitMs > 0) {
+          await this.wait('archive', waitMs);
+          this.considerBackup();
+        }
       }
+    } finally {
+      // Stopping or failing: an unsealed segment is dropped (its entries are read again);
+      // uploads in flight finish (immutable objects; harmless either way).
+      if (open) await open.writer.discard();
+      for (const p of inflight) await p.promise.catch(() => undefined);
     }
-    // Stopping: let uploads in flight finish recording (immutable objects; harmless either way).
-    for (const p of inflight) await p.promise.catch(() => undefined);
   }
 
-  private async readEntry(lsn: number, commit: number): Promise<CommittedEntry> {
+  private async openSegment(firstLsn: number): Promise<OpenSegment> {
+    const writer = await SegmentWriter.open(this.o.spoolDir, firstLsn, {
+      level: this.o.config.zstdLevel,
+      signal: this.abort.signal,
+    });
+    return { writer, startedAt: this.now(), bytes: 0, firstAt: 0, lastAt: 0 };
+  }
+
+  /** Adds an entry's size and commit time to its segment, and keeps its event for the publisher. */
+  private track(seg: OpenSegment, e: CommittedEntry): void {
+    seg.bytes += e.bytes;
+    const t = e.committedAt || this.lastCommitTime;
+    if (!seg.firstAt && t) seg.firstAt = t;
+    if (t) seg.lastAt = t;
+    if (e.committedAt) this.lastCommitTime = Math.max(this.lastCommitTime, e.committedAt);
+    if (this.o.events && e.lsn > this.publishedLsn && this.eventCache.size < EVENT_CACHE_MAX) {
+      this.eventCache.set(e.lsn, { term: e.term, bytes: e.bytes, committedAt: e.committedAt, refs: e.refs });
+    }
+  }
+
+  private async readEntryContent(lsn: number, commit: number) {
     try {
-      return await readCommittedEntry(this.o.partitionDir, lsn, commit);
+      return readCommittedEntryContent(this.o.partitionDir, lsn, commit, INLINE_MAX);
     } catch (err) {
       throw await this.classifyReadError(lsn, err);
     }
@@ -390,7 +536,7 @@ export class PartitionArchiver {
           this.partition,
           { node: this.o.node, term: this.term },
           { segments: [record], publishedLsn: sentPublished },
-          { signal: this.abort.signal },
+          { signal: this.abort.signal, current: this.stored },
         ),
       {
         attempts: 5,
@@ -398,7 +544,7 @@ export class PartitionArchiver {
         onRetry: () => this.o.metrics.retries.inc({ partition: this.partition, operation: 'manifest' }),
       },
     );
-    this.manifest = written.manifest;
+    this.remember(written);
     this.archivedLsn = record.last_lsn;
     if (this.o.events) this.recordedPublished = Math.max(this.recordedPublished, sentPublished);
     const m = this.o.metrics;
@@ -429,12 +575,12 @@ export class PartitionArchiver {
         last_committed_at: record.last_committed_at,
         archived_at: record.archived_at,
       });
-      this.wakePublisher?.();
+      this.wake('publish');
     }
     await this.writePosition();
     // Publishing may have moved on while this write was in flight: let the
     // publisher record its cursor once the partition is idle.
-    if (this.o.events && this.publishedLsn > this.recordedPublished) this.wakePublisher?.();
+    if (this.o.events && this.publishedLsn > this.recordedPublished) this.wake('publish');
     this.considerBackup();
     this.log.debug('segment archived', {
       key: record.key,
@@ -444,33 +590,11 @@ export class PartitionArchiver {
     });
   }
 
-  private commitTimes(entries: readonly CommittedEntry[]): [number, number] {
-    let first = 0;
-    let last = 0;
-    for (const e of entries) {
-      const t = e.committedAt || this.lastCommitTime;
-      if (!first && t) first = t;
-      if (t) last = t;
-      if (e.committedAt) this.lastCommitTime = Math.max(this.lastCommitTime, e.committedAt);
-    }
+  private async archiveSegment(open: OpenSegment): Promise<SegmentRecord> {
     const fallback = this.now();
-    return [first || last || fallback, last || first || fallback];
-  }
-
-  private async archiveSegment(entries: CommittedEntry[]): Promise<SegmentRecord> {
-    const [firstAt, lastAt] = this.commitTimes(entries);
-    const segment = await spoolSegment(
-      entries.map<SegmentEntry>((e) => ({ lsn: e.lsn, name: e.name, dir: e.dir, files: e.files })),
-      this.o.spoolDir,
-      {
-        level: this.o.config.zstdLevel,
-        signal: this.abort.signal,
-        inspect: digestChecker(this.partition, entries),
-      },
-    ).catch(async (err: unknown) => {
-      const lsn = isWalArchiverError(err) ? err.details['lsn'] : undefined;
-      throw typeof lsn === 'number' ? await this.classifyReadError(lsn, err) : err;
-    });
+    const firstAt = open.firstAt || open.lastAt || fallback;
+    const lastAt = open.lastAt || open.firstAt || fallback;
+    const segment = await open.writer.seal();
     try {
       const key = segmentKey(this.partition, segment.firstLsn, segment.lastLsn);
       const release = await this.o.uploads.acquire(this.abort.signal);
@@ -570,7 +694,12 @@ export class PartitionArchiver {
         backoff.reset();
         failures = 0;
         await this.recordPublishedIfIdle();
-        if (!moved) await this.wait('publish', this.o.config.idlePollMs);
+        // Entries committed but not yet read by the archive loop: look again once it may have stalled.
+        if (!moved)
+          await this.wait(
+            'publish',
+            this.publishedLsn < this.publisherCommit ? PUBLISH_READ_STALL_MS : this.o.config.idlePollMs,
+          );
       } catch (err) {
         if (this.aborted) break;
         if (!isRetryable(err)) {
@@ -611,45 +740,14 @@ export class PartitionArchiver {
       moved = true;
     }
     const commit = await readCommitLsn(this.o.partitionDir);
-    if (this.publishedLsn < commit) {
-      let from = this.publishedLsn + 1;
-      const lsns = await listEntryLsns(this.o.partitionDir);
-      if (lsns.length > 0 && lsns[0]! > from) {
-        // A node prunes only through a sidecar's min(archived, published): entries
-        // gone from the WAL were published by an earlier leader's sidecar, whose
-        // cursor had not reached the manifest yet. Only when no cursor was ever
-        // recorded (events configured after archiving began) were they never published.
-        if (this.recordedPublished === 0) {
-          this.log.warn('entry events for LSNs pruned before events were configured cannot be published', {
-            from,
-            to: lsns[0]! - 1,
-          });
-          this.o.metrics.errors.inc({ partition: this.partition, kind: 'events_skipped' });
-        } else {
-          this.log.info(
-            'entry events already published by an earlier leader\u2019s sidecar; continuing after them',
-            {
-              from,
-              to: lsns[0]! - 1,
-            },
-          );
-        }
-        from = lsns[0]!;
-      }
-      const to = Math.min(commit, from + EVENT_BATCH - 1);
+    this.publisherCommit = commit;
+    const limit = this.publishLimit(commit);
+    if (this.publishedLsn < limit) {
+      const from = await this.firstPublishable(this.publishedLsn + 1);
+      const to = Math.min(limit, from + EVENT_BATCH - 1);
       const values: Array<{ key: string; value: Record<string, unknown> }> = [];
       for (let lsn = from; lsn <= to; lsn++) {
-        const e = await readCommittedEntry(this.o.partitionDir, lsn, commit).catch((err: unknown) => {
-          if (!isWalArchiverError(err, ErrorCodes.NOT_FOUND)) throw err;
-          throw new WalArchiverError(
-            ErrorCodes.UNAVAILABLE,
-            `LSN ${lsn} left the WAL while publishing; retrying`,
-            {
-              cause: err,
-              retryable: true,
-            },
-          );
-        });
+        const e = this.eventCache.get(lsn) ?? (await this.readForEvent(lsn, commit));
         values.push({
           key: this.partition,
           value: {
@@ -665,6 +763,7 @@ export class PartitionArchiver {
         });
       }
       await bus.publish(Topics.ENTRIES, values, { signal: this.abort.signal });
+      for (let lsn = from; lsn <= to; lsn++) this.eventCache.delete(lsn);
       this.publishedLsn = to;
       this.o.metrics.publishedLsn.set({ partition: this.partition }, to);
       await this.writePosition();
@@ -675,6 +774,73 @@ export class PartitionArchiver {
       this.archivedEvents.length + Math.max(0, commit - this.publishedLsn),
     );
     return moved;
+  }
+
+  /**
+   * How far entry events may go now: as far as the archive loop has read
+   * (its reads are shared, so each entry is read once), or to the commit LSN
+   * when the archive loop has not read further for a while (the object store
+   * is slow or down) and events must not wait for it.
+   */
+  private publishLimit(commit: number): number {
+    if (this.readThrough >= commit) {
+      this.behindSince = undefined;
+      return commit;
+    }
+    this.behindSince ??= this.now();
+    const since = Math.max(this.readProgressAt, this.behindSince);
+    if (this.state !== 'archiving' || this.now() - since >= PUBLISH_READ_STALL_MS) return commit;
+    return this.readThrough;
+  }
+
+  /**
+   * The first LSN to publish: `from`, unless the node pruned it. A node prunes
+   * only through a sidecar's min(archived, published): entries gone from the
+   * WAL were published by an earlier leader's sidecar, whose cursor had not
+   * reached the manifest yet. Only when no cursor was ever recorded (events
+   * configured after archiving began) were they never published.
+   */
+  private async firstPublishable(from: number): Promise<number> {
+    if (this.eventCache.has(from)) return from;
+    const present = await stat(entryDir(this.o.partitionDir, from)).then(
+      () => true,
+      () => false,
+    );
+    if (present) return from;
+    const lsns = await listEntryLsns(this.o.partitionDir);
+    const first = lsns[0];
+    if (first === undefined || first <= from) return from;
+    if (this.recordedPublished === 0) {
+      this.log.warn('entry events for LSNs pruned before events were configured cannot be published', {
+        from,
+        to: first - 1,
+      });
+      this.o.metrics.errors.inc({ partition: this.partition, kind: 'events_skipped' });
+    } else {
+      this.log.info(
+        'entry events already published by an earlier leader\u2019s sidecar; continuing after them',
+        {
+          from,
+          to: first - 1,
+        },
+      );
+    }
+    for (const lsn of this.eventCache.keys()) if (lsn < first) this.eventCache.delete(lsn);
+    return first;
+  }
+
+  private async readForEvent(lsn: number, commit: number): Promise<EntryEventSource> {
+    return readCommittedEntry(this.o.partitionDir, lsn, commit).catch((err: unknown) => {
+      if (!isWalArchiverError(err, ErrorCodes.NOT_FOUND)) throw err;
+      throw new WalArchiverError(
+        ErrorCodes.UNAVAILABLE,
+        `LSN ${lsn} left the WAL while publishing; retrying`,
+        {
+          cause: err,
+          retryable: true,
+        },
+      );
+    });
   }
 
   // ---- base backups ---------------------------------------------------------------------
@@ -742,6 +908,8 @@ export class PartitionArchiver {
           ...(b.zstdLevel === undefined ? {} : { zstdLevel: b.zstdLevel }),
         });
         this.manifest = result.manifest;
+        // The backup (and retention) wrote the manifest: the next write reads it first.
+        this.stored = undefined;
         this.manualBackup = false;
         this.backupFailedAt = undefined;
         const l = { partition: this.partition, reason: trigger };
@@ -756,7 +924,7 @@ export class PartitionArchiver {
         });
         if (this.o.events) {
           this.backupEvents.push(result.event as unknown as Record<string, unknown>);
-          this.wakePublisher?.();
+          this.wake('publish');
         }
         if (b.keep) {
           const plan = planRetention(result.manifest, b.keep, new Date(this.now()));
@@ -796,27 +964,36 @@ export class PartitionArchiver {
   private async recordPublishedIfIdle(): Promise<void> {
     if (this.publishedLsn <= this.recordedPublished || this.archivedLsn < this.committedLsn) return;
     const cursor = this.publishedLsn;
-    await updatePartitionManifest(
+    const written = await updatePartitionManifest(
       this.o.store,
       this.partition,
       { node: this.o.node, term: this.term },
       { publishedLsn: cursor },
-      { signal: this.abort.signal },
+      { signal: this.abort.signal, current: this.stored },
     );
+    this.remember(written);
     this.recordedPublished = Math.max(this.recordedPublished, cursor);
   }
 
   // ---- shared ---------------------------------------------------------------------------
 
+  /** Keeps the manifest as written (or found unchanged), so the next write needs no read first. */
+  private remember(w: { manifest: PartitionManifest; etag: string | undefined }): void {
+    this.manifest = w.manifest;
+    this.stored = w.etag === undefined ? undefined : { value: w.manifest, etag: w.etag };
+  }
+
   /** `archiver/position`: what the node may prune through — archived and (with an event bus) published. */
   private async writePosition(): Promise<void> {
     const position = Math.min(this.archivedLsn, this.publishedLsn);
     if (position === this.positionWritten) return;
-    const current = await readArchiverPosition(this.o.partitionDir).catch(() => undefined);
-    // Never move it back: an older value would only make the node keep more.
-    if (current !== undefined && current > position && this.positionWritten === -1) {
-      this.positionWritten = current;
-      return;
+    if (this.positionWritten === -1) {
+      const current = await readArchiverPosition(this.o.partitionDir).catch(() => undefined);
+      // Never move it back: an older value would only make the node keep more.
+      if (current !== undefined && current > position) {
+        this.positionWritten = current;
+        return;
+      }
     }
     await writeArchiverPosition(this.o.partitionDir, position);
     this.positionWritten = position;
@@ -832,7 +1009,18 @@ export class PartitionArchiver {
     );
   }
 
+  /**
+   * Wakes a loop; a wake-up while it is busy is remembered, so the next
+   * `wait` returns at once (a change noticed mid-iteration is never lost).
+   */
+  private wake(which: 'archive' | 'publish'): void {
+    const waiter = which === 'archive' ? this.wakeArchiver : this.wakePublisher;
+    if (waiter) waiter();
+    else this.woken.add(which);
+  }
+
   private wait(which: 'archive' | 'publish', ms: number): Promise<void> {
+    if (this.woken.delete(which) || this.aborted) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
@@ -843,7 +1031,6 @@ export class PartitionArchiver {
       const timer = setTimeout(done, ms);
       if (which === 'archive') this.wakeArchiver = done;
       else this.wakePublisher = done;
-      if (this.aborted) done();
     });
   }
 }
@@ -852,9 +1039,8 @@ function errorKind(err: unknown): string {
   return isWalArchiverError(err) ? err.code.toLowerCase() : 'internal';
 }
 
-/** Checks each entry's content against the digest in its RAFT record while the segment is packed. */
-function digestChecker(partition: string, entries: readonly CommittedEntry[]): SegmentInspector {
-  const byLsn = new Map(entries.map((e) => [e.lsn, e]));
+/** Checks an entry's content against the digest in its RAFT record while it is packed. */
+function digestChecker(partition: string, e: CommittedEntry): SegmentInspector {
   let digest: ContentDigest | undefined;
   return {
     beginFile(_entry, name, size) {
@@ -865,7 +1051,7 @@ function digestChecker(partition: string, entries: readonly CommittedEntry[]): S
       if (name !== RAFT_FILE) digest?.update(chunk);
     },
     entryDone(entry) {
-      const expected = byLsn.get(entry.lsn)?.contentSha256;
+      const expected = e.contentSha256;
       const actual = digest?.digest();
       digest = undefined;
       if (expected && actual && !expected.equals(actual)) {

@@ -21,6 +21,9 @@ import type { RetentionPolicy } from './retention.js';
  * /healthz, /readyz and /v1/status.
  */
 
+/** Partitions reading and claiming their manifests at once when they resume. */
+const RESUME_CONCURRENCY = 32;
+
 export interface SidecarOptions {
   dataDir: string;
   nodeUrl: string;
@@ -61,6 +64,7 @@ export class Sidecar {
   private readonly archivers = new Map<string, PartitionArchiver>();
   private readonly transitions = new Map<string, Promise<void>>();
   private readonly uploads: Semaphore;
+  private readonly resumes: Semaphore;
   private readonly backupSlots: BackupSlots | undefined;
   private readonly abort = new AbortController();
   private watcher: CommitWatcher | undefined;
@@ -73,6 +77,7 @@ export class Sidecar {
   constructor(private readonly o: SidecarOptions) {
     this.metrics = createArchiverMetrics();
     this.uploads = new Semaphore(o.uploadConcurrency);
+    this.resumes = new Semaphore(RESUME_CONCURRENCY);
     this.backupSlots = o.backups ? new BackupSlots(o.backups.concurrency) : undefined;
   }
 
@@ -149,6 +154,7 @@ export class Sidecar {
       ...(this.o.events ? { events: this.o.events } : {}),
       spoolDir: this.o.spoolDir,
       uploads: this.uploads,
+      resumes: this.resumes,
       config: this.o.config,
       metrics: this.metrics,
       logger: this.o.logger,

@@ -2,7 +2,15 @@ import { decodeEntryInfo } from '../entry-info.js';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
 import { listReferenceChanges } from '../wal/log-entry.js';
 import { formatLsn } from '../wal/lsn.js';
-import { MANIFEST_FILE, RAFT_FILE, readEntry, readHardState, type WalEntry } from '../wal/entry.js';
+import {
+  MANIFEST_FILE,
+  RAFT_FILE,
+  readEntry,
+  readEntryContentSync,
+  readHardState,
+  type EntryFileContent,
+  type WalEntry,
+} from '../wal/entry.js';
 
 /**
  * Reading a partition's *committed* WAL entries (Contract 1): an entry is
@@ -43,6 +51,26 @@ export async function readCommittedEntry(
   lsn: number,
   commit: number,
 ): Promise<CommittedEntry> {
+  refuseUncommitted(lsn, commit);
+  return describe(lsn, await readEntry(partitionDir, lsn));
+}
+
+/**
+ * `readCommittedEntry` plus every file of the entry, read once for packing:
+ * files up to `inlineMax` bytes come back in memory, larger ones by path.
+ */
+export function readCommittedEntryContent(
+  partitionDir: string,
+  lsn: number,
+  commit: number,
+  inlineMax: number,
+): CommittedEntry & { content: EntryFileContent[] } {
+  refuseUncommitted(lsn, commit);
+  const e = readEntryContentSync(partitionDir, lsn, inlineMax);
+  return { ...describe(lsn, e), content: e.content };
+}
+
+function refuseUncommitted(lsn: number, commit: number): void {
   if (lsn > commit) {
     throw new WalArchiverError(
       ErrorCodes.INTERNAL,
@@ -52,7 +80,9 @@ export async function readCommittedEntry(
       },
     );
   }
-  const e: WalEntry = await readEntry(partitionDir, lsn);
+}
+
+function describe(lsn: number, e: WalEntry): CommittedEntry {
   let committedAt = 0;
   let contentSha256: Buffer | undefined;
   if (e.raft.data && e.raft.data.length > 0) {

@@ -1,11 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { decompress } from 'zstd-napi';
 import { ErrorCodes } from '../../src/errors.js';
-import { spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
+import { SegmentWriter, spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
 
 let root: string;
 beforeEach(async () => {
@@ -76,6 +78,71 @@ describe('spoolSegment', () => {
     const missing = { ...e1, files: ['MANIFEST', 'RAFT'] };
     await expect(spoolSegment([missing], join(root, 'spool'))).rejects.toThrow();
     // Nothing half-written is left behind to be mistaken for a segment.
+    expect(await readdir(join(root, 'spool'))).toEqual([]);
+  });
+
+  it('writes the same tar bytes as tar-stream (segments stay identical to earlier ones)', async () => {
+    const entries: SegmentEntry[] = [];
+    let lsn = 34;
+    for (const size of [0, 1, 511, 512, 513, 70_000, 1024 * 1024 + 3]) {
+      const e = await makeEntry(lsn++, {
+        MANIFEST: randomBytes(40),
+        '1': randomBytes(size),
+        RAFT: randomBytes(9),
+      });
+      await chmod(join(e.dir, '1'), 0o640);
+      entries.push(e);
+    }
+    const seg = await spoolSegment(entries, join(root, 'spool'));
+    const ours = Buffer.from(decompress(await readFile(seg.path)));
+
+    const pack = tar.pack();
+    const chunks: Buffer[] = [];
+    pack.on('data', (c: unknown) => chunks.push(c as Buffer));
+    const ended = new Promise<void>((r) => pack.on('end', () => r()));
+    for (const e of entries) {
+      pack.entry({ name: `${e.name}/`, type: 'directory', mode: 0o755, mtime: new Date(0) });
+      for (const f of e.files) {
+        const path = join(e.dir, f);
+        const info = await stat(path);
+        pack.entry(
+          {
+            name: `${e.name}/${f}`,
+            size: info.size,
+            mode: info.mode & 0o777,
+            mtime: new Date(0),
+            uid: 0,
+            gid: 0,
+          },
+          await readFile(path),
+        );
+      }
+    }
+    pack.finalize();
+    await ended;
+    const theirs = Buffer.concat(chunks);
+    expect(ours.length).toBe(theirs.length);
+    expect(ours.equals(theirs)).toBe(true);
+  });
+
+  it('SegmentWriter appends entries held in memory and refuses a size that does not match', async () => {
+    const w = await SegmentWriter.open(join(root, 'spool'), 7);
+    const entry = { lsn: 7, name: '0000000000007', dir: '', files: ['MANIFEST', 'RAFT'] };
+    await w.append(entry, [
+      { name: 'MANIFEST', mode: 0o644, size: 3, data: Buffer.from('abc') },
+      { name: 'RAFT', mode: 0o644, size: 1, data: Buffer.from('r') },
+    ]);
+    await expect(
+      w.append({ ...entry, lsn: 9, name: '0000000000009' }, [
+        { name: 'MANIFEST', mode: 0o644, size: 1, data: Buffer.from('x') },
+      ]),
+    ).rejects.toThrow(/contiguous/);
+    await expect(
+      w.append({ ...entry, lsn: 8, name: '0000000000008' }, [
+        { name: 'MANIFEST', mode: 0o644, size: 5, data: Buffer.from('x') },
+      ]),
+    ).rejects.toMatchObject({ code: ErrorCodes.CORRUPT });
+    await w.discard();
     expect(await readdir(join(root, 'spool'))).toEqual([]);
   });
 });
