@@ -20,8 +20,16 @@ import { parseStagedFileName, tryParseLsn } from '../wal/lsn.js';
 
 export interface ExtractedEntry {
   lsn: number;
+  /** Where files not kept in memory were written (created only when one was). */
   dir: string;
   files: string[];
+  /** Files kept in memory (up to `inlineMax` bytes each), with their tar modes. */
+  inline: Map<string, { data: Buffer; mode: number }>;
+}
+
+export interface ExtractOptions {
+  /** Files up to this size stay in memory instead of being written to `targetDir` (default: none). */
+  inlineMax?: number;
 }
 
 function refuse(key: string, name: string, why: string): WalArchiverError {
@@ -57,18 +65,20 @@ export async function extractSegmentTar(
   key: string,
   tarStream: Readable,
   targetDir: string,
+  options: ExtractOptions = {},
 ): Promise<ExtractedEntry[]> {
+  const inlineMax = options.inlineMax ?? -1;
   const extract = tar.extract();
   const entries = new Map<number, ExtractedEntry>();
+  const made = new Set<number>();
   const consume = (async () => {
     for await (const m of extract) {
       const h = m.header;
       const { lsn, file } = member(key, h.name);
       let entry = entries.get(lsn);
       if (!entry) {
-        entry = { lsn, dir: join(targetDir, h.name.split('/')[0]!), files: [] };
+        entry = { lsn, dir: join(targetDir, h.name.split('/')[0]!), files: [], inline: new Map() };
         entries.set(lsn, entry);
-        await mkdir(entry.dir, { recursive: true });
       }
       if (h.type === 'directory' && file === undefined) {
         m.resume();
@@ -77,6 +87,24 @@ export async function extractSegmentTar(
       if ((h.type !== 'file' && h.type !== 'contiguous-file') || file === undefined) {
         m.resume();
         throw refuse(key, h.name, `${h.type ?? 'unknown'} entries are not allowed`);
+      }
+      if (entry.files.includes(file)) {
+        m.resume();
+        throw refuse(key, h.name, 'given twice');
+      }
+      const size = h.size ?? 0;
+      if (size <= inlineMax) {
+        const chunks: Buffer[] = [];
+        for await (const c of m) chunks.push(c as Buffer);
+        const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+        if (data.length !== size) throw refuse(key, h.name, 'shorter than its header says');
+        entry.inline.set(file, { data, mode: (h.mode ?? 0o644) & 0o777 });
+        entry.files.push(file);
+        continue;
+      }
+      if (!made.has(lsn)) {
+        await mkdir(entry.dir, { recursive: true });
+        made.add(lsn);
       }
       await pipeline(
         m,
@@ -106,7 +134,7 @@ export async function fetchSegment(
   store: ObjectStore,
   key: string,
   targetDir: string,
-  options: { expectedSha256?: string; signal?: AbortSignal } = {},
+  options: { expectedSha256?: string; signal?: AbortSignal } & ExtractOptions = {},
 ): Promise<ExtractedEntry[]> {
   let expected = options.expectedSha256;
   if (!expected) {
@@ -125,7 +153,9 @@ export async function fetchSegment(
   hash.on('error', (err) => decompress.destroy(err));
   let entries: ExtractedEntry[];
   try {
-    entries = await extractSegmentTar(key, tarStream, targetDir);
+    entries = await extractSegmentTar(key, tarStream, targetDir, {
+      ...(options.inlineMax !== undefined ? { inlineMax: options.inlineMax } : {}),
+    });
   } catch (err) {
     const actual = hash.hash.copy().digest('hex');
     if (expected && actual !== expected) {

@@ -120,7 +120,12 @@ export interface VerifiedEntry {
   empty: boolean;
   manifest: LogEntry;
   dir: string;
+  /** Staged files held in memory (the rest are in `dir`). */
+  inline: ReadonlyMap<string, { data: Buffer; mode: number }>;
 }
+
+/** Segment members up to this size are verified and applied from memory, never written to scratch. */
+const INLINE_MAX = 1024 * 1024;
 
 function corruptEntry(partition: string, key: string, lsn: number, message: string, cause?: unknown) {
   return new WalArchiverError(
@@ -139,14 +144,15 @@ function corruptEntry(partition: string, key: string, lsn: number, message: stri
 export async function verifyEntry(partition: string, key: string, e: ExtractedEntry): Promise<VerifiedEntry> {
   if (!e.files.includes('RAFT') || !e.files.includes('MANIFEST'))
     throw corruptEntry(partition, key, e.lsn, 'entry lacks MANIFEST or RAFT');
+  const whole = async (name: string) => e.inline.get(name)?.data ?? (await readFile(join(e.dir, name)));
   let raft;
   try {
-    raft = decodeRaftEntry(await readFile(join(e.dir, 'RAFT')));
+    raft = decodeRaftEntry(await whole('RAFT'));
   } catch (err) {
     throw corruptEntry(partition, key, e.lsn, `RAFT: ${(err as Error).message}`, err);
   }
   if (raft.index !== e.lsn) throw corruptEntry(partition, key, e.lsn, `RAFT says index ${raft.index}`);
-  const manifestBytes = await readFile(join(e.dir, 'MANIFEST'));
+  const manifestBytes = await whole('MANIFEST');
   let manifest: LogEntry;
   try {
     manifest = decodeLogEntry(manifestBytes);
@@ -159,7 +165,15 @@ export async function verifyEntry(partition: string, key: string, e: ExtractedEn
   if (!raft.data || raft.data.length === 0) {
     if (staged.length > 0 || manifest.operations.length > 0 || manifest.referenceTransactions.length > 0)
       throw corruptEntry(partition, key, e.lsn, 'entry without a content digest carries content');
-    return { lsn: e.lsn, term: raft.term, committedAt: 0, empty: true, manifest, dir: e.dir };
+    return {
+      lsn: e.lsn,
+      term: raft.term,
+      committedAt: 0,
+      empty: true,
+      manifest,
+      dir: e.dir,
+      inline: e.inline,
+    };
   }
   let info;
   try {
@@ -171,13 +185,27 @@ export async function verifyEntry(partition: string, key: string, e: ExtractedEn
   digest.beginFile('MANIFEST', manifestBytes.length);
   digest.update(manifestBytes);
   for (const name of staged) {
+    const held = e.inline.get(name);
+    if (held) {
+      digest.beginFile(name, held.data.length);
+      digest.update(held.data);
+      continue;
+    }
     const path = join(e.dir, name);
     digest.beginFile(name, (await stat(path)).size);
     for await (const chunk of createReadStream(path)) digest.update(chunk as Buffer);
   }
   if (!digest.digest().equals(info.contentSha256))
     throw corruptEntry(partition, key, e.lsn, 'entry content does not match the digest in its RAFT record');
-  return { lsn: e.lsn, term: raft.term, committedAt: info.committedAt, empty: false, manifest, dir: e.dir };
+  return {
+    lsn: e.lsn,
+    term: raft.term,
+    committedAt: info.committedAt,
+    empty: false,
+    manifest,
+    dir: e.dir,
+    inline: e.inline,
+  };
 }
 
 function withPartition(partition: string, err: unknown): unknown {
@@ -230,6 +258,7 @@ async function fetchVerified(
   try {
     extracted = await fetchSegment(store, seg.key, dir, {
       expectedSha256: sha256,
+      inlineMax: INLINE_MAX,
       ...(signal ? { signal } : {}),
     });
   } catch (err) {
@@ -576,6 +605,7 @@ async function restoreInto(
   };
   let next = plan.fromLsn;
   let entries = 0;
+  const knownDirs = new Set<string>();
   try {
     for (let i = 0; i < segs.length; i++) {
       for (let j = i; j < i + limit; j++) start(j);
@@ -586,7 +616,16 @@ async function restoreInto(
         if (e.lsn > plan.targetLsn) break;
         if (e.lsn !== next)
           throw corruptEntry(partition, seg.key, next, `the segment does not hold LSN ${next}`);
-        if (!e.empty) await applyEntry(e.manifest, { stateDir, entryDir: e.dir, lsn: e.lsn, durable: false });
+        if (!e.empty) {
+          await applyEntry(e.manifest, {
+            stateDir,
+            entryDir: e.dir,
+            lsn: e.lsn,
+            durable: false,
+            staged: e.inline,
+            knownDirs,
+          });
+        }
         term = e.term;
         next = e.lsn + 1;
         entries++;

@@ -61,6 +61,13 @@ export interface ApplyOptions {
    * whole result durable once, before it is published as complete.
    */
   durable?: boolean;
+  /**
+   * Staged files already in memory (restore keeps small ones there): a link
+   * to one of them writes its bytes with its mode instead.
+   */
+  staged?: ReadonlyMap<string, { data: Buffer; mode: number }>;
+  /** Directories known to exist, shared across entries (restore): saves a mkdir per operation. */
+  knownDirs?: Set<string>;
 }
 
 /** Applies one committed entry to the state directory. */
@@ -68,7 +75,13 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
   const { stateDir, entryDir, lsn } = options;
   const durable = options.durable ?? true;
   const root = join(stateDir, REPOSITORIES_DIR);
-  await mkdir(root, { recursive: true });
+  const known = options.knownDirs;
+  const ensureDir = async (dir: string) => {
+    if (known?.has(dir)) return;
+    await mkdir(dir, { recursive: true });
+    known?.add(dir);
+  };
+  await ensureDir(root);
   let kv: Map<string, Buffer> | undefined;
   for (const op of entry.operations) {
     switch (op.kind) {
@@ -77,6 +90,7 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
         await mkdir(path, { recursive: true });
         // mkdir's mode is filtered by the umask; the entry's mode is exact.
         await chmod(path, op.mode & 0o7777 || 0o755);
+        known?.add(path);
         break;
       }
       case 'createHardLink': {
@@ -87,7 +101,12 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
           root,
           safeRelativePath(op.destinationPath.toString('utf8'), lsn, 'link destination'),
         );
-        await mkdir(dirname(destination), { recursive: true });
+        await ensureDir(dirname(destination));
+        const held = op.sourceInStorage ? undefined : options.staged?.get(op.sourcePath.toString('utf8'));
+        if (held) {
+          await writeHeldFile(destination, held);
+          break;
+        }
         try {
           await link(source, destination);
         } catch (err) {
@@ -113,6 +132,7 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
         } catch (err) {
           if (!isNotFound(err)) throw err;
         }
+        forgetDirsUnder(known, path);
         break;
       }
       case 'setKey':
@@ -130,10 +150,11 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
   if (entry.repositoryDeletion && entry.relativePath) {
     const repo = join(root, safeRelativePath(entry.relativePath, lsn, 'relative path'));
     await rm(repo, { recursive: true, force: true });
+    forgetDirsUnder(known, repo);
   }
   for (const tx of entry.referenceTransactions) {
     for (const change of tx.changes)
-      await applyReferenceChange(root, entry.relativePath, change, lsn, durable);
+      await applyReferenceChange(root, entry.relativePath, change, lsn, durable, ensureDir);
   }
   if (kv) await writeKvState(stateDir, kv, durable);
 }
@@ -144,6 +165,7 @@ async function applyReferenceChange(
   change: { referenceName: Buffer; newOid: Buffer; newTarget: Buffer },
   lsn: number,
   durable: boolean,
+  ensureDir: (dir: string) => Promise<void>,
 ): Promise<void> {
   if (!relativePath) throw corrupt(lsn, 'reference change without a relative path');
   const repo = join(root, safeRelativePath(relativePath, lsn, 'relative path'));
@@ -155,7 +177,7 @@ async function applyReferenceChange(
   const oid = change.newOid.toString('utf8');
   if (target) {
     safeRelativePath(target, lsn, 'symbolic reference target');
-    await writeStateFile(stateDirOf(root), path, `ref: ${target}\n`, durable);
+    await writeStateFile(stateDirOf(root), path, `ref: ${target}\n`, durable, ensureDir);
   } else if (oid === '' || ZERO_OID.test(oid)) {
     try {
       await unlink(path);
@@ -165,8 +187,28 @@ async function applyReferenceChange(
   } else {
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(oid))
       throw corrupt(lsn, `reference ${name}: "${oid}" is not an object ID`);
-    await writeStateFile(stateDirOf(root), path, `${oid}\n`, durable);
+    await writeStateFile(stateDirOf(root), path, `${oid}\n`, durable, ensureDir);
   }
+}
+
+/** A staged file held in memory, written where the entry links it (same bytes, same mode). */
+async function writeHeldFile(destination: string, held: { data: Buffer; mode: number }): Promise<void> {
+  try {
+    await writeFile(destination, held.data, { mode: held.mode, flag: 'wx' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    // Re-applied: replace whatever is there with the entry's file.
+    await unlink(destination);
+    await writeFile(destination, held.data, { mode: held.mode, flag: 'wx' });
+  }
+  // The mode given to writeFile is filtered by the umask; a link would keep the staged file's.
+  await chmod(destination, held.mode);
+}
+
+/** Drops cached directories at or below a removed path. */
+function forgetDirsUnder(known: Set<string> | undefined, path: string): void {
+  if (!known) return;
+  for (const dir of known) if (dir === path || dir.startsWith(path + '/')) known.delete(dir);
 }
 
 /**
@@ -179,10 +221,11 @@ async function writeStateFile(
   path: string,
   content: string | Buffer,
   durable: boolean,
+  ensureDir: (dir: string) => Promise<void>,
 ): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
+  await ensureDir(dirname(path));
   const staging = join(dirname(stateDir), 'staging');
-  await mkdir(staging, { recursive: true });
+  await ensureDir(staging);
   const tmp = join(staging, `apply-${randomBytes(8).toString('hex')}.tmp`);
   const bytes = typeof content === 'string' ? Buffer.from(content) : content;
   try {
@@ -245,5 +288,7 @@ export async function readKvState(stateDir: string): Promise<Map<string, Buffer>
 }
 
 async function writeKvState(stateDir: string, kv: Map<string, Buffer>, durable: boolean): Promise<void> {
-  await writeStateFile(stateDir, join(stateDir, KV_STATE_FILE), encodeKvState(kv), durable);
+  await writeStateFile(stateDir, join(stateDir, KV_STATE_FILE), encodeKvState(kv), durable, async (dir) => {
+    await mkdir(dir, { recursive: true });
+  });
 }
