@@ -105,7 +105,8 @@ async function launch(ctx: BenchContext, dataDir: string, name: string, extraArg
     nodeUrl: node.url,
     store,
     ...(ctx.kafka ? { events: kafkaUrl(uniqueName(`bench-${name}`).replace(/-/g, '_')) } : {}),
-    extraArgs,
+    // The stand-in node serves leadership only, not the snapshots base backups need.
+    extraArgs: ['--backups=false', ...extraArgs],
     nodeOptions: ctx.sidecarNodeOptions,
   });
   await node.whenConnected();
