@@ -1,10 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { CompressStream } from 'zstd-napi';
+import binding from 'zstd-napi/binding.js';
 import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
 
 /**
@@ -145,12 +144,43 @@ const CHUNK = 256 * 1024;
 /** Large files are read in pieces of this size. */
 const READ_PIECE = 1024 * 1024;
 
+/** Output buffer per compression call (about ZSTD_CStreamOutSize). */
+const OUT_SIZE = 128 * 1024 + 512;
+/** Idle compression contexts kept for reuse, per level. */
+const POOL_MAX = 16;
+const contextPool = new Map<number, binding.CCtx[]>();
+
+/**
+ * A native zstd compression context, reused across segments: creating one
+ * costs a couple of MiB that are only returned when the garbage collector
+ * finalises it, which with thousands of small segments meant hundreds of MiB.
+ * The calls are those `CompressStream` makes (checksummed frames, input fed
+ * in pieces, ended once), and zstd's output does not depend on how the input
+ * was split, so segments are the same bytes as before.
+ */
+function takeContext(level: number): binding.CCtx {
+  const pooled = contextPool.get(level)?.pop();
+  if (pooled) return pooled;
+  const cctx = new binding.CCtx();
+  cctx.setParameter(binding.CParameter.compressionLevel, level);
+  cctx.setParameter(binding.CParameter.checksumFlag, 1);
+  return cctx;
+}
+
+function returnContext(level: number, cctx: binding.CCtx): void {
+  cctx.reset(binding.ResetDirective.sessionOnly);
+  const pool = contextPool.get(level) ?? [];
+  contextPool.set(level, pool);
+  if (pool.length < POOL_MAX) pool.push(cctx);
+}
+
 /**
  * Builds one segment incrementally: entries are appended as they are read
  * (each WAL entry is read once, straight into the open segment), then the
  * segment is sealed into a spooled file with its size and SHA-256. Memory is
  * bounded by the compressor's window and a small chunk buffer whatever the
- * entry sizes.
+ * entry sizes; a segment still below one chunk holds no compression context
+ * and no file, so thousands of quiet partitions cost little.
  */
 export class SegmentWriter {
   readonly path: string;
@@ -158,27 +188,23 @@ export class SegmentWriter {
   lastLsn = 0;
   entries = 0;
   rawBytes = 0;
-  private readonly compress: CompressStream;
-  private readonly digest = new HashingStream();
-  private readonly written: Promise<void>;
+  private cctx: binding.CCtx | undefined;
+  private file: FileHandle | undefined;
+  private readonly hash = createHash('sha256');
+  private bytes = 0;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
-  private failed: unknown;
   private closed = false;
+  private broken = false;
 
   private constructor(
     path: string,
     firstLsn: number,
-    level: number,
+    private readonly level: number,
     private readonly signal: AbortSignal | undefined,
   ) {
     this.path = path;
     this.firstLsn = firstLsn;
-    this.compress = new CompressStream({ compressionLevel: level, checksumFlag: true });
-    this.written = pipeline(this.compress, this.digest, createWriteStream(path, { flags: 'wx' }), {
-      ...(signal ? { signal } : {}),
-    });
-    this.written.catch((err: unknown) => (this.failed ??= err));
   }
 
   static async open(
@@ -197,7 +223,8 @@ export class SegmentWriter {
     files: readonly SegmentFile[],
     inspect?: SegmentInspector,
   ): Promise<void> {
-    if (this.closed) throw new WalArchiverError(ErrorCodes.INTERNAL, 'segment already sealed');
+    if (this.closed || this.broken)
+      throw new WalArchiverError(ErrorCodes.INTERNAL, 'segment already sealed or failed');
     const expected = this.entries === 0 ? this.firstLsn : this.lastLsn + 1;
     if (entry.lsn !== expected) {
       throw new WalArchiverError(
@@ -205,6 +232,8 @@ export class SegmentWriter {
         `segment entries must be contiguous: ${expected} expected, ${entry.lsn} given`,
       );
     }
+    // Anything going wrong from here leaves a partial entry in the tar: the segment can only be discarded.
+    this.broken = true;
     this.push(tarHeader(`${entry.name}/`, 'directory', 0o755, 0));
     for (const f of files) {
       this.push(tarHeader(`${entry.name}/${f.name}`, 'file', f.mode & 0o777, f.size));
@@ -219,9 +248,10 @@ export class SegmentWriter {
       const pad = padding(f.size);
       if (pad) this.push(pad);
       this.rawBytes += f.size;
-      await this.flushIfFull();
+      if (this.pendingBytes >= CHUNK) await this.flush(binding.EndDirective.continue);
     }
     inspect?.entryDone(entry);
+    this.broken = false;
     this.entries++;
     this.lastLsn = entry.lsn;
   }
@@ -235,7 +265,7 @@ export class SegmentWriter {
         if (seen > f.size) break;
         inspect?.file(entry, f.name, buf);
         this.push(buf);
-        await this.flushIfFull();
+        if (this.pendingBytes >= CHUNK) await this.flush(binding.EndDirective.continue);
       }
     } catch (cause) {
       if (isWalArchiverError(cause)) throw cause;
@@ -253,38 +283,41 @@ export class SegmentWriter {
     this.pendingBytes += buf.length;
   }
 
-  private async flushIfFull(): Promise<void> {
-    if (this.pendingBytes >= CHUNK) await this.flush();
-  }
-
-  private async flush(): Promise<void> {
-    if (this.failed) throw this.failed;
+  /** Compresses what is pending into the spool file (`end` finishes the frame). */
+  private async flush(op: binding.EndDirective): Promise<void> {
     if (this.signal?.aborted) throw this.signal.reason;
-    if (this.pendingBytes === 0) return;
-    const chunk =
-      this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
+    let input = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
     this.pending = [];
     this.pendingBytes = 0;
-    if (!this.compress.write(chunk)) {
-      await new Promise<void>((resolve, reject) => {
-        const onDrain = () => (this.compress.off('error', onError), resolve());
-        const onError = (err: Error) => (this.compress.off('drain', onDrain), reject(err));
-        this.compress.once('drain', onDrain);
-        this.compress.once('error', onError);
-      });
+    this.cctx ??= takeContext(this.level);
+    this.file ??= await open(this.path, 'wx');
+    const finishing = op !== binding.EndDirective.continue;
+    for (;;) {
+      const out = Buffer.allocUnsafe(OUT_SIZE);
+      const [remaining, produced, consumed] = this.cctx.compressStream2(out, input, op);
+      input = input.subarray(consumed);
+      if (produced > 0) {
+        const bytes = out.subarray(0, produced);
+        this.hash.update(bytes);
+        this.bytes += produced;
+        await writeAll(this.file, bytes);
+      }
+      if (input.length === 0 && (!finishing || remaining === 0)) return;
     }
   }
 
   /** Finishes the tar and the compressed file; the spooled segment is then complete on disk. */
   async seal(): Promise<SpooledSegment> {
-    if (this.entries === 0)
-      throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'a segment needs at least one entry');
+    if (this.entries === 0 || this.broken)
+      throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'a segment needs at least one whole entry');
     this.closed = true;
     try {
       this.push(END_OF_ARCHIVE);
-      await this.flush();
-      this.compress.end();
-      await this.written;
+      await this.flush(binding.EndDirective.end);
+      await this.file!.close();
+      this.file = undefined;
+      returnContext(this.level, this.cctx!);
+      this.cctx = undefined;
     } catch (err) {
       await this.discard();
       throw err;
@@ -294,9 +327,9 @@ export class SegmentWriter {
       firstLsn: this.firstLsn,
       lastLsn: this.lastLsn,
       entries: this.entries,
-      bytes: this.digest.bytes,
+      bytes: this.bytes,
       rawBytes: this.rawBytes,
-      sha256: this.digest.hash.digest('hex'),
+      sha256: this.hash.digest('hex'),
     };
   }
 
@@ -304,9 +337,20 @@ export class SegmentWriter {
   async discard(): Promise<void> {
     this.closed = true;
     this.pending = [];
-    this.compress.destroy();
-    await this.written.catch(() => undefined);
+    this.pendingBytes = 0;
+    // A context in the middle of a frame is reset before reuse.
+    if (this.cctx) returnContext(this.level, this.cctx);
+    this.cctx = undefined;
+    await this.file?.close().catch(() => undefined);
+    this.file = undefined;
     await rm(this.path, { force: true });
+  }
+}
+
+async function writeAll(file: FileHandle, bytes: Buffer): Promise<void> {
+  for (let off = 0; off < bytes.length;) {
+    const { bytesWritten } = await file.write(bytes, off, bytes.length - off);
+    off += bytesWritten;
   }
 }
 

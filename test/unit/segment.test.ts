@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { decompress } from 'zstd-napi';
+import { CompressStream, decompress } from 'zstd-napi';
 import { ErrorCodes } from '../../src/errors.js';
 import { SegmentWriter, spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
 
@@ -123,6 +123,15 @@ describe('spoolSegment', () => {
     const theirs = Buffer.concat(chunks);
     expect(ours.length).toBe(theirs.length);
     expect(ours.equals(theirs)).toBe(true);
+    // And the object itself: the same tar through a zstd stream fed in other chunk sizes.
+    const z = new CompressStream({ compressionLevel: 3, checksumFlag: true });
+    const out: Buffer[] = [];
+    z.on('data', (c: Buffer) => out.push(c));
+    const done = new Promise<void>((r) => z.on('end', () => r()));
+    for (let i = 0; i < theirs.length; i += 5000) z.write(theirs.subarray(i, i + 5000));
+    z.end();
+    await done;
+    expect(createHash('sha256').update(Buffer.concat(out)).digest('hex')).toBe(seg.sha256);
   });
 
   it('SegmentWriter appends entries held in memory and refuses a size that does not match', async () => {
