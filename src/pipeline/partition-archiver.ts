@@ -278,8 +278,16 @@ export class PartitionArchiver {
   private async idleUntilActive(): Promise<void> {
     let waits = 0;
     while (!this.aborted) {
-      const commit = await readCommitLsn(this.o.partitionDir);
-      const position = await readArchiverPosition(this.o.partitionDir).catch(() => undefined);
+      // The first look is bounded node-wide like a resume: thousands of partitions start at once.
+      const release = waits === 0 ? await this.o.resumes?.acquire(this.abort.signal) : undefined;
+      let commit: number;
+      let position: number | undefined;
+      try {
+        commit = await readCommitLsn(this.o.partitionDir);
+        position = await readArchiverPosition(this.o.partitionDir).catch(() => undefined);
+      } finally {
+        release?.();
+      }
       if (position === undefined || commit > position) return;
       if (this.state === 'starting') {
         this.archivedLsn = position;

@@ -23,6 +23,8 @@ import type { RetentionPolicy } from './retention.js';
 
 /** Partitions reading and claiming their manifests at once when they resume. */
 const RESUME_CONCURRENCY = 32;
+/** Partition folders checked at once for `archiver/position` at start. */
+const PIN_CONCURRENCY = 16;
 
 export interface SidecarOptions {
   dataDir: string;
@@ -119,10 +121,16 @@ export class Sidecar {
    * no further than their leader's sidecar reports).
    */
   private async pinAll(): Promise<void> {
-    for (const id of await listPartitionIds(this.o.dataDir)) {
-      const dir = partitionDir(this.o.dataDir, id);
-      if ((await readArchiverPosition(dir).catch(() => 0)) === undefined) await writeArchiverPosition(dir, 0);
-    }
+    const ids = await listPartitionIds(this.o.dataDir);
+    let next = 0;
+    const worker = async () => {
+      while (next < ids.length) {
+        const dir = partitionDir(this.o.dataDir, ids[next++]!);
+        if ((await readArchiverPosition(dir).catch(() => 0)) === undefined)
+          await writeArchiverPosition(dir, 0);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PIN_CONCURRENCY, ids.length) }, worker));
   }
 
   private onLeadership(s: LeadershipState): void {

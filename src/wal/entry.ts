@@ -641,9 +641,15 @@ export function readEntryContentSync(
 
 // ---------------------------------------------------------------- raft state and positions
 
+/**
+ * Reads one of the partition's small state files (hard state, positions).
+ * Synchronously: they are a few bytes on the node's local disk, read on
+ * every commit and for every partition at start, and an asynchronous read
+ * costs four thread-pool round trips.
+ */
 async function readOptional(file: string): Promise<Buffer | undefined> {
   try {
-    return await fsp.readFile(file);
+    return fs.readFileSync(file);
   } catch (err) {
     if (isNotFound(err)) return undefined;
     throw fsError(err, 'read', file);
