@@ -10,6 +10,9 @@ import {
 } from 'kafkajs';
 import { ErrorCodes, WalArchiverError, isWalArchiverError, throwIfAborted } from '../errors.js';
 import { maskUrl } from '../url.js';
+import { applyKafkajsIdleFix } from './kafkajs-idle-fix.js';
+
+applyKafkajsIdleFix();
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
 import { stderrLogger, type BusLogger, type LogLevel } from './log.js';
 import {
