@@ -3,6 +3,7 @@ import { setMaxListeners } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { DecompressStream } from 'zstd-napi';
 import { fetchSegment, type ExtractedEntry } from '../archive/segment-reader.js';
 import { ContentDigest, decodeEntryInfo } from '../entry-info.js';
@@ -628,7 +629,8 @@ async function restoreInto(
         }
         term = e.term;
         next = e.lsn + 1;
-        entries++;
+        // Applying is mostly synchronous file calls: let downloads in flight move now and then.
+        if (++entries % 64 === 0) await yieldToEventLoop();
       }
       if (next <= Math.min(seg.lastLsn, plan.targetLsn))
         throw corruptEntry(partition, seg.key, next, `the segment does not hold LSN ${next}`);

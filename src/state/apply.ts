@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, link, mkdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import fs from 'node:fs';
+import { chmod, link, mkdir, readFile, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
 import { fsyncDir, isNotFound, writeNewFileSynced } from '../fs-atomic.js';
@@ -78,7 +79,8 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
   const known = options.knownDirs;
   const ensureDir = async (dir: string) => {
     if (known?.has(dir)) return;
-    await mkdir(dir, { recursive: true });
+    if (durable) await mkdir(dir, { recursive: true });
+    else fs.mkdirSync(dir, { recursive: true });
     known?.add(dir);
   };
   await ensureDir(root);
@@ -104,7 +106,7 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
         await ensureDir(dirname(destination));
         const held = op.sourceInStorage ? undefined : options.staged?.get(op.sourcePath.toString('utf8'));
         if (held) {
-          await writeHeldFile(destination, held);
+          writeHeldFile(destination, held);
           break;
         }
         try {
@@ -192,17 +194,47 @@ async function applyReferenceChange(
 }
 
 /** A staged file held in memory, written where the entry links it (same bytes, same mode). */
-async function writeHeldFile(destination: string, held: { data: Buffer; mode: number }): Promise<void> {
+/**
+ * Held files come from restore, which writes without a sync each and makes
+ * the result durable once: the small writes are synchronous, since a
+ * thread-pool round trip per call would cost more than the write.
+ */
+function writeHeldFile(destination: string, held: { data: Buffer; mode: number }): void {
   try {
-    await writeFile(destination, held.data, { mode: held.mode, flag: 'wx' });
+    fs.writeFileSync(destination, held.data, { mode: held.mode, flag: 'wx' });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     // Re-applied: replace whatever is there with the entry's file.
-    await unlink(destination);
-    await writeFile(destination, held.data, { mode: held.mode, flag: 'wx' });
+    fs.unlinkSync(destination);
+    fs.writeFileSync(destination, held.data, { mode: held.mode, flag: 'wx' });
   }
   // The mode given to writeFile is filtered by the umask; a link would keep the staged file's.
-  await chmod(destination, held.mode);
+  fs.chmodSync(destination, held.mode);
+}
+
+/**
+ * Restore's write of a state file: it builds a private folder, synced once
+ * and published by rename when complete, so files need no atomic replace.
+ * Written synchronously in place, without truncating to zero first: on ext4
+ * both a rename over a file and a truncate-and-rewrite start writeback of the
+ * file at once (auto_da_alloc), which made each reference update cost a
+ * disk flush.
+ */
+function overwriteInPlace(path: string, bytes: Buffer): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r+');
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+    fs.writeFileSync(path, bytes, { mode: FILE_MODE, flag: 'wx' });
+    return;
+  }
+  try {
+    for (let off = 0; off < bytes.length;) off += fs.writeSync(fd, bytes, off, bytes.length - off, off);
+    if (fs.fstatSync(fd).size !== bytes.length) fs.ftruncateSync(fd, bytes.length);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** Drops cached directories at or below a removed path. */
@@ -224,13 +256,16 @@ async function writeStateFile(
   ensureDir: (dir: string) => Promise<void>,
 ): Promise<void> {
   await ensureDir(dirname(path));
+  const bytes = typeof content === 'string' ? Buffer.from(content) : content;
+  if (!durable) {
+    overwriteInPlace(path, bytes);
+    return;
+  }
   const staging = join(dirname(stateDir), 'staging');
   await ensureDir(staging);
   const tmp = join(staging, `apply-${randomBytes(8).toString('hex')}.tmp`);
-  const bytes = typeof content === 'string' ? Buffer.from(content) : content;
   try {
-    if (durable) await writeNewFileSynced(tmp, bytes, { mode: FILE_MODE });
-    else await writeFile(tmp, bytes, { mode: FILE_MODE, flag: 'wx' });
+    await writeNewFileSynced(tmp, bytes, { mode: FILE_MODE });
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
