@@ -139,6 +139,8 @@ const READS_PER_YIELD = 32;
 const EVENT_CACHE_MAX = 5_000;
 /** The publisher reads the WAL itself when the archive loop has not read further for this long. */
 const PUBLISH_READ_STALL_MS = 1_000;
+/** The publisher's safety-net poll, in idle polls (the archive loop and notifications wake it). */
+const PUBLISHER_IDLE_FACTOR = 5;
 
 export class PartitionArchiver {
   readonly partition: string;
@@ -295,6 +297,9 @@ export class PartitionArchiver {
         this.readThrough = position;
         this.positionWritten = position;
         this.publishedLsn = this.o.events ? position : Number.MAX_SAFE_INTEGER;
+        // Published through the position; nothing to record in the manifest for that (at worst a
+        // later leader republishes a few events the manifest does not show as published).
+        this.recordedPublished = position;
         this.state = 'archiving';
         this.resolveResumed();
         this.updateLag();
@@ -312,7 +317,7 @@ export class PartitionArchiver {
       waits++;
       await this.wait(
         'archive',
-        first ? this.o.config.idlePollMs * (0.5 + Math.random()) : this.o.config.idlePollMs,
+        first ? this.o.config.idlePollMs * (0.5 + Math.random()) : jitter(this.o.config.idlePollMs),
       );
     }
   }
@@ -433,7 +438,7 @@ export class PartitionArchiver {
           ? Math.max(1, cfg.segmentMaxAgeMs - (this.now() - open.startedAt))
           : next <= commit
             ? 0
-            : cfg.idlePollMs;
+            : jitter(cfg.idlePollMs);
         if (waitMs > 0) {
           await this.wait('archive', waitMs);
           this.considerBackup();
@@ -701,12 +706,19 @@ export class PartitionArchiver {
         const moved = await this.publishOnce(bus);
         backoff.reset();
         failures = 0;
-        await this.recordPublishedIfIdle();
+        // Recording the cursor saves a new leader some republishing; a failure only defers it.
+        await this.recordPublishedIfIdle().catch((err: unknown) => {
+          if (isWalArchiverError(err, ErrorCodes.FENCED)) throw err;
+          this.log.debug('could not record the published cursor yet', { error: err });
+        });
         // Entries committed but not yet read by the archive loop: look again once it may have stalled.
+        // Otherwise the archive loop and commit notifications wake it: the safety-net poll can be rare.
         if (!moved)
           await this.wait(
             'publish',
-            this.publishedLsn < this.publisherCommit ? PUBLISH_READ_STALL_MS : this.o.config.idlePollMs,
+            this.publishedLsn < this.publisherCommit
+              ? PUBLISH_READ_STALL_MS
+              : jitter(this.o.config.idlePollMs * PUBLISHER_IDLE_FACTOR),
           );
       } catch (err) {
         if (this.aborted) break;
@@ -1041,6 +1053,11 @@ export class PartitionArchiver {
       else this.wakePublisher = done;
     });
   }
+}
+
+/** `ms` ± 25 %, so thousands of idle partitions do not all look at their hard state in the same instant. */
+function jitter(ms: number): number {
+  return ms * (0.75 + Math.random() / 2);
 }
 
 function errorKind(err: unknown): string {
