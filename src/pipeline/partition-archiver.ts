@@ -136,7 +136,7 @@ const INLINE_MAX = 1024 * 1024;
 /** Entries read between yields to the event loop (reads of small entries are synchronous). */
 const READS_PER_YIELD = 32;
 /** Entry events remembered from the archive loop's reads for the publisher (beyond, it reads the WAL). */
-const EVENT_CACHE_MAX = 5_000;
+const EVENT_CACHE_MAX = 2 * EVENT_BATCH;
 /** The publisher reads the WAL itself when the archive loop has not read further for this long. */
 const PUBLISH_READ_STALL_MS = 1_000;
 /** The publisher's safety-net poll, in idle polls (the archive loop and notifications wake it). */
