@@ -443,6 +443,53 @@ function compareStagedNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+function listError(partitionDirPath: string, lsn: number, dir: string, err: unknown): WalArchiverError {
+  if (isNotFound(err)) {
+    return new WalArchiverError(
+      ErrorCodes.NOT_FOUND,
+      `partition ${partitionIdOf(partitionDirPath)}: no WAL entry at LSN ${lsn}`,
+      { cause: err, details: { partition: partitionIdOf(partitionDirPath), lsn } },
+    );
+  }
+  return fsError(err, 'list', dir);
+}
+
+/** Decodes an entry's MANIFEST and RAFT and checks RAFT's index is the entry's LSN. */
+function decodeRecords(
+  partitionDirPath: string,
+  lsn: number,
+  manifestRaw: Buffer,
+  raftRaw: Buffer,
+): { manifest: LogEntry; raft: RaftEntry } {
+  let manifest: LogEntry;
+  try {
+    manifest = decodeLogEntry(manifestRaw, 'LogEntry');
+  } catch (err) {
+    throw corrupt(partitionDirPath, lsn, `MANIFEST: ${(err as Error).message}`, err);
+  }
+  let raft: RaftEntry;
+  try {
+    raft = decodeRaftEntry(raftRaw, 'raftpb.Entry');
+  } catch (err) {
+    throw corrupt(partitionDirPath, lsn, `RAFT: ${(err as Error).message}`, err);
+  }
+  if (raft.index !== lsn) {
+    throw corrupt(partitionDirPath, lsn, `RAFT: index ${raft.index} does not match the entry's LSN`);
+  }
+  return { manifest, raft };
+}
+
+/** The staged files of an entry directory in staging order; anything but a regular file is CORRUPT. */
+function stagedDirents(partitionDirPath: string, lsn: number, dir: string, dirents: Dirent[]): Dirent[] {
+  const staged = dirents
+    .filter((d) => d.name !== MANIFEST_FILE && d.name !== RAFT_FILE)
+    .sort((a, b) => compareStagedNames(a.name, b.name));
+  for (const d of staged) {
+    if (!d.isFile()) throw corrupt(partitionDirPath, lsn, `${path.join(dir, d.name)} is not a regular file`);
+  }
+  return staged;
+}
+
 async function readEntryFile(partitionDirPath: string, lsn: number, file: string): Promise<Buffer> {
   try {
     return await fsp.readFile(file);
@@ -466,41 +513,16 @@ export async function readEntry(partitionDirPath: string, lsn: number): Promise<
   try {
     dirents = await fsp.readdir(dir, { withFileTypes: true });
   } catch (err) {
-    if (isNotFound(err)) {
-      throw new WalArchiverError(
-        ErrorCodes.NOT_FOUND,
-        `partition ${partitionIdOf(partitionDirPath)}: no WAL entry at LSN ${lsn}`,
-        { cause: err, details: { partition: partitionIdOf(partitionDirPath), lsn } },
-      );
-    }
-    throw fsError(err, 'list', dir);
+    throw listError(partitionDirPath, lsn, dir, err);
   }
 
   const manifestRaw = await readEntryFile(partitionDirPath, lsn, path.join(dir, MANIFEST_FILE));
   const raftRaw = await readEntryFile(partitionDirPath, lsn, path.join(dir, RAFT_FILE));
-  let manifest: LogEntry;
-  try {
-    manifest = decodeLogEntry(manifestRaw, 'LogEntry');
-  } catch (err) {
-    throw corrupt(partitionDirPath, lsn, `MANIFEST: ${(err as Error).message}`, err);
-  }
-  let raft: RaftEntry;
-  try {
-    raft = decodeRaftEntry(raftRaw, 'raftpb.Entry');
-  } catch (err) {
-    throw corrupt(partitionDirPath, lsn, `RAFT: ${(err as Error).message}`, err);
-  }
-  if (raft.index !== lsn) {
-    throw corrupt(partitionDirPath, lsn, `RAFT: index ${raft.index} does not match the entry's LSN`);
-  }
+  const { manifest, raft } = decodeRecords(partitionDirPath, lsn, manifestRaw, raftRaw);
 
   const files: EntryFile[] = [];
   let totalBytes = manifestRaw.length + raftRaw.length;
-  const others = dirents
-    .filter((d) => d.name !== MANIFEST_FILE && d.name !== RAFT_FILE)
-    .sort((a, b) => compareStagedNames(a.name, b.name));
-  for (const d of others) {
-    if (!d.isFile()) throw corrupt(partitionDirPath, lsn, `${path.join(dir, d.name)} is not a regular file`);
+  for (const d of stagedDirents(partitionDirPath, lsn, dir, dirents)) {
     let size: number;
     try {
       size = (await fsp.stat(path.join(dir, d.name))).size;
@@ -567,14 +589,7 @@ export function readEntryContentSync(
   try {
     dirents = fs.readdirSync(dir, { withFileTypes: true });
   } catch (err) {
-    if (isNotFound(err)) {
-      throw new WalArchiverError(
-        ErrorCodes.NOT_FOUND,
-        `partition ${partitionIdOf(partitionDirPath)}: no WAL entry at LSN ${lsn}`,
-        { cause: err, details: { partition: partitionIdOf(partitionDirPath), lsn } },
-      );
-    }
-    throw fsError(err, 'list', dir);
+    throw listError(partitionDirPath, lsn, dir, err);
   }
   const readOne = (name: string, whole: boolean): EntryFileContent => {
     const file = path.join(dir, name);
@@ -600,28 +615,10 @@ export function readEntryContentSync(
   };
   const manifestFile = readOne(MANIFEST_FILE, true);
   const raftFile = readOne(RAFT_FILE, true);
-  let manifest: LogEntry;
-  try {
-    manifest = decodeLogEntry(manifestFile.data!, 'LogEntry');
-  } catch (err) {
-    throw corrupt(partitionDirPath, lsn, `MANIFEST: ${(err as Error).message}`, err);
-  }
-  let raft: RaftEntry;
-  try {
-    raft = decodeRaftEntry(raftFile.data!, 'raftpb.Entry');
-  } catch (err) {
-    throw corrupt(partitionDirPath, lsn, `RAFT: ${(err as Error).message}`, err);
-  }
-  if (raft.index !== lsn) {
-    throw corrupt(partitionDirPath, lsn, `RAFT: index ${raft.index} does not match the entry's LSN`);
-  }
+  const { manifest, raft } = decodeRecords(partitionDirPath, lsn, manifestFile.data!, raftFile.data!);
   const staged: EntryFileContent[] = [];
   let totalBytes = manifestFile.size + raftFile.size;
-  const others = dirents
-    .filter((d) => d.name !== MANIFEST_FILE && d.name !== RAFT_FILE)
-    .sort((a, b) => compareStagedNames(a.name, b.name));
-  for (const d of others) {
-    if (!d.isFile()) throw corrupt(partitionDirPath, lsn, `${path.join(dir, d.name)} is not a regular file`);
+  for (const d of stagedDirents(partitionDirPath, lsn, dir, dirents)) {
     const f = readOne(d.name, false);
     staged.push(f);
     totalBytes += f.size;
