@@ -143,6 +143,27 @@ async function waitArchived(
   );
 }
 
+/** Starts a sidecar over a written backlog, leads every partition, and times it until all is archived. */
+async function archiveBacklog(
+  ctx: BenchContext,
+  dataDir: string,
+  name: string,
+  partitions: readonly string[],
+  perPartition: number,
+  timeoutMs: number,
+): Promise<{ elapsed: number; proc: Awaited<ReturnType<typeof sampleProcess>> }> {
+  const run = await launch(ctx, dataDir, name);
+  try {
+    const t = performance.now();
+    run.node.lead(partitions, TERM);
+    await waitArchived(run, new Map(partitions.map((p) => [p, perPartition])), timeoutMs);
+    const elapsed = seconds(t);
+    return { elapsed, proc: await sampleProcess(run.sidecar.pid) };
+  } finally {
+    await shutdown(run);
+  }
+}
+
 async function tarEntry(dir: string, name: string, files: readonly string[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
@@ -199,18 +220,7 @@ export async function small(ctx: BenchContext): Promise<WorkloadResult> {
   const baseRate = base.entries / base.seconds;
 
   ctx.log('small: sidecar');
-  const run = await launch(ctx, dataDir, 'small');
-  let elapsed: number;
-  let proc;
-  try {
-    const t = performance.now();
-    run.node.lead(partitions, TERM);
-    await waitArchived(run, new Map(partitions.map((p) => [p, perPartition])), 600_000);
-    elapsed = seconds(t);
-    proc = await sampleProcess(run.sidecar.pid);
-  } finally {
-    await shutdown(run);
-  }
+  const { elapsed, proc } = await archiveBacklog(ctx, dataDir, 'small', partitions, perPartition, 600_000);
   const rate = total / elapsed;
   return {
     figures: [
@@ -265,18 +275,7 @@ export async function large(ctx: BenchContext): Promise<WorkloadResult> {
   );
 
   ctx.log('large: sidecar');
-  const run = await launch(ctx, dataDir, 'large');
-  let elapsed: number;
-  let proc;
-  try {
-    const t = performance.now();
-    run.node.lead(partitions, TERM);
-    await waitArchived(run, new Map(partitions.map((p) => [p, perPartition])), 900_000);
-    elapsed = seconds(t);
-    proc = await sampleProcess(run.sidecar.pid);
-  } finally {
-    await shutdown(run);
-  }
+  const { elapsed, proc } = await archiveBacklog(ctx, dataDir, 'large', partitions, perPartition, 900_000);
 
   // The same bytes in segment-sized objects (two entries each), plain PUT, the sidecar's concurrency.
   ctx.log('large: raw PUT ceiling');
