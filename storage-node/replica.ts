@@ -271,7 +271,7 @@ export class Replica {
       committed: this.storage.hardState.commit,
       applied: this.applied,
       appended: this.storage.lastIndex(),
-      firstLsn: this.storage.lastIndex() > this.storage.logStart.index ? this.storage.firstIndex() : 0,
+      firstLsn: this.storage.oldestLsn,
       ...(this.archiverPosition === undefined ? {} : { archived: this.archiverPosition }),
       ...(this.failure ? { error: this.failure } : {}),
     };

@@ -92,6 +92,11 @@ export class WalStorage implements RaftStorage {
   private terms: number[] = [];
   private cache = new Map<number, Entry>();
   private cacheBytes = 0;
+  /**
+   * The lowest LSN whose entry is on disk, 0 when none is. Below the log
+   * start after a snapshot install: the shipped entries stay until archived.
+   */
+  private oldest = 0;
 
   private constructor(
     readonly dir: string,
@@ -116,7 +121,9 @@ export class WalStorage implements RaftStorage {
     s.snap = await readSnapshotMeta(dir, storedVoters.length > 0 ? storedVoters : [...voters]);
     // Entries at or below the snapshot index stay until they are compacted
     // away: they are committed, and the sidecar may not have archived them yet.
-    const lsns = (await listEntryLsns(dir)).filter((l) => l > s.snap.index);
+    const onDisk = await listEntryLsns(dir);
+    s.oldest = onDisk[0] ?? 0;
+    const lsns = onDisk.filter((l) => l > s.snap.index);
     let expected = s.snap.index + 1;
     for (const lsn of lsns) {
       if (lsn !== expected)
@@ -178,6 +185,11 @@ export class WalStorage implements RaftStorage {
 
   snapshotMeta(): SnapshotMeta {
     return this.snapshotSource ? this.snapshotSource() : this.snap;
+  }
+
+  /** The lowest LSN still in the WAL on disk (0 when it is empty); see `oldest`. */
+  get oldestLsn(): number {
+    return this.oldest;
   }
 
   /** Where the log starts: the last index compacted away (or installed from a snapshot) and its term. */
@@ -277,6 +289,7 @@ export class WalStorage implements RaftStorage {
       await this.writeOne(e);
       this.terms.push(e.term);
       this.remember(e);
+      if (this.oldest === 0 || this.oldest > e.index) this.oldest = e.index;
     }
   }
 
@@ -323,6 +336,7 @@ export class WalStorage implements RaftStorage {
     this.snap = meta;
     this.forgetFrom(0);
     await pruneThrough(this.dir, index);
+    this.oldest = this.lastIndex() > index ? index + 1 : 0;
   }
 
   /**
@@ -339,6 +353,7 @@ export class WalStorage implements RaftStorage {
     this.terms = [];
     this.forgetFrom(0);
     if (doomed.length > 0) await pruneThrough(this.dir, doomed[doomed.length - 1]!);
+    this.oldest = 0;
     if (!shippedDir) return;
     let names: string[];
     try {
@@ -352,6 +367,7 @@ export class WalStorage implements RaftStorage {
       const lsn = tryParseLsn(name);
       if (lsn === undefined || lsn > meta.index) continue;
       await rename(join(shippedDir, name), entryDir(this.dir, lsn));
+      if (this.oldest === 0 || this.oldest > lsn) this.oldest = lsn;
     }
     await fsyncDir(walDir(this.dir));
   }
