@@ -1,7 +1,8 @@
 import { defineConfig } from 'vitest/config';
 
-// `npm run test:faults` (scripts/test-faults.mjs): the fault-injection suite, apart from `npm test`
-// because one run takes minutes. It drives real processes and its own Kafka and MinIO.
+// `npm run test:faults` (scripts/test-faults.mjs): the fault-injection suite, run by `npm test` after
+// the other suites (a separate vitest run: one seed takes minutes). It drives real processes and its
+// own Kafka and MinIO.
 export default defineConfig({
   test: {
     name: 'faults',

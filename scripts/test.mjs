@@ -1,7 +1,10 @@
 #!/usr/bin/env node
-// `npm test`: build, make sure the real Kafka and MinIO are up, run vitest against them.
+// `npm test`: build, make sure the real Kafka and MinIO are up, run vitest against them, then the
+// fault-injection suite (`npm run test:faults`, its own MinIO and Kafka, about 8 minutes).
 //
-//   npm test [-- <vitest arguments>]       e.g. npm test -- --project unit, npm test -- test/integration/x.test.ts
+//   npm test                                all of it (what CI runs)
+//   npm test [-- <vitest arguments>]        vitest only, e.g. npm test -- --project unit,
+//                                           npm test -- test/integration/x.test.ts
 //
 // The services are left running afterwards, so the next run reuses them in well under a second;
 // `npm run services:down` stops them. WAL_TEST_NO_SERVICES=1 skips starting them (unit tests only, or
@@ -15,5 +18,8 @@ exitWith('test', async (args) => {
     startServices: process.env.WAL_TEST_NO_SERVICES !== '1',
   });
   if (!ready.env) return ready.code;
-  return runChild('test', npx, ['--no', '--', 'vitest', 'run', ...args], ready.env);
+  const code = await runChild('test', npx, ['--no', '--', 'vitest', 'run', ...args], ready.env);
+  if (code !== 0 || args.length > 0) return code;
+  process.stdout.write('test: the fault-injection suite (npm run test:faults)\n');
+  return runChild('test', process.execPath, ['scripts/test-faults.mjs']);
 });
