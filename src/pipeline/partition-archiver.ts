@@ -392,7 +392,7 @@ export class PartitionArchiver {
           let e;
           try {
             e = await this.readEntryContent(next, commit);
-            open ??= await this.openSegment(next);
+            open ??= await this.openSegment(next, e.committedAt);
             await open.writer
               .append(e, e.content, digestChecker(this.partition, e))
               .catch(async (err: unknown) => {
@@ -452,12 +452,20 @@ export class PartitionArchiver {
     }
   }
 
-  private async openSegment(firstLsn: number): Promise<OpenSegment> {
+  /**
+   * A segment's age counts from its first entry's commit (or from now, for an
+   * entry without a commit time or one stamped ahead of this clock): an entry
+   * read late, because the loop was recording the previous segment, still
+   * becomes durable within the segment age of its commit.
+   */
+  private async openSegment(firstLsn: number, firstCommittedAt: number): Promise<OpenSegment> {
     const writer = await SegmentWriter.open(this.o.spoolDir, firstLsn, {
       level: this.o.config.zstdLevel,
       signal: this.abort.signal,
     });
-    return { writer, startedAt: this.now(), bytes: 0, firstAt: 0, lastAt: 0 };
+    const now = this.now();
+    const startedAt = firstCommittedAt > 0 ? Math.min(now, firstCommittedAt) : now;
+    return { writer, startedAt, bytes: 0, firstAt: 0, lastAt: 0 };
   }
 
   /** Adds an entry's size and commit time to its segment, and keeps its event for the publisher. */
