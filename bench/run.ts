@@ -6,9 +6,10 @@
  * ratio, and writes bench/results/<date>.json and <date>.svg (and latest.*).
  * scripts/bench.mjs builds this and starts the services first.
  */
+import { closeSync, openSync, unlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { createBucket, rawClient, removeBucket, REPO_ROOT, S3_ENDPOINT, KAFKA_BROKERS } from './harness.js';
 import { figure, formatReport, renderSvg, type Figure } from './report.js';
 import { large, many, restore, small, steady, type BenchContext, type WorkloadResult } from './workloads.js';
@@ -21,10 +22,15 @@ interface Args {
   only: WorkloadName[];
   kafka: boolean;
   cpuProf: boolean;
+  dir: string;
 }
 
 const USAGE =
-  'usage: npm run bench -- [--quick] [--only small,large,steady,restore,many] [--no-kafka] [--cpu-prof]\n';
+  'usage: npm run bench -- [--quick] [--only small,large,steady,restore,many] [--no-kafka] [--cpu-prof] [--dir DIR]\n' +
+  '  --dir DIR   where the workloads write WAL and restore (default: the temporary folder)\n';
+
+/** Above this cost of creating one file, the WAL writer and restore measure the file system more than us. */
+const SLOW_FILE_CREATE_MS = 0.25;
 
 function parseArgs(argv: readonly string[]): Args {
   const args: Args = {
@@ -32,13 +38,18 @@ function parseArgs(argv: readonly string[]): Args {
     only: Object.keys(WORKLOADS) as WorkloadName[],
     kafka: true,
     cpuProf: false,
+    dir: tmpdir(),
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--quick') args.quick = true;
     else if (a === '--no-kafka') args.kafka = false;
     else if (a === '--cpu-prof') args.cpuProf = true;
-    else if (a === '--only' || a.startsWith('--only=')) {
+    else if (a === '--dir' || a.startsWith('--dir=')) {
+      const dir = a === '--dir' ? argv[++i] : a.slice('--dir='.length);
+      if (!dir) throw new Error(`--dir needs a folder\n${USAGE}`);
+      args.dir = resolve(dir);
+    } else if (a === '--only' || a.startsWith('--only=')) {
       const list = a === '--only' ? argv[++i] : a.slice('--only='.length);
       const names = (list ?? '').split(',').filter(Boolean);
       for (const n of names) {
@@ -53,13 +64,43 @@ function parseArgs(argv: readonly string[]): Args {
   return args;
 }
 
+/**
+ * What creating one empty file costs in `dir`, in ms (the median of five rounds of 100). Every WAL entry
+ * the workloads write is four new inodes (a folder and three files), and restore creates one per file it applies: where this is high,
+ * those figures are bound by the file system, and the machine line says so.
+ */
+async function fileCreateCost(dir: string): Promise<number> {
+  const probe = join(dir, 'file-create-probe');
+  await mkdir(probe, { recursive: true });
+  const rounds: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    const t = performance.now();
+    for (let i = 0; i < 100; i++) {
+      const fd = openSync(join(probe, `${r}-${i}`), 'wx');
+      closeSync(fd);
+    }
+    rounds.push((performance.now() - t) / 100);
+    for (let i = 0; i < 100; i++) unlinkSync(join(probe, `${r}-${i}`));
+  }
+  await rm(probe, { recursive: true, force: true });
+  return rounds.sort((a, b) => a - b)[2]!;
+}
+
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   const started = new Date();
   const stamp = started.toISOString().replace(/[:.]/g, '-');
   const resultsDir = join(REPO_ROOT, 'bench', 'results');
   await mkdir(resultsDir, { recursive: true });
-  const root = await mkdtemp(join(tmpdir(), 'wal-bench-'));
+  await mkdir(args.dir, { recursive: true });
+  const root = await mkdtemp(join(args.dir, 'wal-bench-'));
+  const fileCreateMs = await fileCreateCost(root);
+  if (fileCreateMs > SLOW_FILE_CREATE_MS) {
+    process.stderr.write(
+      `bench: creating a file in ${args.dir} costs ${fileCreateMs.toFixed(2)} ms; the WAL writer and restore ` +
+        `will measure that file system (try --dir on another one)\n`,
+    );
+  }
   const s3 = rawClient();
   const bucket = await createBucket(s3, 'wal-bench');
   const profDir = join(resultsDir, `${stamp}-profiles`);
@@ -76,7 +117,9 @@ async function main(): Promise<number> {
   const results: Record<string, WorkloadResult['details'] | { error: string }> = {};
   let failed = 0;
   const mode = args.quick ? 'quick' : 'full';
-  const machine = `${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+  const machine =
+    `${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}, ` +
+    `creating a file in ${args.dir}: ${fileCreateMs.toFixed(3)} ms`;
   const base = join(resultsDir, stamp);
   const write = async (final: boolean) => {
     const json = {
@@ -86,6 +129,8 @@ async function main(): Promise<number> {
       started: started.toISOString(),
       finished: new Date().toISOString(),
       machine,
+      workDir: args.dir,
+      fileCreateMs,
       services: { s3: S3_ENDPOINT, kafka: args.kafka ? KAFKA_BROKERS : null },
       figures,
       workloads: results,
