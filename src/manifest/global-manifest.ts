@@ -336,8 +336,22 @@ export function mergePartitions(
   return { ...state, partitions: sortedPartitions(out) };
 }
 
+/**
+ * Whether two manifests hold the same partitions with the same values. Folds
+ * and merges copy only the entries they change, so an entry that is the same
+ * object in both is equal without being compared: with thousands of
+ * partitions, a batch compares only the few it touched.
+ */
 function samePartitions(a: GlobalManifest, b: GlobalManifest): boolean {
-  return JSON.stringify(sortedPartitions(a.partitions)) === JSON.stringify(sortedPartitions(b.partitions));
+  const ids = Object.keys(a.partitions);
+  if (ids.length !== Object.keys(b.partitions).length) return false;
+  for (const id of ids) {
+    const x = a.partitions[id];
+    const y = b.partitions[id];
+    if (x === y) continue;
+    if (!y || JSON.stringify(x) !== JSON.stringify(y)) return false;
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -402,6 +416,13 @@ export interface GlobalManifestWrite {
  */
 export class GlobalManifestWriter {
   private readonly now: () => Date;
+  /**
+   * The manifest and its ETag as this writer last read or wrote it: the next
+   * update goes against it without reading the document first. When another
+   * writer changed it meanwhile the compare-and-swap fails and the update
+   * reads it (a stale copy costs one request, not a conflict).
+   */
+  private stored: StoredDocument<GlobalManifest> | undefined;
 
   constructor(
     readonly store: ObjectStore,
@@ -446,8 +467,12 @@ export class GlobalManifestWriter {
         if (current && samePartitions(current, next)) return undefined;
         return { ...next, version: base.version + 1, updated_at: now.toISOString() };
       },
-      { ...this.options, signal: options.signal ?? this.options.signal },
+      { ...this.options, signal: options.signal ?? this.options.signal, current: this.stored },
     );
+    this.stored =
+      result.value !== undefined && result.etag !== undefined
+        ? { value: result.value, etag: result.etag }
+        : undefined;
     return {
       manifest: result.value ?? emptyGlobalManifest(this.now()),
       written: result.written,

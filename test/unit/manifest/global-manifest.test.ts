@@ -260,6 +260,27 @@ describe('GlobalManifestWriter (memory store)', () => {
     expect(conflicts).toBeGreaterThan(0);
   });
 
+  it('writes against the copy it last wrote, and reads again only when another writer came between', async () => {
+    const store = new MemoryStore();
+    const writer = new GlobalManifestWriter(store, { now: () => NOW });
+    await writer.apply([A('1', 1, 10)]);
+    const reads = store.calls.get;
+    await writer.apply([A('1', 11, 20)]);
+    await writer.apply([A('2', 1, 5)]);
+    expect(store.calls.get).toBe(reads);
+    // Another writer's update is not lost: the stale copy fails its compare-and-swap and is read again.
+    await new GlobalManifestWriter(store, { now: () => NOW }).apply([A('3', 1, 7)]);
+    const after = await writer.apply([A('1', 21, 30)]);
+    // One read by the other writer, one by this writer after its compare-and-swap failed.
+    expect(store.calls.get).toBe(reads + 2);
+    expect(after.attempts).toBe(1);
+    const final = (await readGlobalManifest(store))?.value;
+    expect(final?.version).toBe(5);
+    expect(
+      Object.fromEntries(Object.entries(final!.partitions).map(([id, e]) => [id, e.archived_lsn])),
+    ).toEqual({ '1': 30, '2': 5, '3': 7 });
+  });
+
   it('refuses to overwrite a corrupt global manifest', async () => {
     const store = new MemoryStore();
     await store.create(GLOBAL_MANIFEST_KEY, Buffer.from('[]'));
