@@ -27,5 +27,6 @@ COPY --from=build /app/node_modules ./node_modules
 ENV NODE_ENV=production
 USER node
 EXPOSE 9187
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/bin/wal-archiver.js"]
+# Run through the script's interpreter line, which carries the Node flags the sidecar runs with.
+ENTRYPOINT ["/usr/bin/tini", "--", "/app/bin/wal-archiver.js"]
 CMD ["--help"]

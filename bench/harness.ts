@@ -262,8 +262,6 @@ export async function startSidecar(o: {
   nodeOptions?: string[];
 }): Promise<SidecarProcess> {
   const args = [
-    ...(o.nodeOptions ?? []),
-    join(REPO_ROOT, 'bin', 'wal-archiver.js'),
     'run',
     '--data-dir',
     o.dataDir,
@@ -276,9 +274,17 @@ export async function startSidecar(o: {
     ...(o.events ? ['--events', o.events] : []),
     ...(o.extraArgs ?? []),
   ];
-  const child = spawn(process.execPath, args, {
+  // Started as `npx wal-archiver` starts it, through the script's own interpreter line (with the
+  // Node flags the sidecar runs with); options of the bench's own go in through NODE_OPTIONS.
+  const nodeOptions = [process.env.NODE_OPTIONS ?? '', ...(o.nodeOptions ?? [])].join(' ').trim();
+  const child = spawn(join(REPO_ROOT, 'bin', 'wal-archiver.js'), args, {
     cwd: REPO_ROOT,
-    env: { ...process.env, WAL_ARCHIVER_LOG_LEVEL: process.env.WAL_ARCHIVER_LOG_LEVEL ?? 'warn' },
+    env: {
+      ...process.env,
+      PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`,
+      ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}),
+      WAL_ARCHIVER_LOG_LEVEL: process.env.WAL_ARCHIVER_LOG_LEVEL ?? 'warn',
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
