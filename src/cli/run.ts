@@ -78,7 +78,7 @@ export const RUN_FLAGS = {
   },
   'segment-age': {
     type: 'duration',
-    help: 'close a segment this long after its first entry',
+    help: 'close a segment this long after its first entry was committed',
     value: 'DURATION',
     min: 1,
     default: DEFAULT_ARCHIVER_CONFIG.segmentMaxAgeMs,

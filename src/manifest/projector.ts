@@ -28,6 +28,7 @@
 import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../errors.js';
 import type { ConsumedEvent, EventBus, Subscription } from '../events/event-bus.js';
 import { createLogger, type Logger } from '../log.js';
+import { sleep } from '../retry.js';
 import type { ObjectStore } from '../store/object-store.js';
 import type { CasOptions } from './cas.js';
 import {
@@ -41,6 +42,12 @@ import {
 export const DEFAULT_MANIFEST_GROUP = 'wal-archiver-manifest';
 /** At most one failure log line per this interval (the rest are counted and summarised). */
 export const DEFAULT_ERROR_LOG_INTERVAL_MS = 30_000;
+/**
+ * The least time between two global manifest writes of one projector: events arriving meanwhile are
+ * folded into the next write. With thousands of partitions a write (fold, encode, upload) is costly,
+ * and many small ones cost a core; the manifest is an operator's view, a second behind is fine.
+ */
+export const DEFAULT_MIN_WRITE_INTERVAL_MS = 1_000;
 /** Malformed events logged one by one per interval before the rest are only counted. */
 export const SKIP_LOG_BURST = 10;
 
@@ -60,6 +67,8 @@ export interface GlobalManifestProjectorOptions {
   /** Compare-and-swap tuning of the manifest writes. */
   cas?: Omit<CasOptions, 'signal' | 'onConflict'>;
   errorLogIntervalMs?: number;
+  /** Least time between two manifest writes; default DEFAULT_MIN_WRITE_INTERVAL_MS (0: write at once). */
+  minWriteIntervalMs?: number;
 }
 
 /** Counters for the sidecar's metrics. Events redelivered by the bus are counted again. */
@@ -144,6 +153,10 @@ export class GlobalManifestProjector {
   private pending: PendingFold[] = [];
   private draining?: Promise<void>;
   private failing = 0;
+  private readonly minWriteIntervalMs: number;
+  private lastWriteStarted = -Infinity;
+  /** Cuts the wait between writes short when stopping: what is pending is written at once. */
+  private readonly stopping = new AbortController();
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   private startPromise?: Promise<void>;
   private stopPromise?: Promise<void>;
@@ -165,6 +178,15 @@ export class GlobalManifestProjector {
         { retryable: false },
       );
     }
+    const spacing = options.minWriteIntervalMs ?? DEFAULT_MIN_WRITE_INTERVAL_MS;
+    if (!Number.isFinite(spacing) || spacing < 0) {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `manifest projector minWriteIntervalMs must be a number ≥ 0 (got ${String(spacing)})`,
+        { retryable: false },
+      );
+    }
+    this.minWriteIntervalMs = spacing;
     this.group = group;
     this.store = options.store;
     this.bus = options.bus;
@@ -237,6 +259,7 @@ export class GlobalManifestProjector {
     this.stopPromise ??= (async () => {
       const wasRunning = this.state === 'running' || this.state === 'starting';
       this.state = 'stopping';
+      this.stopping.abort();
       await this.startPromise?.catch(() => undefined);
       await this.stopSubscriptions();
       await this.draining;
@@ -308,6 +331,10 @@ export class GlobalManifestProjector {
     if (this.draining) return;
     this.draining = (async () => {
       while (this.pending.length > 0) {
+        const wait = this.lastWriteStarted + this.minWriteIntervalMs - performance.now();
+        if (wait > 0 && !this.stopping.signal.aborted)
+          await sleep(wait, this.stopping.signal).catch(() => undefined);
+        this.lastWriteStarted = performance.now();
         const work = this.pending.splice(0);
         try {
           const result = await this.writer.apply(work.flatMap((w) => w.events));
