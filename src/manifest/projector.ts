@@ -102,6 +102,19 @@ interface Skip {
   error: string;
 }
 
+/** A duration option in ms: its default when not given, INVALID_ARGUMENT unless a number ≥ 0. */
+function durationOption(name: string, value: number | undefined, fallback: number): number {
+  const ms = value ?? fallback;
+  if (!Number.isFinite(ms) || ms < 0) {
+    throw new WalArchiverError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `manifest projector ${name} must be a number ≥ 0 (got ${String(ms)})`,
+      { retryable: false },
+    );
+  }
+  return ms;
+}
+
 /** Logs the first occurrences in a window, then counts the rest and reports them once the window ends. */
 class RateLimitedLog {
   private windowStart = -Infinity;
@@ -170,22 +183,16 @@ export class GlobalManifestProjector {
         { retryable: false },
       );
     }
-    const interval = options.errorLogIntervalMs ?? DEFAULT_ERROR_LOG_INTERVAL_MS;
-    if (!Number.isFinite(interval) || interval < 0) {
-      throw new WalArchiverError(
-        ErrorCodes.INVALID_ARGUMENT,
-        `manifest projector errorLogIntervalMs must be a number ≥ 0 (got ${String(interval)})`,
-        { retryable: false },
-      );
-    }
-    const spacing = options.minWriteIntervalMs ?? DEFAULT_MIN_WRITE_INTERVAL_MS;
-    if (!Number.isFinite(spacing) || spacing < 0) {
-      throw new WalArchiverError(
-        ErrorCodes.INVALID_ARGUMENT,
-        `manifest projector minWriteIntervalMs must be a number ≥ 0 (got ${String(spacing)})`,
-        { retryable: false },
-      );
-    }
+    const interval = durationOption(
+      'errorLogIntervalMs',
+      options.errorLogIntervalMs,
+      DEFAULT_ERROR_LOG_INTERVAL_MS,
+    );
+    const spacing = durationOption(
+      'minWriteIntervalMs',
+      options.minWriteIntervalMs,
+      DEFAULT_MIN_WRITE_INTERVAL_MS,
+    );
     this.minWriteIntervalMs = spacing;
     this.group = group;
     this.store = options.store;
