@@ -6,6 +6,7 @@
  * ratio, and writes bench/results/<date>.json and <date>.svg (and latest.*).
  * scripts/bench.mjs builds this and starts the services first.
  */
+import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, unlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
@@ -166,6 +167,9 @@ async function main(): Promise<number> {
       } finally {
         await rm(root, { recursive: true, force: true });
         await mkdir(root, { recursive: true });
+        // The next workload starts with nothing of this one's left to write back: after `large` the
+        // kernel held gigabytes of dirty pages, and MinIO's fsyncs during `steady` waited behind them.
+        spawnSync('sync', { stdio: 'ignore' });
       }
       // Written after every workload, so a run cut short still leaves what it measured.
       await write(false);
