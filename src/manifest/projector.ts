@@ -188,12 +188,11 @@ export class GlobalManifestProjector {
       options.errorLogIntervalMs,
       DEFAULT_ERROR_LOG_INTERVAL_MS,
     );
-    const spacing = durationOption(
+    this.minWriteIntervalMs = durationOption(
       'minWriteIntervalMs',
       options.minWriteIntervalMs,
       DEFAULT_MIN_WRITE_INTERVAL_MS,
     );
-    this.minWriteIntervalMs = spacing;
     this.group = group;
     this.store = options.store;
     this.bus = options.bus;
