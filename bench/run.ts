@@ -29,7 +29,7 @@ interface Args {
 }
 
 const USAGE =
-  'usage: npm run bench -- [--quick] [--only small,large,steady,restore,many] [--no-kafka] [--cpu-prof] [--dir DIR]\n' +
+  'usage: npm run bench -- [--quick] [--only small,steady,large,restore,many] [--no-kafka] [--cpu-prof] [--dir DIR]\n' +
   '  --dir DIR   where the workloads write WAL and restore (default: the temporary folder)\n';
 
 /** Above this cost of creating one file, the WAL writer and restore measure the file system more than us. */
@@ -68,9 +68,10 @@ function parseArgs(argv: readonly string[]): Args {
 }
 
 /**
- * What creating one empty file costs in `dir`, in ms (the median of five rounds of 100). Every WAL entry
- * the workloads write is four new inodes (a folder and three files), and restore creates one per file it applies: where this is high,
- * those figures are bound by the file system, and the machine line says so.
+ * What creating one empty file costs in `dir`, in ms (the median of five rounds of 100). Every WAL
+ * entry the workloads write is four new inodes (a folder and three files), and restore creates one per
+ * file it applies: where this is high, those figures are bound by the file system, and the machine line
+ * says so.
  */
 async function fileCreateCost(dir: string): Promise<number> {
   const probe = join(dir, 'file-create-probe');
@@ -169,8 +170,8 @@ async function main(): Promise<number> {
       } finally {
         await rm(root, { recursive: true, force: true });
         await mkdir(root, { recursive: true });
-        // The next workload starts with nothing of this one's left to write back: after `large` the
-        // kernel held gigabytes of dirty pages, and MinIO's fsyncs during `steady` waited behind them.
+        // The next workload starts with nothing of this one's left to write back (`large` leaves
+        // gigabytes of unsynced WAL and objects behind).
         spawnSync('sync', { stdio: 'ignore' });
       }
       // Written after every workload, so a run cut short still leaves what it measured.

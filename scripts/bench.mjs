@@ -2,7 +2,7 @@
 // `npm run bench`: build (the sources and bench/), make sure the real Kafka and MinIO are up, run the
 // benchmarks against them. Not part of `npm test`.
 //
-//   npm run bench [-- --quick] [-- --only small,large,steady,restore,many] [-- --no-kafka] [-- --cpu-prof]
+//   npm run bench [-- --quick] [-- --only small,steady,large,restore,many] [-- --no-kafka] [-- --cpu-prof]
 //
 // Results: a table on stdout, bench/results/<date>.json and <date>.svg (git-ignored). The services are left
 // running, as after `npm test`; `npm run services:down` stops them.
