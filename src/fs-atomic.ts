@@ -17,6 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 
+import * as dfs from './durable-fs.js';
 import { ErrorCodes, WalArchiverError, type ErrorCode } from './errors.js';
 
 export interface AtomicWriteOptions {
@@ -57,29 +58,21 @@ export function isNotFound(err: unknown): boolean {
 
 /** fsyncs a directory so that entries created, renamed or removed in it survive a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
-  let handle: fsp.FileHandle | undefined;
   try {
-    handle = await fsp.open(dir, 'r');
-    await handle.sync();
+    await dfs.fsyncPath(dir, 'fsyncDir');
   } catch (err) {
     // Windows cannot open or fsync a directory; its rename is durable enough there.
     if (process.platform === 'win32' && ['EISDIR', 'EPERM', 'EACCES'].includes(errnoCode(err) ?? '')) return;
     throw fsError(err, 'fsync directory', dir);
-  } finally {
-    await handle?.close();
   }
 }
 
 /** fsyncs an existing file's data and metadata. */
 export async function fsyncFile(file: string): Promise<void> {
-  let handle: fsp.FileHandle | undefined;
   try {
-    handle = await fsp.open(file, 'r');
-    await handle.sync();
+    await dfs.fsyncPath(file, 'fsync');
   } catch (err) {
     throw fsError(err, 'fsync file', file);
-  } finally {
-    await handle?.close();
   }
 }
 
@@ -112,7 +105,7 @@ export async function ensureDir(dir: string, mode = DEFAULT_DIR_MODE): Promise<b
   if (missing.length === 0) return false;
   for (const level of missing.reverse()) {
     try {
-      await fsp.mkdir(level, { mode });
+      await dfs.mkdir(level, { mode });
     } catch (err) {
       // Another writer may have created it in the meantime; that is fine.
       if (errnoCode(err) !== 'EEXIST') throw fsError(err, 'create directory', level);
@@ -122,7 +115,7 @@ export async function ensureDir(dir: string, mode = DEFAULT_DIR_MODE): Promise<b
   return true;
 }
 
-async function writeAllAndSync(handle: fsp.FileHandle, data: Uint8Array): Promise<void> {
+async function writeAllAndSync(handle: dfs.DurableFileHandle, data: Uint8Array): Promise<void> {
   let offset = 0;
   while (offset < data.length) {
     const { bytesWritten } = await handle.write(data, offset, data.length - offset);
@@ -140,9 +133,9 @@ export async function writeNewFileSynced(
   data: Uint8Array,
   options: AtomicWriteOptions = {},
 ): Promise<void> {
-  let handle: fsp.FileHandle | undefined;
+  let handle: dfs.DurableFileHandle | undefined;
   try {
-    handle = await fsp.open(file, 'wx', options.mode ?? DEFAULT_FILE_MODE);
+    handle = await dfs.open(file, 'wx', options.mode ?? DEFAULT_FILE_MODE);
     await writeAllAndSync(handle, data);
   } catch (err) {
     throw fsError(err, 'write', file);
@@ -170,12 +163,12 @@ export async function atomicWriteFile(
   try {
     await writeNewFileSynced(tmp, bytes, options);
     try {
-      await fsp.rename(tmp, file);
+      await dfs.rename(tmp, file);
     } catch (err) {
       throw fsError(err, 'rename into place', file);
     }
   } catch (err) {
-    await fsp.rm(tmp, { force: true }).catch(() => undefined);
+    await dfs.rm(tmp, { force: true }).catch(() => undefined);
     throw err;
   }
   await fsyncDir(path.dirname(file));
@@ -189,9 +182,13 @@ export async function atomicWriteFile(
  */
 export async function syncTree(dir: string): Promise<void> {
   const { execFile } = await import('node:child_process');
-  const viaSyncfs = await new Promise<boolean>((resolve) => {
-    execFile('sync', ['-f', dir], (err) => resolve(!err));
-  });
+  const viaSyncfs = await dfs.syncfs(
+    dir,
+    () =>
+      new Promise<boolean>((resolve) => {
+        execFile('sync', ['-f', dir], (err) => resolve(!err));
+      }),
+  );
   if (viaSyncfs) return;
   const walk = async (d: string): Promise<void> => {
     for (const dirent of await fsp.readdir(d, { withFileTypes: true })) {
