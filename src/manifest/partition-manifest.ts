@@ -12,7 +12,8 @@
  *     "version": 12,                                 // +1 per write
  *     "archived": { "first_lsn": 1, "last_lsn": 840 },  // contiguous range covered by segments; null when none
  *     "segments": [ { "key", "first_lsn", "last_lsn", "entries", "bytes", "raw_bytes", "sha256",
- *                     "first_committed_at", "last_committed_at", "archived_at", "term", "node" } ],
+ *                     "first_committed_at", "last_committed_at", "max_committed_at" (optional),
+ *                     "archived_at", "term", "node" } ],
  *     "backups":  [ { "key", "lsn", "taken_at", "bytes", "sha256", "trigger", "term", "node" } ],
  *     "updated_at": "2025-01-01T00:00:00.000Z"
  *   }
@@ -79,6 +80,11 @@ export interface SegmentRecord {
   first_committed_at: string;
   /** Commit time of the entry at last_lsn. */
   last_committed_at: string;
+  /**
+   * The greatest commit time of any entry in the segment (stamps need not
+   * grow with the LSN). Absent in records written before it was recorded.
+   */
+  max_committed_at?: string;
   archived_at: string;
   term: number;
   node: number;
@@ -145,6 +151,7 @@ function parseSegmentRecord(value: unknown, partition: string, index: number): S
     sha256: r.sha256(),
     first_committed_at: r.time('first_committed_at'),
     last_committed_at: r.time('last_committed_at'),
+    ...(r.has('max_committed_at') ? { max_committed_at: r.time('max_committed_at') } : {}),
     archived_at: r.time('archived_at'),
     term: r.term('term'),
     node: r.node('node'),
@@ -162,8 +169,8 @@ function parseSegmentRecord(value: unknown, partition: string, index: number): S
     );
   }
   if (s.entries > s.last_lsn - s.first_lsn + 1) throw r.fail('entries', 'is more than the LSN range holds');
-  if (s.first_committed_at > s.last_committed_at)
-    throw r.fail('last_committed_at', 'is before first_committed_at');
+  // Commit stamps need not grow with the LSN (a new leader whose clock is
+  // behind), so the last entry's time may be before the first's.
   return s;
 }
 

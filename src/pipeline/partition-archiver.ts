@@ -120,6 +120,8 @@ interface OpenSegment {
   bytes: number;
   firstAt: number;
   lastAt: number;
+  /** The greatest commit stamp of its entries (stamps need not grow with the LSN); 0 when none has one. */
+  maxAt: number;
 }
 
 /** What a `wal.entries` event needs of an entry, kept from the archive loop's read. */
@@ -465,7 +467,7 @@ export class PartitionArchiver {
     });
     const now = this.now();
     const startedAt = firstCommittedAt > 0 ? Math.min(now, firstCommittedAt) : now;
-    return { writer, startedAt, bytes: 0, firstAt: 0, lastAt: 0 };
+    return { writer, startedAt, bytes: 0, firstAt: 0, lastAt: 0, maxAt: 0 };
   }
 
   /** Adds an entry's size and commit time to its segment, and keeps its event for the publisher. */
@@ -474,6 +476,7 @@ export class PartitionArchiver {
     const t = e.committedAt || this.lastCommitTime;
     if (!seg.firstAt && t) seg.firstAt = t;
     if (t) seg.lastAt = t;
+    if (e.committedAt > seg.maxAt) seg.maxAt = e.committedAt;
     if (e.committedAt) this.lastCommitTime = Math.max(this.lastCommitTime, e.committedAt);
     if (this.o.events && e.lsn > this.publishedLsn && this.eventCache.size < EVENT_CACHE_MAX) {
       this.eventCache.set(e.lsn, { term: e.term, bytes: e.bytes, committedAt: e.committedAt, refs: e.refs });
@@ -631,6 +634,7 @@ export class PartitionArchiver {
               segment.firstLsn,
               segment.lastLsn,
               segment.entries,
+              open.maxAt,
             ),
           {
             attempts: 4,
@@ -652,6 +656,7 @@ export class PartitionArchiver {
         sha256: segment.sha256,
         first_committed_at: new Date(firstAt).toISOString(),
         last_committed_at: new Date(lastAt).toISOString(),
+        ...(open.maxAt ? { max_committed_at: new Date(open.maxAt).toISOString() } : {}),
         archived_at: new Date(this.now()).toISOString(),
         term: this.term,
         node: this.o.node,
@@ -669,6 +674,7 @@ export class PartitionArchiver {
     first: number,
     last: number,
     entries: number,
+    maxAt: number,
   ): Promise<void> {
     try {
       await this.o.store.create(key, createReadStream(path), {
@@ -681,6 +687,7 @@ export class PartitionArchiver {
           [MetadataKeys.LAST_LSN]: String(last),
           [MetadataKeys.PARTITION]: this.partition,
           entries: String(entries),
+          ...(maxAt ? { [MetadataKeys.MAX_COMMITTED_AT]: new Date(maxAt).toISOString() } : {}),
         },
       });
     } catch (err) {

@@ -24,6 +24,12 @@ export interface ArchiveSegment {
   /** Commit times (Unix ms) of the first and last entries, when the manifest records them. */
   firstCommittedAt?: number;
   lastCommittedAt?: number;
+  /**
+   * The greatest commit time of any entry in the segment (Unix ms), from the
+   * manifest record or the object's metadata. Only this lets a time target
+   * skip a segment unread: stamps need not grow with the LSN.
+   */
+  maxCommittedAt?: number;
 }
 
 export interface ArchiveBackup {
@@ -33,6 +39,12 @@ export interface ArchiveBackup {
   bytes: number;
   /** The Raft term the backup was taken in (an upper bound of the term of its LSN). */
   term?: number;
+  /**
+   * When the backup was taken (Unix ms): the manifest's `taken_at`, or from
+   * the objects alone the object's last-modified time (both no earlier than
+   * the moment the state it holds existed).
+   */
+  takenAt?: number;
 }
 
 export interface PartitionArchive {
@@ -100,10 +112,18 @@ export function archiveFromManifest(m: PartitionManifest): PartitionArchive {
         bytes: s.bytes,
         firstCommittedAt: Date.parse(s.first_committed_at),
         lastCommittedAt: Date.parse(s.last_committed_at),
+        ...(s.max_committed_at !== undefined ? { maxCommittedAt: Date.parse(s.max_committed_at) } : {}),
       }))
       .sort(compareSegments),
     backups: m.backups
-      .map((b) => ({ key: b.key, lsn: b.lsn, sha256: b.sha256, bytes: b.bytes, term: b.term }))
+      .map((b) => ({
+        key: b.key,
+        lsn: b.lsn,
+        sha256: b.sha256,
+        bytes: b.bytes,
+        term: b.term,
+        takenAt: Date.parse(b.taken_at),
+      }))
       .sort((a, b) => a.lsn - b.lsn),
     archived: m.archived ? { firstLsn: m.archived.first_lsn, lastLsn: m.archived.last_lsn } : null,
   };
@@ -114,12 +134,21 @@ export interface ListedObject {
   key: string;
   size: number;
   metadata: Record<string, string>;
+  lastModified?: Date;
+}
+
+/** A time from object metadata (ISO 8601 or Unix ms); undefined when absent or malformed. */
+function metadataTime(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = /^\d+$/.test(value) ? Number(value) : Date.parse(value);
+  return Number.isFinite(ms) ? ms : undefined;
 }
 
 /**
  * The view the objects alone give: segments and base backups from their
- * keys, checksums from their metadata. Commit times are unknown, so a time
- * target reads segments in order. The archived range spans every segment,
+ * keys, checksums and each segment's greatest commit time from their
+ * metadata (a segment written before that was recorded is read by a time
+ * target). The archived range spans every segment,
  * so a gap between them is reported (naming the LSN and the objects around
  * it) rather than silently ending the archive before it.
  */
@@ -133,18 +162,27 @@ export function archiveFromObjects(
   for (const o of objects) {
     const seg = tryParseSegmentKey(o.key);
     if (seg && seg.partition === partition) {
+      const max = metadataTime(o.metadata[MetadataKeys.MAX_COMMITTED_AT]);
       segments.push({
         key: o.key,
         firstLsn: seg.firstLsn,
         lastLsn: seg.lastLsn,
         sha256: o.metadata[MetadataKeys.SHA256],
         bytes: o.size,
+        ...(max !== undefined ? { maxCommittedAt: max } : {}),
       });
       continue;
     }
     const base = tryParseBaseKey(o.key);
     if (base && base.partition === partition) {
-      backups.push({ key: o.key, lsn: base.lsn, sha256: o.metadata[MetadataKeys.SHA256], bytes: o.size });
+      const takenAt = o.lastModified?.getTime();
+      backups.push({
+        key: o.key,
+        lsn: base.lsn,
+        sha256: o.metadata[MetadataKeys.SHA256],
+        bytes: o.size,
+        ...(takenAt !== undefined ? { takenAt } : {}),
+      });
     }
   }
   segments.sort(compareSegments);
@@ -184,7 +222,13 @@ export async function loadPartitionArchive(
     for await (const o of store.list(prefix, options)) {
       if (!tryParseSegmentKey(o.key) && !tryParseBaseKey(o.key)) continue;
       const info = await store.head(o.key, options);
-      if (info) objects.push({ key: o.key, size: info.size, metadata: info.metadata });
+      if (info)
+        objects.push({
+          key: o.key,
+          size: info.size,
+          metadata: info.metadata,
+          lastModified: info.lastModified,
+        });
     }
   }
   return archiveFromObjects(partition, objects, note);
@@ -238,21 +282,24 @@ export function checkLsnTarget(archive: PartitionArchive, lsn: number): number {
 }
 
 /**
- * The segments to read, in order, to walk every archived LSN from the start
- * of the archived range: overlapping copies are skipped over.
- */
-function archivedChain(archive: PartitionArchive): ArchiveSegment[] {
-  const a = archive.archived;
-  if (!a) return [];
-  return coverRange(archive, a.firstLsn, a.lastLsn, 'the archived range');
-}
-
-/**
- * The greatest LSN committed at or before `time`, exactly: segment boundary
- * times (from the manifest) narrow it to one segment, whose entries' own
- * commit times then decide. Commit times are taken as a prefix: the answer
- * stops before the first entry committed after `time`. An entry without a
- * commit time (a new leader's empty entry) goes with the entries before it.
+ * The LSN a time names: the last entry committed at or before `time`, as a
+ * prefix. Commit stamps need not grow with the LSN (a new leader whose clock
+ * is behind), so the rule is: the highest LSN L such that every entry up to
+ * L carries a commit time at or before `time`; the answer stops before the
+ * first entry (in LSN order) stamped after it, even when later entries carry
+ * earlier stamps. So no entry committed after `time` is ever applied, and
+ * the answer depends only on the entries, never on where segments end.
+ *
+ * - An entry without a commit time (a new leader's empty entry) goes with
+ *   the entries before it; leading ones go with the next timed entry.
+ * - The search starts at the newest base backup taken at or before `time`
+ *   (its LSN counts as reached: its state existed by then), else at the
+ *   first archived LSN; so retention that removed the segments before the
+ *   oldest kept backup leaves every time from that backup on restorable.
+ * - A segment is skipped unread only when its greatest commit time (manifest
+ *   record or object metadata) is at or before `time`; one without it
+ *   (written before it was recorded, or from the objects alone) is read and
+ *   its entries' own RAFT commit times decide.
  */
 export async function resolveTimeTarget(
   archive: PartitionArchive,
@@ -264,18 +311,27 @@ export async function resolveTimeTarget(
     throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'invalid time', { retryable: false });
   }
   assertSomethingArchived(archive);
-  const chain = archivedChain(archive);
-  const first = archive.archived?.firstLsn ?? 1;
+  let start: ArchiveBackup | undefined;
+  for (const b of archive.backups)
+    if (b.takenAt !== undefined && b.takenAt <= t && (!start || b.lsn > start.lsn)) start = b;
+  const first = start ? start.lsn + 1 : (archive.archived?.firstLsn ?? 1);
+  const end = archive.archived?.lastLsn ?? 0;
+  const chain =
+    first <= end
+      ? coverRange(
+          archive,
+          first,
+          end,
+          start ? `a time search from base backup ${start.key}` : 'the archived range',
+        )
+      : [];
   let answer = first - 1;
   let next = first;
   let stopped = false;
   // The first commit time seen, for the error when the time is before it.
   let firstTimed: EntryTime | undefined;
   for (const seg of chain) {
-    // A boundary time only ever skips whole segments: an empty entry at a
-    // boundary carries an approximate time, so where the time falls inside
-    // or before a segment is decided by its entries' own times.
-    if (seg.lastCommittedAt !== undefined && seg.lastCommittedAt <= t) {
+    if (seg.maxCommittedAt !== undefined && seg.maxCommittedAt <= t) {
       answer = seg.lastLsn;
       next = seg.lastLsn + 1;
       continue;
@@ -297,7 +353,7 @@ export async function resolveTimeTarget(
       }
       // An entry without a time goes with the entries before it; leading
       // ones (nothing accepted yet) go with the next entry that has a time.
-      if (e.committedAt > 0 || answer >= first) answer = e.lsn;
+      if (e.committedAt > 0 || answer >= first || start) answer = e.lsn;
       next = e.lsn + 1;
     }
     if (stopped) break;
@@ -309,14 +365,18 @@ export async function resolveTimeTarget(
       );
     }
   }
-  if (answer < first) {
+  if (answer < first && !start) {
     const seg = chain[0];
     const at = firstTimed
       ? `; the first commit time is ${new Date(firstTimed.committedAt).toISOString()}, at LSN ${firstTimed.lsn}`
       : '';
+    const oldest = archive.backups.find((b) => b.takenAt !== undefined);
+    const kept = oldest
+      ? `; the oldest base backup, LSN ${oldest.lsn}, was taken at ${new Date(oldest.takenAt!).toISOString()}`
+      : '';
     throw notFound(
       `partition ${archive.partition}: ${time.toISOString()} is before the first archived entry ` +
-        `(LSN ${first}${at}; in ${describeSegment(seg)})`,
+        `(LSN ${first}${at}; in ${describeSegment(seg)}${kept})`,
       { partition: archive.partition, lsn: first, key: seg?.key, reason: BEFORE_ARCHIVE },
     );
   }

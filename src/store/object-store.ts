@@ -111,4 +111,6 @@ export const MetadataKeys = {
   FIRST_LSN: 'first-lsn',
   LAST_LSN: 'last-lsn',
   PARTITION: 'partition',
+  /** A segment's greatest entry commit time (ISO 8601); absent on segments written before it was recorded. */
+  MAX_COMMITTED_AT: 'max-committed-at',
 } as const;

@@ -30,7 +30,9 @@ function seg(first: number, last: number, withTimes = true): ArchiveSegment {
     lastLsn: last,
     sha256: 'a'.repeat(64),
     bytes: 100,
-    ...(withTimes ? { firstCommittedAt: at(first), lastCommittedAt: at(last) } : {}),
+    ...(withTimes
+      ? { firstCommittedAt: at(first), lastCommittedAt: at(last), maxCommittedAt: at(last) }
+      : {}),
   };
 }
 
@@ -125,8 +127,8 @@ describe('restore planning: targets', () => {
       [3, T0 + 30],
     ]);
     const segments = [
-      { ...seg(1, 1), firstCommittedAt: T0 + 500, lastCommittedAt: T0 + 500 },
-      { ...seg(2, 3), firstCommittedAt: T0 + 20, lastCommittedAt: T0 + 30 },
+      { ...seg(1, 1, false), firstCommittedAt: T0 + 500, lastCommittedAt: T0 + 500 },
+      { ...seg(2, 3, false), firstCommittedAt: T0 + 20, lastCommittedAt: T0 + 30 },
     ];
     const b = withTimes(archive(segments), segments);
     const read = async (s: ArchiveSegment) =>
@@ -269,5 +271,212 @@ describe('restore planning: backups and segments', () => {
     });
     expect(a.backups[0]).toMatchObject({ lsn: 4, term: 2 });
     expect(planRestore(a, 9).backup?.lsn).toBe(4);
+  });
+});
+
+describe('restore planning: time targets with commit stamps that do not grow with the LSN', () => {
+  // LSN 4 was stamped by a leader whose clock was ahead; LSNs 5-8 by the next
+  // one, behind it; LSN 9 is that leader's empty entry (no stamp).
+  const stamps = [10, 20, 30, 80, 40, 50, 60, 70, 0, 90, 100, 110].map((ms) => (ms ? T0 + ms : 0));
+  const stampOf = (lsn: number) => stamps[lsn - 1]!;
+  const N = stamps.length;
+  /** The rule, by brute force: the highest L with every stamped entry up to L at or before t. */
+  const expected = (t: number) => {
+    let answer = 0;
+    for (let l = 1; l <= N; l++) {
+      if (stampOf(l) > t) break;
+      answer = l;
+    }
+    return answer;
+  };
+  const read = async (s: ArchiveSegment): Promise<EntryTime[]> => {
+    const out: EntryTime[] = [];
+    for (let l = s.firstLsn; l <= s.lastLsn; l++) out.push({ lsn: l, committedAt: stampOf(l) });
+    return out;
+  };
+  /** Segments of 1…N ending after each LSN in `ends` (and at N). */
+  const segmentation = (ends: number[]) => {
+    const cuts = [...new Set([...ends, N])].sort((a, b) => a - b);
+    let first = 1;
+    return cuts.map((last) => {
+      const s: ArchiveSegment = { ...seg(first, last, false) };
+      const lsns = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+      const timed = lsns.map(stampOf).filter((x) => x > 0);
+      first = last + 1;
+      return { s, firstAt: stampOf(s.firstLsn), lastAt: stampOf(s.lastLsn), max: Math.max(0, ...timed) };
+    });
+  };
+  const segmentations = [
+    [],
+    [5],
+    [4],
+    [3],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    [2, 6, 9],
+    [4, 8],
+    [3, 5, 10],
+  ];
+  const times = [5, 10, 35, 45, 65, 75, 79, 80, 85, 95, 200].map((ms) => T0 + ms);
+
+  it('gives the same LSN for every segmentation, from old records, new records and the objects alone', async () => {
+    for (const ends of segmentations) {
+      const segs = segmentation(ends);
+      const objects = archive(segs.map((x) => x.s));
+      // Records written before the greatest time was recorded: first and last only.
+      const old = withTimes(
+        objects,
+        segs.map((x) => ({ ...x.s, firstCommittedAt: x.firstAt, lastCommittedAt: x.lastAt })),
+      );
+      // Records with the greatest commit time.
+      const recorded = withTimes(
+        objects,
+        segs.map((x) => ({
+          ...x.s,
+          firstCommittedAt: x.firstAt,
+          lastCommittedAt: x.lastAt,
+          ...(x.max ? { maxCommittedAt: x.max } : {}),
+        })),
+      );
+      // The objects alone, with the greatest time in their metadata.
+      const listed = archiveFromObjects(
+        P,
+        segs.map((x) => ({
+          key: x.s.key,
+          size: 1,
+          metadata: {
+            sha256: 'a'.repeat(64),
+            ...(x.max ? { 'max-committed-at': new Date(x.max).toISOString() } : {}),
+          },
+        })),
+      );
+      for (const t of times) {
+        const want = expected(t);
+        for (const [name, view] of [
+          ['objects', objects],
+          ['old records', old],
+          ['records', recorded],
+          ['listed', listed],
+        ] as const) {
+          const got = await resolveTarget(view, { kind: 'time', time: new Date(t) }, read).then(
+            (l) => l,
+            (err: Error) => (isWalArchiverError(err) && err.details.reason === BEFORE_ARCHIVE ? 0 : -1),
+          );
+          expect(got, `segments ending at ${String(ends)}, ${name}, T0+${t - T0} ms`).toBe(want);
+        }
+      }
+    }
+  });
+
+  it('never applies an entry stamped after the time: 65 ms stops before LSN 4 (80 ms) though LSNs 5-7 are earlier', async () => {
+    const segs = segmentation([5]);
+    const old = withTimes(
+      archive(segs.map((x) => x.s)),
+      segs.map((x) => ({ ...x.s, firstCommittedAt: x.firstAt, lastCommittedAt: x.lastAt })),
+    );
+    // The first segment ends at LSN 5, stamped 40 ms: its last time is before 65 ms, its LSN 4 is not.
+    expect(await resolveTarget(old, { kind: 'time', time: new Date(T0 + 65) }, read)).toBe(3);
+    expect(await resolveTarget(old, { kind: 'time', time: new Date(T0 + 85) }, read)).toBe(9);
+  });
+
+  it('skips a segment unread only when its greatest commit time is at or before the time', async () => {
+    const segs = segmentation([5]);
+    const recorded = withTimes(
+      archive(segs.map((x) => x.s)),
+      segs.map((x) => ({ ...x.s, maxCommittedAt: x.max })),
+    );
+    const seen: string[] = [];
+    const spy = async (s: ArchiveSegment) => {
+      seen.push(s.key);
+      return read(s);
+    };
+    expect(await resolveTarget(recorded, { kind: 'time', time: new Date(T0 + 85) }, spy)).toBe(9);
+    expect(seen).toEqual([segs[1]!.s.key]);
+  });
+
+  it('reads the greatest commit time from the manifest record', () => {
+    const a = archiveFromManifest({
+      schema: 1,
+      partition: P,
+      leader: null,
+      version: 1,
+      archived: { first_lsn: 1, last_lsn: 5 },
+      segments: [
+        {
+          key: segmentKey(P, 1, 5),
+          first_lsn: 1,
+          last_lsn: 5,
+          entries: 5,
+          bytes: 1,
+          raw_bytes: 1,
+          sha256: 'c'.repeat(64),
+          first_committed_at: new Date(T0 + 10).toISOString(),
+          last_committed_at: new Date(T0 + 40).toISOString(),
+          max_committed_at: new Date(T0 + 80).toISOString(),
+          archived_at: new Date(T0 + 100).toISOString(),
+          term: 1,
+          node: 1,
+        },
+      ],
+      backups: [],
+      published_lsn: 0,
+      updated_at: new Date(T0).toISOString(),
+    });
+    expect(a.segments[0]?.maxCommittedAt).toBe(T0 + 80);
+  });
+});
+
+describe('restore planning: time targets after retention', () => {
+  // Retention removed the segments up to LSN 10; the kept backup at LSN 10 was taken at T0+105.
+  const segments = [seg(11, 20), seg(21, 30)];
+  const listed = archiveFromObjects(P, [
+    ...segments.map((s) => ({ key: s.key, size: s.bytes, metadata: { sha256: s.sha256! } })),
+    {
+      key: baseBackupKey(P, 10),
+      size: 10,
+      metadata: { sha256: 'b'.repeat(64) },
+      lastModified: new Date(T0 + 105),
+    },
+  ]);
+  const recorded = { ...withTimes(listed, segments), backups: listed.backups.map((b) => ({ ...b })) };
+
+  it('a time just after the oldest kept backup restores to its LSN, from the manifest and from the objects', async () => {
+    for (const a of [recorded, listed]) {
+      expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 107) }, reader().fn)).toBe(10);
+      expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 115) }, reader().fn)).toBe(11);
+      expect(planRestore(a, 10).backup?.lsn).toBe(10);
+    }
+  });
+
+  it('a time before the oldest kept backup is still refused, naming the backup', async () => {
+    await expectError(
+      resolveTarget(recorded, { kind: 'time', time: new Date(T0 + 95) }, reader().fn),
+      /before the first archived entry \(LSN 11;.*the oldest base backup, LSN 10, was taken at 2025-01-01T00:00:00\.105Z/,
+    );
+  });
+
+  it('reads when each backup was taken from the manifest', () => {
+    const a = archiveFromManifest({
+      schema: 1,
+      partition: P,
+      leader: null,
+      version: 1,
+      archived: null,
+      segments: [],
+      backups: [
+        {
+          key: baseBackupKey(P, 4),
+          lsn: 4,
+          taken_at: new Date(T0 + 7).toISOString(),
+          bytes: 5,
+          sha256: 'd'.repeat(64),
+          trigger: 'manual',
+          term: 2,
+          node: 1,
+        },
+      ],
+      published_lsn: 0,
+      updated_at: new Date(T0).toISOString(),
+    });
+    expect(a.backups[0]?.takenAt).toBe(T0 + 7);
   });
 });
