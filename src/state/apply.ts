@@ -1,7 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import { chmod, link, mkdir, readFile, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
+import {
+  chmod,
+  link,
+  mkdir,
+  mkdirSync,
+  openSync,
+  rename,
+  renameSync,
+  rm,
+  rmdir,
+  unlink,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+  ftruncateSync,
+} from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
 import { fsyncDir, isNotFound, writeNewFileSynced } from '../fs-atomic.js';
 import type { LogEntry } from '../wal/log-entry.js';
@@ -80,7 +96,7 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
   const ensureDir = async (dir: string) => {
     if (known?.has(dir)) return;
     if (durable) await mkdir(dir, { recursive: true });
-    else fs.mkdirSync(dir, { recursive: true });
+    else mkdirSync(dir, { recursive: true });
     known?.add(dir);
   };
   await ensureDir(root);
@@ -106,7 +122,7 @@ export async function applyEntry(entry: LogEntry, options: ApplyOptions): Promis
         await ensureDir(dirname(destination));
         const held = op.sourceInStorage ? undefined : options.staged?.get(op.sourcePath.toString('utf8'));
         if (held) {
-          writeHeldFile(destination, held);
+          await writeHeldFile(destination, held);
           break;
         }
         try {
@@ -199,17 +215,29 @@ async function applyReferenceChange(
  * the result durable once: the small writes are synchronous, since a
  * thread-pool round trip per call would cost more than the write.
  */
-function writeHeldFile(destination: string, held: { data: Buffer; mode: number }): void {
+async function writeHeldFile(destination: string, held: { data: Buffer; mode: number }): Promise<void> {
   try {
-    fs.writeFileSync(destination, held.data, { mode: held.mode, flag: 'wx' });
+    writeFileSync(destination, held.data, { mode: held.mode, flag: 'wx' });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    // Re-applied: replace whatever is there with the entry's file.
-    fs.unlinkSync(destination);
-    fs.writeFileSync(destination, held.data, { mode: held.mode, flag: 'wx' });
+    // Re-applied: replace whatever is there with the entry's file (unlinking
+    // first, so another name of the old file keeps its content).
+    unlinkSync(destination);
+    writeFileSync(destination, held.data, { mode: held.mode, flag: 'wx' });
   }
   // The mode given to writeFile is filtered by the umask; a link would keep the staged file's.
-  fs.chmodSync(destination, held.mode);
+  if ((held.mode & 0o7777 & currentUmask()) !== 0) await chmod(destination, held.mode & 0o7777);
+}
+
+let umask: number | undefined;
+/** The process umask, read once (restore does not change it). */
+function currentUmask(): number {
+  if (umask === undefined) {
+    // Reading the umask means setting it; set it straight back.
+    umask = process.umask(0o022);
+    process.umask(umask);
+  }
+  return umask;
 }
 
 /**
@@ -219,21 +247,37 @@ function writeHeldFile(destination: string, held: { data: Buffer; mode: number }
  * both a rename over a file and a truncate-and-rewrite start writeback of the
  * file at once (auto_da_alloc), which made each reference update cost a
  * disk flush.
+ *
+ * In place only while the file has one name: one that shares its inode with
+ * another (an in-storage hard link) is replaced by a new file and a rename,
+ * as the node does, so the other name keeps its content. The link count
+ * comes from the fstat the size check makes anyway.
  */
-function overwriteInPlace(path: string, bytes: Buffer): void {
+function overwriteInPlace(path: string, bytes: Buffer, staging: string): void {
   let fd: number;
   try {
-    fd = fs.openSync(path, 'r+');
+    fd = openSync(path, 'r+');
   } catch (err) {
     if (!isNotFound(err)) throw err;
-    fs.writeFileSync(path, bytes, { mode: FILE_MODE, flag: 'wx' });
+    writeFileSync(path, bytes, { mode: FILE_MODE, flag: 'wx' });
     return;
   }
+  let shared = false;
   try {
-    for (let off = 0; off < bytes.length;) off += fs.writeSync(fd, bytes, off, bytes.length - off, off);
-    if (fs.fstatSync(fd).size !== bytes.length) fs.ftruncateSync(fd, bytes.length);
+    const info = fs.fstatSync(fd);
+    shared = info.nlink > 1;
+    if (!shared) {
+      for (let off = 0; off < bytes.length;) off += writeSync(path, fd, bytes, off, bytes.length - off, off);
+      if (info.size > bytes.length) ftruncateSync(path, fd, bytes.length);
+    }
   } finally {
     fs.closeSync(fd);
+  }
+  if (shared) {
+    mkdirSync(staging, { recursive: true });
+    const tmp = join(staging, `apply-${randomBytes(8).toString('hex')}.tmp`);
+    writeFileSync(tmp, bytes, { mode: FILE_MODE, flag: 'wx' });
+    renameSync(tmp, path);
   }
 }
 
@@ -257,11 +301,11 @@ async function writeStateFile(
 ): Promise<void> {
   await ensureDir(dirname(path));
   const bytes = typeof content === 'string' ? Buffer.from(content) : content;
+  const staging = join(dirname(stateDir), 'staging');
   if (!durable) {
-    overwriteInPlace(path, bytes);
+    overwriteInPlace(path, bytes, staging);
     return;
   }
-  const staging = join(dirname(stateDir), 'staging');
   await ensureDir(staging);
   const tmp = join(staging, `apply-${randomBytes(8).toString('hex')}.tmp`);
   try {

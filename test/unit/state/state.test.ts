@@ -108,6 +108,60 @@ describe('applyEntry', () => {
     await expect(syncTree(join(root, 'missing'))).rejects.toThrow();
   });
 
+  it('a write to one of two names sharing an inode leaves the other name as the node does', async () => {
+    const OID2 = 'b'.repeat(40);
+    const entryDir = await stageEntry(1, []);
+    const entries = [
+      newLogEntry({
+        relativePath: 'r.git',
+        operations: [operation.createDirectory('r.git', 0o755)],
+        referenceTransactions: [{ changes: [referenceChange('refs/heads/main', OID)] }],
+      }),
+      // An in-storage hard link: the write API accepts one between any two paths.
+      newLogEntry({
+        relativePath: 'r.git',
+        operations: [operation.createHardLink('r.git/refs/heads/main', 'r.git/refs/heads/copy', true)],
+      }),
+      newLogEntry({
+        relativePath: 'r.git',
+        referenceTransactions: [{ changes: [referenceChange('refs/heads/main', OID2)] }],
+      }),
+      newLogEntry({
+        relativePath: 'r.git',
+        referenceTransactions: [{ changes: [referenceChange('refs/heads/main', OID)] }],
+      }),
+    ];
+    const node = join(root, 'node', 'state');
+    const restored = join(root, 'restored', 'state');
+    const knownDirs = new Set<string>();
+    for (const [i, entry] of entries.entries()) {
+      await applyEntry(entry, { stateDir: node, entryDir, lsn: i + 1 });
+      await applyEntry(entry, { stateDir: restored, entryDir, lsn: i + 1, durable: false, knownDirs });
+      expect(await tree(restored), `after LSN ${i + 1}`).toEqual(await tree(node));
+    }
+    const refs = join(restored, 'repositories', 'r.git', 'refs', 'heads');
+    expect(await readFile(join(refs, 'copy'), 'utf8')).toBe(`${OID}\n`);
+    expect(await readFile(join(refs, 'main'), 'utf8')).toBe(`${OID}\n`);
+    expect((await stat(join(refs, 'main'))).nlink).toBe(1);
+    expect((await stat(join(refs, 'copy'))).nlink).toBe(1);
+  });
+
+  it('a file with one name is still rewritten in place on restore (same inode)', async () => {
+    const entryDir = await stageEntry(1, []);
+    const state = join(root, 'restored', 'state');
+    const ref = (oid: string) =>
+      newLogEntry({
+        relativePath: 'r.git',
+        referenceTransactions: [{ changes: [referenceChange('HEAD', oid)] }],
+      });
+    await applyEntry(ref(OID), { stateDir: state, entryDir, lsn: 1, durable: false });
+    const head = join(state, 'repositories', 'r.git', 'HEAD');
+    const before = await stat(head);
+    await applyEntry(ref('c'.repeat(40)), { stateDir: state, entryDir, lsn: 2, durable: false });
+    expect((await stat(head)).ino).toBe(before.ino);
+    expect(await readFile(head, 'utf8')).toBe(`${'c'.repeat(40)}\n`);
+  });
+
   it.each([
     ['../escape', 'link destination'],
     ['/etc/passwd', 'link destination'],
