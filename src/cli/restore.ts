@@ -211,7 +211,7 @@ export const restoreCommand: Command = {
         progress.end();
         for (const r of result.partitions) {
           ctx.stdout.write(
-            `partition ${r.partition}: LSN ${r.targetLsn} (term ${r.term})${r.backup ? `, base backup at LSN ${r.backup.lsn}` : ''}, ${r.segments.length} segments, ${r.entries} entries replayed\n`,
+            `partition ${r.partition}: LSN ${r.targetLsn} (term ${r.term})${r.backup ? `, base backup at LSN ${r.backup.lsn}` : ''}, ${r.segments.length} segments, ${r.entries} entries replayed (listed in the ${result.sources[r.partition] ?? 'objects'})\n`,
           );
         }
         for (const s of result.skipped)

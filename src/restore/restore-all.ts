@@ -1,8 +1,16 @@
 import { setMaxListeners } from 'node:events';
-import { chmod, copyFile, lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { chmod, copyFile, mkdir, rm } from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
-import { comparePartitionIds, readGlobalManifest, rebuildFromObjects } from '../manifest/global-manifest.js';
+import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
+import {
+  PARTITIONS_PREFIX,
+  partitionOfKey,
+  tryParseBaseKey,
+  tryParsePartitionManifestKey,
+  tryParseSegmentKey,
+} from '../manifest/keys.js';
 import { Semaphore } from '../pipeline/semaphore.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { PARTITIONS_DIR } from '../wal/entry.js';
@@ -30,8 +38,10 @@ import {
  * --peers 1=…,…,N=…`) each partition's Raft group forms from identical
  * replicas, elects a leader and goes on from the restored LSN.
  *
- * Partitions come from the global manifest, or from the objects when it is
- * missing or damaged. With a time, a partition whose first entry was
+ * Partitions are the union of the global manifest's and those the object
+ * listing holds (`partitions/<id>/…`: a manifest, a segment or a base
+ * backup), so a partition whose events never reached the global manifest is
+ * restored too; each is reported with where it was found. With a time, a partition whose first entry was
  * committed after it did not exist then: it is skipped and reported. The
  * whole layout is built in `<target>.partial` and renamed into place once
  * every partition is complete.
@@ -53,38 +63,68 @@ export interface RestoreAllOptions {
   onNote?: (line: string) => void;
 }
 
+/** Where a partition was found: the global manifest, the object listing, or both. */
+export type PartitionSource = 'global manifest and objects' | 'global manifest only' | 'objects only';
+
 export interface RestoreAllResult {
   targetDir: string;
   nodes: number;
   partitions: RestoreResult[];
   skipped: Array<{ partition: string; reason: string }>;
-  source: 'global manifest' | 'objects';
+  /** Where each partition listed was found. */
+  sources: Record<string, PartitionSource>;
+  /** A summary of the sources, e.g. "global manifest and objects". */
+  source: string;
 }
 
-/** The partitions the archive holds: from the global manifest, else from the objects. */
+/**
+ * The partitions the archive holds: the union of the global manifest's (when
+ * it is there and valid) and the object listing's, each with its source.
+ */
 export async function archivedPartitions(
   store: ObjectStore,
   options: { signal?: AbortSignal; onNote?: (line: string) => void } = {},
-): Promise<{ partitions: string[]; source: RestoreAllResult['source'] }> {
+): Promise<{ partitions: string[]; sources: Record<string, PartitionSource>; source: string }> {
+  const inManifest = new Set<string>();
+  let manifest = false;
   try {
     const stored = await readGlobalManifest(store, options);
     if (stored) {
-      return {
-        partitions: Object.keys(stored.value.partitions).sort(comparePartitionIds),
-        source: 'global manifest',
-      };
-    }
-    options.onNote?.('the global manifest is missing; listing the partitions from the objects');
+      manifest = true;
+      for (const id of Object.keys(stored.value.partitions)) inManifest.add(id);
+    } else options.onNote?.('the global manifest is missing; listing the partitions from the objects');
   } catch (err) {
     if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
     options.onNote?.(
       `the global manifest is damaged (${err.message}); listing the partitions from the objects`,
     );
   }
-  const rebuilt = await rebuildFromObjects(store, options.signal ? { signal: options.signal } : {});
+  const inObjects = new Set<string>();
+  for await (const obj of store.list(PARTITIONS_PREFIX, options.signal ? { signal: options.signal } : {})) {
+    const id = partitionOfKey(obj.key);
+    if (id === undefined || inObjects.has(id)) continue;
+    if (
+      tryParsePartitionManifestKey(obj.key) !== undefined ||
+      tryParseSegmentKey(obj.key) ||
+      tryParseBaseKey(obj.key)
+    )
+      inObjects.add(id);
+  }
+  const sources: Record<string, PartitionSource> = {};
+  for (const id of [...new Set([...inManifest, ...inObjects])].sort(comparePartitionIds)) {
+    sources[id] = !inObjects.has(id)
+      ? 'global manifest only'
+      : inManifest.has(id)
+        ? 'global manifest and objects'
+        : 'objects only';
+    if (manifest && sources[id] !== 'global manifest and objects')
+      options.onNote?.(`partition ${id}: found in the ${sources[id]}`);
+  }
+  const partitions = Object.keys(sources);
   return {
-    partitions: Object.keys(rebuilt.manifest.partitions).sort(comparePartitionIds),
-    source: 'objects',
+    partitions,
+    sources,
+    source: manifest ? 'global manifest and objects' : 'objects',
   };
 }
 
@@ -113,7 +153,7 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
   }
   const targetDir = resolve(o.targetDir);
   await checkTarget(targetDir, o.force ?? false);
-  const { partitions, source } = await archivedPartitions(o.store, {
+  const { partitions, sources, source } = await archivedPartitions(o.store, {
     ...(o.signal ? { signal: o.signal } : {}),
     ...(o.onNote ? { onNote: o.onNote } : {}),
   });
@@ -197,5 +237,5 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
   }
   results.sort((a, b) => comparePartitionIds(a.partition, b.partition));
   for (const r of results) r.targetDir = join(targetDir, 'node-1', PARTITIONS_DIR, r.partition);
-  return { targetDir, nodes: o.nodes, partitions: results, skipped, source };
+  return { targetDir, nodes: o.nodes, partitions: results, skipped, sources, source };
 }

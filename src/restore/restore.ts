@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, readdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { DecompressStream } from 'zstd-napi';
 import { fetchSegment, type ExtractedEntry } from '../archive/segment-reader.js';
 import { ContentDigest, decodeEntryInfo } from '../entry-info.js';
+import { mkdir, rename, rm, rmdir, writeFile } from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
 import { atomicWriteFile, fsyncDir, isNotFound, syncTree } from '../fs-atomic.js';
 import { HashingStream } from '../pipeline/segment.js';
@@ -14,7 +15,7 @@ import type { Semaphore } from '../pipeline/semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../state/apply.js';
 import { extractState } from '../state/snapshot.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import { writeAppliedLsn, writeConfState, writeHardState } from '../wal/entry.js';
+import { writeAppliedLsn, writeArchiverPosition, writeConfState, writeHardState } from '../wal/entry.js';
 import { decodeLogEntry, type LogEntry } from '../wal/log-entry.js';
 import { parseStagedFileName } from '../wal/lsn.js';
 import { decodeRaftEntry } from '../wal/raftpb.js';
@@ -45,6 +46,7 @@ import {
  * What storage-node reads when it boots the result (Contract 1, no WAL):
  *   state/            the applied partition
  *   applied_lsn       the target LSN
+ *   archiver/position the target LSN: everything up to it is in the archive
  *   raft/snapshot     {index: target, term: term of the target entry, voters}
  *   raft/hard_state   {term, vote: 0, commit: target}
  *   raft/conf_state   the voters
@@ -338,17 +340,58 @@ export async function checkTarget(targetDir: string, force: boolean): Promise<bo
   return true;
 }
 
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * A build folder that was completed (marker removed) but not yet renamed
+ * into place when the process stopped: it holds what a restore writes
+ * (`applied_lsn` of one partition, or `node-1/` of --all) and nothing else.
+ */
+async function isFinishedBuild(dir: string): Promise<boolean> {
+  const names = await readdir(dir);
+  const ours = names.every(
+    (n) =>
+      /^node-\d+$/.test(n) || ['state', 'raft', 'applied_lsn', 'archiver', WORK_DIR, 'staging'].includes(n),
+  );
+  return ours && (names.includes('applied_lsn') || names.includes('node-1'));
+}
+
+function incompleteText(what: Record<string, unknown>): string {
+  return `This restore is incomplete: do not start a node on this folder.\n${JSON.stringify({ ...what, started_at: new Date().toISOString() })}\n`;
+}
+
+/**
+ * Removes a restore's leftover build folder so that a crash at any point of
+ * the removal leaves one a rerun still recognises: everything but the marker
+ * goes first, the marker and the folder last.
+ */
+async function removeMarkedBuild(dir: string): Promise<void> {
+  for (const name of await readdir(dir)) {
+    if (name !== INCOMPLETE_MARKER) await rm(join(dir, name), { recursive: true, force: true });
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
 /**
  * Makes a fresh build folder. A leftover one is removed only when it is
- * clearly a restore's own (empty, or holding the incomplete marker).
+ * clearly a restore's own: empty, holding the incomplete marker, or a
+ * finished build a crash kept from being renamed into place (marked again
+ * first, so that its removal is as safe to interrupt).
  */
 export async function prepareBuildDir(dir: string, what: Record<string, unknown>): Promise<void> {
   const empty = await isEmptyDir(dir);
   if (empty === false) {
-    const marked = await stat(join(dir, INCOMPLETE_MARKER)).then(
-      () => true,
-      () => false,
-    );
+    let marked = await exists(join(dir, INCOMPLETE_MARKER));
+    if (!marked && (await isFinishedBuild(dir))) {
+      await writeFile(join(dir, INCOMPLETE_MARKER), incompleteText(what));
+      await fsyncDir(dir);
+      marked = true;
+    }
     if (!marked) {
       throw new WalArchiverError(
         ErrorCodes.ALREADY_EXISTS,
@@ -356,39 +399,43 @@ export async function prepareBuildDir(dir: string, what: Record<string, unknown>
         { retryable: false, details: { path: dir } },
       );
     }
-    await rm(dir, { recursive: true, force: true });
+    await removeMarkedBuild(dir);
   }
   await mkdir(dir, { recursive: true });
-  await writeFile(
-    join(dir, INCOMPLETE_MARKER),
-    `This restore is incomplete: do not start a node on this folder.\n${JSON.stringify({ ...what, started_at: new Date().toISOString() })}\n`,
-  );
+  await writeFile(join(dir, INCOMPLETE_MARKER), incompleteText(what));
   await fsyncDir(dir);
   await fsyncDir(dirname(dir));
 }
 
-/** Puts a complete build folder in place of `targetDir` (replacing what --force allowed). */
+/** The name a replaced target is moved to until the new one is in place. */
+function oldTargetPrefix(targetDir: string): string {
+  return `.${basename(targetDir)}.old-`;
+}
+
+/**
+ * Puts a complete build folder in place of `targetDir` (replacing what --force
+ * allowed). A crash at any point leaves no `targetDir` or a complete one: the
+ * build is durable before its marker goes, the old target is moved aside (not
+ * deleted) before the rename, and the old copies are removed only once the
+ * new target is durably in place, also those an earlier interrupted run left.
+ */
 export async function publishBuildDir(buildDir: string, targetDir: string): Promise<void> {
   // Entries were applied without a sync each; make all of it durable before it is marked complete.
   await syncTree(buildDir);
   await rm(join(buildDir, INCOMPLETE_MARKER), { force: true });
   await fsyncDir(buildDir);
+  const parent = dirname(targetDir);
   const existing = await isEmptyDir(targetDir);
-  let old: string | undefined;
   if (existing === true) await rmdir(targetDir);
-  else if (
-    existing === false ||
-    (await lstat(targetDir).then(
-      () => true,
-      () => false,
-    ))
-  ) {
-    old = join(dirname(targetDir), `.${basename(targetDir)}.old-${randomBytes(4).toString('hex')}`);
-    await rename(targetDir, old);
+  else if (existing === false || (await exists(targetDir))) {
+    await rename(targetDir, join(parent, `${oldTargetPrefix(targetDir)}${randomBytes(4).toString('hex')}`));
   }
   await rename(buildDir, targetDir);
-  await fsyncDir(dirname(targetDir));
-  if (old) await rm(old, { recursive: true, force: true });
+  await fsyncDir(parent);
+  for (const name of await readdir(parent)) {
+    if (name.startsWith(oldTargetPrefix(targetDir)))
+      await rm(join(parent, name), { recursive: true, force: true });
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -452,6 +499,10 @@ export async function writeBootFiles(
   });
   await writeHardState(dir, { term, vote: 0, commit: lsn });
   await writeAppliedLsn(dir, lsn);
+  // Everything up to the restored LSN is in the archive: a node booted from
+  // this folder must not read a missing position as "nothing is archived
+  // yet" (keeping entries forever) or as leave to prune anything.
+  await writeArchiverPosition(dir, lsn);
 }
 
 /** Plans a restore: loads the archive view and resolves the target (reading a segment for a time). */

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from '../durable-fs.js';
 import { join } from 'node:path';
 import { ErrorCodes, describeError, isWalArchiverError } from '../errors.js';
 import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
