@@ -2,22 +2,40 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compress } from 'zstd-napi';
+import { retentionCommand } from '../../src/cli/backup.js';
 import { restoreCommand, verifyCommand } from '../../src/cli/restore.js';
+import { contentDigest, encodeEntryInfo } from '../../src/entry-info.js';
+import { emptyGlobalManifest, entryFromPartitionManifest } from '../../src/manifest/global-manifest.js';
 import { reportError, type Command } from '../../src/cli/runner.js';
-import { baseBackupKey, partitionPrefix, segmentPrefix } from '../../src/manifest/keys.js';
+import {
+  GLOBAL_MANIFEST_KEY,
+  baseBackupKey,
+  partitionPrefix,
+  segmentKey,
+  segmentPrefix,
+} from '../../src/manifest/keys.js';
+import { spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
 import { readPartitionManifest, updatePartitionManifest } from '../../src/manifest/partition-manifest.js';
 import { copyTree } from '../../src/restore/restore-all.js';
 import { INCOMPLETE_MARKER } from '../../src/restore/restore.js';
+import { applyEntry } from '../../src/state/apply.js';
 import { packState } from '../../src/state/snapshot.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
-import { readConfState, readHardState } from '../../src/wal/entry.js';
+import { entryDir, readConfState, readHardState, writeEntry } from '../../src/wal/entry.js';
+import {
+  encodeLogEntry,
+  newLogEntry,
+  operation,
+  referenceChange,
+  type LogEntry,
+} from '../../src/wal/log-entry.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
 import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
 import { readArchive, replay, type ArchiveView } from '../helpers/archive-check.js';
@@ -765,6 +783,253 @@ describe('restore --all: rebuild a destroyed cluster from the archive', () => {
           `partition ${p} applied ${last} on ${url}`,
           async () => (await statusOf(url, p)).applied >= last || undefined,
         );
+      }
+    }
+  });
+});
+
+describe('restore of an archive whose commit stamps go backwards, after retention, and with --all', () => {
+  let bucket: TestBucket | undefined;
+  let work: string;
+  afterAll(async () => {
+    await bucket?.cleanup();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  const T0 = Date.parse('2025-03-01T00:00:00.000Z');
+  // LSN 4 was stamped by a leader whose clock was ahead, LSNs 5-8 by the next
+  // one, behind it; LSN 9 is that leader's empty entry (no stamp).
+  const STAMPS = [10, 20, 30, 80, 40, 50, 60, 70, 0, 90, 100, 110];
+  const N = STAMPS.length;
+  const oid = (lsn: number) => lsn.toString(16).padStart(40, '0');
+  /** LSN 1 creates the repository, LSN 2 hard-links its main ref in storage; every other one moves main. */
+  function entryAt(lsn: number): LogEntry {
+    if (STAMPS[lsn - 1] === 0) return newLogEntry({});
+    if (lsn === 2)
+      return newLogEntry({
+        relativePath: 'r.git',
+        operations: [operation.createHardLink('r.git/refs/heads/main', 'r.git/refs/heads/keep', true)],
+      });
+    return newLogEntry({
+      relativePath: 'r.git',
+      operations: lsn === 1 ? [operation.createDirectory('r.git', 0o755)] : [],
+      referenceTransactions: [{ changes: [referenceChange('refs/heads/main', oid(lsn))] }],
+    });
+  }
+
+  let wal: string;
+  /** The node's own state after applying LSNs 1…lsn (the node's apply path, durable). */
+  async function nodeState(lsn: number): Promise<Record<string, string>> {
+    const dir = join(work, 'node-state', String(lsn), 'state');
+    for (let l = 1; l <= lsn; l++) {
+      if (STAMPS[l - 1] === 0) continue;
+      await applyEntry(entryAt(l), { stateDir: dir, entryDir: entryDir(wal, l), lsn: l });
+    }
+    return treeDigest(dir);
+  }
+
+  /** Uploads LSNs first…last of the WAL as one segment, as the archiver does. */
+  async function upload(store: ObjectStore, p: string, first: number, last: number, withMax: boolean) {
+    const entries: SegmentEntry[] = [];
+    for (let l = first; l <= last; l++) {
+      const dir = entryDir(wal, l);
+      entries.push({ lsn: l, name: basename(dir), dir, files: (await readdir(dir)).sort() });
+    }
+    const seg = await spoolSegment(entries, join(work, 'spool'));
+    const stamps = STAMPS.slice(first - 1, last).filter((x) => x > 0);
+    const max = stamps.length ? new Date(T0 + Math.max(...stamps)).toISOString() : undefined;
+    const at = (l: number) => new Date(T0 + (STAMPS[l - 1] || STAMPS[l - 2]!)).toISOString();
+    const key = segmentKey(p, first, last);
+    await store.create(key, await readFile(seg.path), {
+      metadata: {
+        sha256: seg.sha256,
+        'first-lsn': String(first),
+        'last-lsn': String(last),
+        partition: p,
+        ...(withMax && max ? { 'max-committed-at': max } : {}),
+      },
+    });
+    return {
+      key,
+      first_lsn: first,
+      last_lsn: last,
+      entries: last - first + 1,
+      bytes: seg.bytes,
+      raw_bytes: seg.rawBytes,
+      sha256: seg.sha256,
+      first_committed_at: at(first),
+      last_committed_at: at(last),
+      ...(withMax && max ? { max_committed_at: max } : {}),
+      archived_at: new Date(T0 + 1000).toISOString(),
+      term: 1,
+      node: 1,
+    };
+  }
+
+  /** Archives all N entries of partition p as segments ending at `ends` (and N). */
+  async function archivePartition(p: string, ends: number[], o: { manifest: boolean; withMax: boolean }) {
+    const store = bucket!.store;
+    const records = [];
+    let first = 1;
+    for (const last of [...ends, N]) {
+      records.push(await upload(store, p, first, last, o.withMax));
+      first = last + 1;
+    }
+    if (o.manifest) await updatePartitionManifest(store, p, { node: 1, term: 1 }, { segments: records });
+  }
+
+  async function restoreTo(p: string, time: number, dir: string): Promise<CliResult> {
+    return cli(restoreCommand, [
+      '--object-store',
+      bucket!.url,
+      '--partition',
+      p,
+      '--to-time',
+      new Date(T0 + time).toISOString(),
+      '--target',
+      dir,
+    ]);
+  }
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'restore-stamps-'));
+    bucket = await createTestBucket({ objectLock: false, prefix: 'archive' });
+    wal = join(work, 'wal-source', 'partitions', '1');
+    for (let l = 1; l <= N; l++) {
+      const manifest = entryAt(l);
+      const stamp = STAMPS[l - 1]!;
+      const contentSha256 = contentDigest({ manifest: encodeLogEntry(manifest), files: [] });
+      await writeEntry(wal, l, {
+        manifest,
+        raft: {
+          term: 1,
+          index: l,
+          type: 0,
+          ...(stamp ? { data: encodeEntryInfo({ contentSha256, committedAt: T0 + stamp, files: 0 }) } : {}),
+        },
+      });
+    }
+    // The same entries in several segmentations: manifest records written before
+    // the greatest time was recorded (1), with it (2), and objects alone (3).
+    await archivePartition('1', [5], { manifest: true, withMax: false });
+    await archivePartition('2', [4, 8], { manifest: true, withMax: true });
+    await archivePartition('3', [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], { manifest: false, withMax: true });
+  });
+
+  it('restores every segmentation to the same LSN, never one stamped after the time, with archiver/position', async () => {
+    // At T0+65 ms: LSN 4 (80 ms) is after the time, so LSNs 5-7 (40-60 ms) are not
+    // applied either. At T0+85 ms: up to LSN 8, and LSN 9 (no stamp) goes with them.
+    for (const [time, want] of [
+      [65, 3],
+      [85, 9],
+    ] as const) {
+      const expected = await nodeState(want);
+      for (const p of ['1', '2', '3']) {
+        const dir = join(work, `time-${time}`, p);
+        const r = await restoreTo(p, time, dir);
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stdout, `partition ${p} at T0+${time} ms`).toContain(`to LSN ${want} `);
+        expect(await readFile(join(dir, 'applied_lsn'), 'utf8')).toBe(`${want}\n`);
+        expect(await readFile(join(dir, 'archiver', 'position'), 'utf8')).toBe(`${want}\n`);
+        // The node's own state, hard link included: the linked name keeps LSN 1's ref.
+        expect(await treeDigest(join(dir, 'state'))).toEqual(expected);
+        expect(
+          await readFile(join(dir, 'state', 'repositories', 'r.git', 'refs', 'heads', 'keep'), 'utf8'),
+        ).toBe(`${oid(1)}\n`);
+      }
+    }
+  });
+
+  it('a time just after the oldest backup retention kept restores from that backup', async () => {
+    const p = '4';
+    await archivePartition(p, [4, 8], { manifest: true, withMax: true });
+    for (const [lsn, taken] of [
+      [4, 45],
+      [8, 88],
+    ] as const) {
+      const stateDir = join(work, 'backup', String(lsn));
+      for (let l = 1; l <= lsn; l++)
+        if (STAMPS[l - 1] !== 0)
+          await applyEntry(entryAt(l), { stateDir, entryDir: entryDir(wal, l), lsn: l });
+      await writeFile(join(stateDir, 'kv-state'), '', { flag: 'a' });
+      const body = compress(await readAll(packState(stateDir) as unknown as NodeJS.ReadableStream));
+      const key = baseBackupKey(p, lsn);
+      await bucket!.store.create(key, body, { metadata: { sha256: sha256(body), partition: p } });
+      await updatePartitionManifest(
+        bucket!.store,
+        p,
+        { node: 1, term: 1 },
+        {
+          backups: [
+            {
+              key,
+              lsn,
+              taken_at: new Date(T0 + taken).toISOString(),
+              bytes: body.length,
+              sha256: sha256(body),
+              trigger: 'manual',
+              term: 1,
+              node: 1,
+            },
+          ],
+        },
+      );
+    }
+    const ret = await cli(retentionCommand, [
+      '--object-store',
+      bucket!.url,
+      '--partition',
+      p,
+      '--keep-count',
+      '1',
+    ]);
+    expect(ret.code, ret.stderr).toBe(0);
+    const m = (await readPartitionManifest(bucket!.store, p))!.value;
+    expect(m.backups.map((b) => b.lsn)).toEqual([8]);
+    expect(m.segments.map((s) => s.first_lsn)).toEqual([9]);
+    // T0+89 ms: after the kept backup (88 ms); LSN 9 has no stamp, LSN 10 is at 90 ms.
+    const dir = join(work, 'after-retention');
+    const r = await restoreTo(p, 89, dir);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`to LSN 9 `);
+    expect(await readFile(join(dir, 'archiver', 'position'), 'utf8')).toBe(`9\n`);
+    expect(await treeDigest(join(dir, 'state'))).toEqual(await nodeState(9));
+  });
+
+  it('restore --all restores a partition the global manifest never listed, and says where each came from', async () => {
+    const listed = { ...emptyGlobalManifest(new Date(T0)), version: 1 };
+    for (const p of ['1', '2']) {
+      listed.partitions[p] = entryFromPartitionManifest(
+        (await readPartitionManifest(bucket!.store, p))!.value,
+      );
+    }
+    await bucket!.store.create(GLOBAL_MANIFEST_KEY, Buffer.from(JSON.stringify(listed)), {
+      contentType: 'application/json',
+    });
+    const dir = join(work, 'all');
+    const r = await cli(restoreCommand, [
+      '--object-store',
+      bucket!.url,
+      '--all',
+      '--latest',
+      '--nodes',
+      '2',
+      '--target',
+      dir,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toMatch(/global manifest is (missing|damaged)/);
+    // The partition the global manifest never listed is restored too.
+    expect(r.stdout).toMatch(/^partition 3: LSN 12 /m);
+    expect(r.stdout).toMatch(/partition 1: LSN 12 .*\(listed in the global manifest and objects\)/);
+    expect(r.stdout).toMatch(/partition 3: LSN 12 .*\(listed in the objects only\)/);
+    expect(r.stdout).toMatch(/partition 4: LSN 12 .*\(listed in the objects only\)/);
+    expect(r.stderr).toContain('restore: partition 3: found in the objects only');
+    for (const n of [1, 2]) {
+      for (const p of ['1', '2', '3', '4']) {
+        const at = join(dir, `node-${n}`, 'partitions', p);
+        expect(await readFile(join(at, 'applied_lsn'), 'utf8')).toBe('12\n');
+        expect(await readFile(join(at, 'archiver', 'position'), 'utf8')).toBe('12\n');
       }
     }
   });
