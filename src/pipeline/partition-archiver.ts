@@ -31,7 +31,7 @@ import {
   writeArchiverPosition,
 } from '../wal/entry.js';
 import type { ArchiverMetrics } from './metrics.js';
-import { SegmentWriter, type SegmentInspector } from './segment.js';
+import { isSpoolError, SegmentWriter, type SegmentInspector } from './segment.js';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Semaphore } from './semaphore.js';
 
@@ -1069,6 +1069,7 @@ function jitter(ms: number): number {
 }
 
 function errorKind(err: unknown): string {
+  if (isSpoolError(err)) return 'spool';
   return isWalArchiverError(err) ? err.code.toLowerCase() : 'internal';
 }
 
