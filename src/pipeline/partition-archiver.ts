@@ -965,12 +965,7 @@ export class PartitionArchiver {
         this.o.metrics.backups.inc(l);
         this.o.metrics.backupBytes.inc({ partition: this.partition }, result.record.bytes);
         this.o.metrics.backupSeconds.observe((performance.now() - started) / 1000);
-        this.log.info('base backup taken', {
-          key: result.record.key,
-          lsn: result.record.lsn,
-          trigger,
-          bytes: result.record.bytes,
-        });
+        // takeBaseBackup logged it (with key, LSN, trigger, sizes and duration): once is enough.
         if (this.o.events) {
           this.backupEvents.push(result.event as unknown as Record<string, unknown>);
           this.wake('publish');
