@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import * as dfs from '../durable-fs.js';
 import { ContentDigest } from '../entry-info.js';
 import { describeError, ErrorCodes, isRetryable, isWalArchiverError, WalArchiverError } from '../errors.js';
 import { Topics, type EventBus } from '../events/event-bus.js';
@@ -663,7 +664,7 @@ export class PartitionArchiver {
         node: this.o.node,
       };
     } finally {
-      await rm(segment.path, { force: true });
+      await dfs.rm(segment.path, { force: true });
     }
   }
 

@@ -26,13 +26,17 @@ export async function archiverRig(cleanups: Array<() => Promise<unknown>>, label
   const dir = partitionDir(join(root, 'data'), '1');
   await mkdir(dir, { recursive: true });
   const spoolDir = join(root, 'spool');
-  const make = (config: Partial<ArchiverConfig> = {}, metrics: ArchiverMetrics = createArchiverMetrics()) => {
+  const make = (
+    config: Partial<ArchiverConfig> = {},
+    metrics: ArchiverMetrics = createArchiverMetrics(),
+    through: ObjectStore = store,
+  ) => {
     const archiver = new PartitionArchiver({
       partition: '1',
       partitionDir: dir,
       node: 1,
       term: 1,
-      store,
+      store: through,
       spoolDir,
       uploads: new Semaphore(2),
       config: { ...DEFAULT_ARCHIVER_CONFIG, segmentMaxAgeMs: 50, ...config },
