@@ -76,7 +76,12 @@ export interface WalBackupEvent {
   finished_at: string;
 }
 
-export const RAFT_ROLES = ['leader', 'follower', 'candidate', 'precandidate'] as const;
+/**
+ * A Raft member's role, as the Raft core names it (`storage-node/raft/types.ts`
+ * `Role`). The storage node's status and leadership events use this type, so
+ * what it publishes is what `parseWalLeadershipEvent` accepts.
+ */
+export const RAFT_ROLES = ['leader', 'follower', 'candidate', 'pre-candidate'] as const;
 export type RaftRole = (typeof RAFT_ROLES)[number];
 
 /** `wal.leadership`: a node's view of a partition's leadership changed. */

@@ -1,4 +1,5 @@
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
+import type { RaftRole, WalLeadershipEvent } from '../src/schemas.js';
 import { safeRelativePath } from '../src/state/apply.js';
 import {
   newLogEntry,
@@ -55,7 +56,7 @@ export interface TransactionResponse {
 export interface PartitionStatus {
   partition: string;
   node: number;
-  role: 'leader' | 'follower' | 'candidate' | 'pre-candidate';
+  role: RaftRole;
   term: number;
   /** Leader node id, 0 when unknown. */
   leader: number;
@@ -71,15 +72,15 @@ export interface PartitionStatus {
   error?: string;
 }
 
-export interface LeadershipChange {
-  partition: string;
-  /** The node reporting the change. */
-  node: number;
+/**
+ * A leadership change as the node streams it and publishes it on
+ * `wal.leadership` (with `schema: 1`): the event the sidecar parses
+ * (`WalLeadershipEvent`, one definition), with 0 for "no leader".
+ */
+export type LeadershipChange = Omit<WalLeadershipEvent, 'schema' | 'leader'> & {
+  /** The leader's node ID, 0 when there is none. */
   leader: number;
-  term: number;
-  role: PartitionStatus['role'];
-  at: string;
-}
+};
 
 export const MAX_TRANSACTION_BYTES = 256 * 1024 * 1024;
 const OID = /^[0-9a-f]{40}([0-9a-f]{24})?$/;

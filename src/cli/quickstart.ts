@@ -12,7 +12,8 @@ import { DEFAULT_THRESHOLDS } from '../policy/index.js';
 import { Sidecar } from '../pipeline/sidecar.js';
 import { openObjectStore } from '../store/open.js';
 import { startLocalCluster } from '../../storage-node/cluster.js';
-import { runLoad, LOAD_DEFAULTS } from '../../storage-node/load.js';
+import { runLoad, LOAD_DEFAULTS, type LoadOptions } from '../../storage-node/load.js';
+import { sleep } from '../retry.js';
 import type { PartitionStatus } from '../../storage-node/api.js';
 
 const flags = {
@@ -73,6 +74,54 @@ function table(rows: Row[], writes: string): string {
   return [line(head), ...body.map(line), '', writes].join('\n');
 }
 
+/**
+ * The workload's options: it writes until the quickstart stops it (Ctrl-C or
+ * the quickstart's own --duration, both through its abort signal), never for
+ * the load command's default duration.
+ */
+export function quickstartLoadOptions(
+  f: { rate: number; size: number },
+  nodeUrls: string[],
+  log: (line: string) => void,
+  seed = Date.now() % 1_000_000,
+): LoadOptions {
+  return {
+    ...LOAD_DEFAULTS,
+    // 0: no duration of its own; the signal ends it.
+    durationMs: 0,
+    nodeUrls,
+    rate: f.rate,
+    size: f.size,
+    partitions: 'all',
+    git: false,
+    repositoriesPerPartition: 4,
+    seed,
+    progressIntervalMs: 0,
+    log,
+  };
+}
+
+/** Resolves once every partition 1..`partitions` has a leader (or after `timeoutMs`, or on the signal). */
+async function waitForLeaders(
+  urls: readonly string[],
+  partitions: number,
+  signal: AbortSignal,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!signal.aborted && Date.now() < until) {
+    const led = new Set<string>();
+    for (const url of urls) {
+      const statuses = (await fetch(`${url}/v1/partitions`, { signal: AbortSignal.timeout(2000) })
+        .then((r) => r.json())
+        .catch(() => [])) as PartitionStatus[];
+      for (const st of statuses) if (st.role === 'leader') led.add(st.partition);
+    }
+    if (led.size >= partitions) return;
+    await sleep(100, signal).catch(() => undefined);
+  }
+}
+
 export const quickstartCommand: Command = {
   summary: 'run a local cluster with sidecars and a workload, on local folders (npm start)',
   async run(argv, ctx) {
@@ -120,6 +169,9 @@ export const quickstartCommand: Command = {
         }),
     );
     for (const s of sidecars) await s.start();
+    // Writes sent before a partition has a leader fail and back off by the dozen, each waiting on
+    // the workload's signal: start writing once every partition has elected one.
+    await waitForLeaders(cluster.urls, f.partitions, ctx.signal);
     out.write(
       `Nodes:    ${cluster.urls.join('  ')}\n` +
         `Sidecars: ${sidecars.map((s) => `${s.metricsUrl}/metrics`).join('  ')}\n` +
@@ -133,18 +185,7 @@ export const quickstartCommand: Command = {
     const load =
       f.rate > 0
         ? runLoad(
-            {
-              ...LOAD_DEFAULTS,
-              nodeUrls: cluster.urls,
-              rate: f.rate,
-              size: f.size,
-              partitions: 'all',
-              git: false,
-              repositoriesPerPartition: 4,
-              seed: Date.now() % 1_000_000,
-              progressIntervalMs: 0,
-              log: (l) => void logStream.write(`[load] ${l}\n`),
-            },
+            quickstartLoadOptions(f, cluster.urls, (l) => void logStream.write(`[load] ${l}\n`)),
             stopAll.signal,
           )
         : undefined;
@@ -185,10 +226,8 @@ export const quickstartCommand: Command = {
     };
     while (!stopAll.signal.aborted) {
       await show();
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, 2000);
-        stopAll.signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
-      });
+      // `sleep` removes its abort listener when the time is up: one listener at a time, not one per refresh.
+      await sleep(2000, stopAll.signal).catch(() => undefined);
     }
     out.write('\nStopping …\n');
     await load?.catch(() => undefined);

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
@@ -8,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import tar from 'tar-stream';
 import { CompressStream, DecompressStream } from 'zstd-napi';
+import * as dfs from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { baseBackupKey } from '../manifest/keys.js';
@@ -298,11 +298,11 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
       { retryable: false },
     );
   }
-  await mkdir(spoolDir, { recursive: true });
+  await dfs.mkdir(spoolDir, { recursive: true });
   const path = join(spoolDir, `base-${o.partition}-${lsn}-${randomBytes(6).toString('hex')}.tar.zst`);
   const raw = new HashingStream();
   const compressed = new HashingStream();
-  const file = createWriteStream(path, { flags: 'wx' });
+  const file = dfs.createWriteStream(path, { flags: 'wx' });
   try {
     await pipeline(
       Readable.fromWeb(res.body as WebReadableStream<Uint8Array>),
@@ -316,7 +316,7 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
   } catch (err) {
     // The file may still be opening when the pipeline fails: remove it once it is closed.
     if (!file.closed) await new Promise<void>((resolve) => file.once('close', () => resolve()));
-    await rm(path, { force: true });
+    await dfs.rm(path, { force: true });
     if (isWalArchiverError(err)) throw err;
     throw unreachable(url, err, o.signal);
   }
@@ -372,7 +372,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
       log.info('base backup at this LSN exists already; recording it', { lsn: spooled.lsn, key });
     }
   } finally {
-    await rm(spooled.path, { force: true });
+    await dfs.rm(spooled.path, { force: true });
   }
   const finishedAt = now();
   const record: BackupRecord = {

@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import * as dfs from '../durable-fs.js';
 import { ContentDigest } from '../entry-info.js';
 import { describeError, ErrorCodes, isRetryable, isWalArchiverError, WalArchiverError } from '../errors.js';
 import { Topics, type EventBus } from '../events/event-bus.js';
@@ -31,7 +32,8 @@ import {
   writeArchiverPosition,
 } from '../wal/entry.js';
 import type { ArchiverMetrics } from './metrics.js';
-import { SegmentWriter, type SegmentInspector } from './segment.js';
+import { checkExistingSegment, type AdoptedSegment, type WalEntryDigest } from './adopt.js';
+import { isSpoolError, SegmentWriter, type SegmentInspector } from './segment.js';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Semaphore } from './semaphore.js';
 
@@ -122,6 +124,8 @@ interface OpenSegment {
   lastAt: number;
   /** The greatest commit stamp of its entries (stamps need not grow with the LSN); 0 when none has one. */
   maxAt: number;
+  /** What the WAL says of each entry packed, for checking a segment found under the same key. */
+  digests: WalEntryDigest[];
 }
 
 /** What a `wal.entries` event needs of an entry, kept from the archive loop's read. */
@@ -467,12 +471,13 @@ export class PartitionArchiver {
     });
     const now = this.now();
     const startedAt = firstCommittedAt > 0 ? Math.min(now, firstCommittedAt) : now;
-    return { writer, startedAt, bytes: 0, firstAt: 0, lastAt: 0, maxAt: 0 };
+    return { writer, startedAt, bytes: 0, firstAt: 0, lastAt: 0, maxAt: 0, digests: [] };
   }
 
   /** Adds an entry's size and commit time to its segment, and keeps its event for the publisher. */
   private track(seg: OpenSegment, e: CommittedEntry): void {
     seg.bytes += e.bytes;
+    seg.digests.push({ lsn: e.lsn, term: e.term, contentSha256: e.contentSha256 });
     const t = e.committedAt || this.lastCommitTime;
     if (!seg.firstAt && t) seg.firstAt = t;
     if (t) seg.lastAt = t;
@@ -623,8 +628,9 @@ export class PartitionArchiver {
       const key = segmentKey(this.partition, segment.firstLsn, segment.lastLsn);
       const release = await this.o.uploads.acquire(this.abort.signal);
       const started = performance.now();
+      let stored: AdoptedSegment;
       try {
-        await retry(
+        stored = await retry(
           () =>
             this.upload(
               key,
@@ -635,6 +641,7 @@ export class PartitionArchiver {
               segment.lastLsn,
               segment.entries,
               open.maxAt,
+              open.digests,
             ),
           {
             attempts: 4,
@@ -651,9 +658,9 @@ export class PartitionArchiver {
         first_lsn: segment.firstLsn,
         last_lsn: segment.lastLsn,
         entries: segment.entries,
-        bytes: segment.bytes,
+        bytes: stored.bytes,
         raw_bytes: segment.rawBytes,
-        sha256: segment.sha256,
+        sha256: stored.sha256,
         first_committed_at: new Date(firstAt).toISOString(),
         last_committed_at: new Date(lastAt).toISOString(),
         ...(open.maxAt ? { max_committed_at: new Date(open.maxAt).toISOString() } : {}),
@@ -662,7 +669,7 @@ export class PartitionArchiver {
         node: this.o.node,
       };
     } finally {
-      await rm(segment.path, { force: true });
+      await dfs.rm(segment.path, { force: true });
     }
   }
 
@@ -675,7 +682,8 @@ export class PartitionArchiver {
     last: number,
     entries: number,
     maxAt: number,
-  ): Promise<void> {
+    wal: readonly WalEntryDigest[],
+  ): Promise<AdoptedSegment> {
     try {
       await this.o.store.create(key, createReadStream(path), {
         signal: this.abort.signal,
@@ -690,19 +698,33 @@ export class PartitionArchiver {
           ...(maxAt ? { [MetadataKeys.MAX_COMMITTED_AT]: new Date(maxAt).toISOString() } : {}),
         },
       });
+      return { sha256, bytes: size };
     } catch (err) {
       if (!isWalArchiverError(err, ErrorCodes.ALREADY_EXISTS)) throw err;
-      // Written before: by this sidecar before a restart, or by another leader's sidecar.
-      // Segments are deterministic, so the same committed entries give the same bytes.
-      const existing = await this.o.store.head(key, { signal: this.abort.signal });
-      if (existing?.metadata[MetadataKeys.SHA256] !== sha256) {
-        throw new WalArchiverError(
-          ErrorCodes.CORRUPT,
-          `segment ${key} exists with SHA-256 ${existing?.metadata[MetadataKeys.SHA256] ?? 'unknown'}, but the committed entries give ${sha256}`,
-          { retryable: false, details: { key, lsn: first } },
-        );
-      }
     }
+    // Written before: by this sidecar before a restart, or by another leader's sidecar. The same
+    // committed entries give the same bytes with the same zstd level and library; with another
+    // (a crash across an upgrade, two versions in a rolling upgrade) the bytes differ, so the
+    // existing object's entries are checked against the WAL and, when they are the same, adopted.
+    const existing = await this.o.store.head(key, { signal: this.abort.signal });
+    const existingSha = existing?.metadata[MetadataKeys.SHA256];
+    if (existing && existingSha === sha256) return { sha256, bytes: existing.size };
+    const adopted = await checkExistingSegment({
+      store: this.o.store,
+      partition: this.partition,
+      key,
+      wal,
+      scratchParent: this.o.spoolDir,
+      signal: this.abort.signal,
+    });
+    this.log.info('segment exists with other bytes but the same entries; adopting it', {
+      key,
+      firstLsn: first,
+      lastLsn: last,
+      sha256: adopted.sha256,
+      packedSha256: sha256,
+    });
+    return adopted;
   }
 
   // ---- events -----------------------------------------------------------------------
@@ -951,12 +973,7 @@ export class PartitionArchiver {
         this.o.metrics.backups.inc(l);
         this.o.metrics.backupBytes.inc({ partition: this.partition }, result.record.bytes);
         this.o.metrics.backupSeconds.observe((performance.now() - started) / 1000);
-        this.log.info('base backup taken', {
-          key: result.record.key,
-          lsn: result.record.lsn,
-          trigger,
-          bytes: result.record.bytes,
-        });
+        // takeBaseBackup logged it (with key, LSN, trigger, sizes and duration): once is enough.
         if (this.o.events) {
           this.backupEvents.push(result.event as unknown as Record<string, unknown>);
           this.wake('publish');
@@ -1076,6 +1093,7 @@ function jitter(ms: number): number {
 }
 
 function errorKind(err: unknown): string {
+  if (isSpoolError(err)) return 'spool';
   return isWalArchiverError(err) ? err.code.toLowerCase() : 'internal';
 }
 

@@ -1,9 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import binding from 'zstd-napi/binding.js';
+import * as dfs from '../durable-fs.js';
 import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
 
 /**
@@ -189,7 +190,7 @@ export class SegmentWriter {
   entries = 0;
   rawBytes = 0;
   private cctx: binding.CCtx | undefined;
-  private file: FileHandle | undefined;
+  private file: dfs.DurableFileHandle | undefined;
   private readonly hash = createHash('sha256');
   private bytes = 0;
   private pending: Buffer[] = [];
@@ -212,7 +213,11 @@ export class SegmentWriter {
     firstLsn: number,
     options: { level?: number; signal?: AbortSignal } = {},
   ): Promise<SegmentWriter> {
-    await mkdir(spoolDir, { recursive: true });
+    try {
+      await dfs.mkdir(spoolDir, { recursive: true });
+    } catch (cause) {
+      throw spoolError(cause, 'create the spool folder', spoolDir);
+    }
     const path = join(spoolDir, `segment-${firstLsn}-${randomBytes(6).toString('hex')}.tar.zst`);
     return new SegmentWriter(path, firstLsn, options.level ?? DEFAULT_ZSTD_LEVEL, options.signal);
   }
@@ -258,6 +263,8 @@ export class SegmentWriter {
 
   private async streamFile(entry: SegmentEntry, f: SegmentFile, inspect?: SegmentInspector): Promise<void> {
     let seen = 0;
+    // Only a failed read of the entry's file is about the WAL (CORRUPT); a failed write to the
+    // spool is raised by `flush` as a transient spool error and passes through unchanged.
     try {
       for await (const chunk of createReadStream(f.path!, { highWaterMark: READ_PIECE })) {
         const buf = chunk as Buffer;
@@ -290,7 +297,13 @@ export class SegmentWriter {
     this.pending = [];
     this.pendingBytes = 0;
     this.cctx ??= takeContext(this.level);
-    this.file ??= await open(this.path, 'wx');
+    if (!this.file) {
+      try {
+        this.file = await dfs.open(this.path, 'wx');
+      } catch (cause) {
+        throw spoolError(cause, 'create spool file', this.path);
+      }
+    }
     const finishing = op !== binding.EndDirective.continue;
     for (;;) {
       const out = Buffer.allocUnsafe(OUT_SIZE);
@@ -300,7 +313,11 @@ export class SegmentWriter {
         const bytes = out.subarray(0, produced);
         this.hash.update(bytes);
         this.bytes += produced;
-        await writeAll(this.file, bytes);
+        try {
+          await writeAll(this.file, bytes);
+        } catch (cause) {
+          throw spoolError(cause, 'write spool file', this.path);
+        }
       }
       if (input.length === 0 && (!finishing || remaining === 0)) return;
     }
@@ -314,7 +331,9 @@ export class SegmentWriter {
     try {
       this.push(END_OF_ARCHIVE);
       await this.flush(binding.EndDirective.end);
-      await this.file!.close();
+      await this.file!.close().catch((cause: unknown) => {
+        throw spoolError(cause, 'close spool file', this.path);
+      });
       this.file = undefined;
       returnContext(this.level, this.cctx!);
       this.cctx = undefined;
@@ -343,11 +362,32 @@ export class SegmentWriter {
     this.cctx = undefined;
     await this.file?.close().catch(() => undefined);
     this.file = undefined;
-    await rm(this.path, { force: true });
+    await dfs.rm(this.path, { force: true });
   }
 }
 
-async function writeAll(file: FileHandle, bytes: Buffer): Promise<void> {
+/**
+ * A failed write to the local spool (ENOSPC, EIO on the spool disk …): it says
+ * nothing about the WAL, so it is transient, retried with the partition's
+ * backoff, and counted as `kind="spool"`.
+ */
+export function spoolError(cause: unknown, action: string, target: string): WalArchiverError {
+  if (isWalArchiverError(cause)) return cause;
+  const errno = (cause as { code?: unknown } | null)?.code;
+  const reason = cause instanceof Error ? cause.message : String(cause);
+  return new WalArchiverError(ErrorCodes.UNAVAILABLE, `${action} ${target}: ${reason}`, {
+    cause,
+    retryable: true,
+    details: { kind: 'spool', path: target, ...(typeof errno === 'string' ? { errno } : {}) },
+  });
+}
+
+/** Whether an error is a failed write to the local spool. */
+export function isSpoolError(err: unknown): boolean {
+  return isWalArchiverError(err) && err.details.kind === 'spool';
+}
+
+async function writeAll(file: dfs.DurableFileHandle, bytes: Buffer): Promise<void> {
   for (let off = 0; off < bytes.length;) {
     const { bytesWritten } = await file.write(bytes, off, bytes.length - off);
     off += bytesWritten;

@@ -1,6 +1,6 @@
-import { mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import * as dfs from '../durable-fs.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { Logger } from '../log.js';
 import { followLeadership, type LeadershipState } from '../tail/leadership.js';
@@ -84,7 +84,7 @@ export class Sidecar {
   }
 
   async start(): Promise<void> {
-    await mkdir(this.o.spoolDir, { recursive: true });
+    await dfs.mkdir(this.o.spoolDir, { recursive: true });
     await this.pinAll();
     this.watcher = new CommitWatcher(this.o.dataDir, (p) => this.archivers.get(p)?.notify());
     if (this.o.metricsPort !== undefined) await this.listen(this.o.metricsPort);
