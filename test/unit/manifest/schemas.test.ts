@@ -93,10 +93,18 @@ describe('wal.archived', () => {
     ['sha256', { sha256: sha('x').toUpperCase() }],
     ['key', { key: '' }],
     ['raw_bytes', { raw_bytes: undefined }],
-    ['last_committed_at', { first_committed_at: '2025-02-01T00:00:00Z' }],
+    ['last_committed_at', { last_committed_at: 'yesterday' }],
     ['archived_at', { archived_at: null }],
   ])('rejects a malformed %s', (field, patch) => {
     expectCorrupt(() => parseWalArchivedEvent({ ...archivedEvent('3', 10, 19), ...patch }), field);
+  });
+
+  it('accepts a segment whose last entry is stamped before its first (stamps of older archives)', () => {
+    const event = parseWalArchivedEvent({
+      ...archivedEvent('3', 10, 19),
+      first_committed_at: '2099-02-01T00:00:00.000Z',
+    });
+    expect(event.first_committed_at > event.last_committed_at).toBe(true);
   });
 });
 
