@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { decodePayload, encodePayload, type EntryContent } from '../src/entry-info.js';
 import { describeError, ErrorCodes, WalArchiverError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { applyEntry } from '../src/state/apply.js';
-import { extractState, linkTree, packState, removeTree, SHIPPED_WAL_DIR } from '../src/state/snapshot.js';
+import { ensureDir } from '../src/fs-atomic.js';
+import { extractState, linkTree, packState, removeTree } from '../src/state/snapshot.js';
 import { formatLsn } from '../src/wal/lsn.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
 import {
@@ -20,6 +20,7 @@ import {
 import type { LeadershipChange, PartitionStatus } from './api.js';
 import { Mutex } from './mutex.js';
 import { RaftNode, type Entry, type Message, type Ready, type SnapshotMeta } from './raft/index.js';
+import { beginInstall, finishInstall, INCOMING_DIR, recoverInstall } from './snapshot-install.js';
 import { WalStorage } from './wal-storage.js';
 
 /**
@@ -60,6 +61,13 @@ export interface ReplicaOptions {
   heartbeatTick?: number;
   now?: () => number;
   random?: () => number;
+  /**
+   * Whether a sidecar archives this partition (default true): then the WAL is
+   * pruned no further than an archived position says, and a missing
+   * `archiver/position` keeps every entry. False only for a node run without
+   * an archiver on purpose (`storage-node run --archiver=false`).
+   */
+  archiver?: boolean;
 }
 
 export interface ProposalResult {
@@ -138,20 +146,30 @@ export class Replica {
   }
 
   static async open(opts: ReplicaOptions): Promise<Replica> {
-    await mkdir(stateDirOf(opts.dir), { recursive: true });
-    await removeTree(join(opts.dir, 'snapshots'));
-    await removeTree(join(opts.dir, 'snapshot-incoming'));
-    // Leftovers of a snapshot install cut short by a crash.
-    for (const name of await readdir(opts.dir)) {
-      if (name.startsWith('snapshot-wal-') || name.startsWith('state.old-'))
-        await removeTree(join(opts.dir, name));
+    const log = opts.logger.child({ partition: opts.partition });
+    // A snapshot install a crash cut short is finished first (its intent is on disk).
+    const recovered = await recoverInstall(opts.dir);
+    if (recovered.finished !== undefined)
+      log.warn('finished a snapshot install cut short', { lsn: recovered.finished });
+    for (const name of recovered.kept)
+      log.warn('kept a shipped WAL folder no install names; it may hold unarchived entries', {
+        path: join(opts.dir, name),
+      });
+    const stored = (await readAppliedLsn(opts.dir)) ?? 0;
+    if (await ensureDir(stateDirOf(opts.dir))) {
+      if (stored > 0)
+        throw new WalArchiverError(
+          ErrorCodes.CORRUPT,
+          `partition ${opts.partition}: state/ is missing but applied_lsn says ${stored}`,
+          { retryable: false },
+        );
     }
     const storage = await WalStorage.open(opts.dir, opts.partition, opts.voters);
     const start = storage.logStart.index;
-    const stored = (await readAppliedLsn(opts.dir)) ?? 0;
     // State is at least at the log start (a snapshot or a restore put it there).
     const applied = Math.min(Math.max(stored, start), storage.hardState.commit || start);
     const replica = new Replica(opts, storage, Math.max(applied, start));
+    replica.lastStamp = storage.highestStamp;
     replica.archiverPosition = await readArchiverPosition(opts.dir);
     replica.schedule();
     return replica;
@@ -204,7 +222,9 @@ export class Replica {
         ),
       );
     }
-    const committedAt = Math.max(this.now(), this.lastStamp);
+    // Never below a stamp in the log: a new leader whose clock is behind, or
+    // that holds committed entries it has not applied yet, keeps stamps monotonic.
+    const committedAt = Math.max(this.now(), this.lastStamp, this.storage.highestStamp);
     const { index, term } = this.raft.propose(encodePayload(content, committedAt));
     this.lastStamp = committedAt;
     this.proposals++;
@@ -251,7 +271,7 @@ export class Replica {
       throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'snapshot message without metadata');
     const dir = join(
       this.opts.dir,
-      'snapshot-incoming',
+      INCOMING_DIR,
       `${message.snapshot.index}-${randomBytes(4).toString('hex')}`,
     );
     await extractState(body, dir, { allowWal: true });
@@ -376,18 +396,12 @@ export class Replica {
     }
     this.incoming = undefined;
     await this.applyLock.run(async () => {
-      const old = `${this.stateDir}.old-${randomBytes(4).toString('hex')}`;
-      const shipped = join(this.opts.dir, `snapshot-wal-${randomBytes(4).toString('hex')}`);
-      await rename(join(incoming.dir, SHIPPED_WAL_DIR), shipped).catch((err: unknown) => {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      });
-      await rename(this.stateDir, old);
-      await rename(incoming.dir, this.stateDir);
-      await this.storage.resetToSnapshot(meta, shipped);
-      await removeTree(shipped);
+      // A protocol with an intent record: a crash at any step is finished on open.
+      const intent = await beginInstall(this.opts.dir, meta, incoming.dir, randomBytes(4).toString('hex'));
+      await finishInstall(this.opts.dir, intent);
+      await this.storage.adoptSnapshot(meta);
+      this.lastStamp = Math.max(this.lastStamp, this.storage.highestStamp);
       this.applied = meta.index;
-      await writeAppliedLsn(this.opts.dir, meta.index);
-      await removeTree(old);
     });
     this.log.info('installed snapshot', { lsn: meta.index, term: meta.term });
   }
@@ -431,9 +445,10 @@ export class Replica {
   // ---- pruning -------------------------------------------------------------------
 
   /**
-   * Compacts the WAL through the highest LSN that is applied, archived (when
-   * the sidecar keeps `archiver/position`) and, on a leader, matched by every
-   * follower that is active.
+   * Compacts the WAL through the highest LSN that is applied, archived (the
+   * higher of this node's `archiver/position` and the position the leader
+   * reports; nothing while neither is known, unless the node runs without an
+   * archiver) and, on a leader, matched by every follower that is active.
    */
   async prune(): Promise<void> {
     if (this.closed || this.failure) return;
@@ -453,8 +468,10 @@ export class Replica {
       }
     }
     const beforeArchive = limit;
-    if (this.archiverPosition !== undefined) {
-      limit = Math.min(limit, Math.max(this.archiverPosition, this.remoteArchived));
+    if (this.opts.archiver !== false) {
+      // Only what is known to be archived may go: by this node's sidecar, or by
+      // the leader's (which it reports). A missing position means nothing is.
+      limit = Math.min(limit, Math.max(this.archiverPosition ?? 0, this.remoteArchived));
     }
     this.retainedForArchiver = Math.max(0, beforeArchive - limit);
     if (limit - this.storage.logStart.index < PRUNE_BATCH) return;
