@@ -342,6 +342,23 @@ describe('Replica: commit stamps', () => {
     }
   });
 
+  it('remembers the highest stamp when every entry has been pruned', async () => {
+    const dir = await tempDir();
+    let clock = 7_000_000;
+    const first = await leaderWithEntries(dir, 2 * PRUNE_BATCH, { now: () => clock, archiver: false });
+    await first.prune();
+    await first.close();
+    expect((await listEntryLsns(dir)).length).toBeLessThan(PRUNE_BATCH);
+    clock = 1_000;
+    const second = await open(dir, { voters: [1], electionTick: 2, now: () => clock });
+    try {
+      await lead(second);
+      expect((await second.propose(content(1))).committedAt).toBeGreaterThanOrEqual(7_000_000);
+    } finally {
+      await second.close();
+    }
+  });
+
   it('counts entries it holds but has not applied (their commit is not known yet)', async () => {
     // Node 1 holds entries 1..2 stamped by the old leader's clock, without having learnt their commit.
     const dir = await tempDir();

@@ -123,6 +123,7 @@ export class WalStorage implements RaftStorage {
         autoLeave: false,
       });
     s.snap = await readSnapshotMeta(dir, storedVoters.length > 0 ? storedVoters : [...voters]);
+    s.stamp = readSnapshotStamp(dir);
     // Entries at or below the snapshot index stay until they are compacted
     // away: they are committed, and the sidecar may not have archived them yet.
     const onDisk = await listEntryLsns(dir);
@@ -359,7 +360,8 @@ export class WalStorage implements RaftStorage {
     if (index > this.lastIndex())
       throw corrupt(this.partition, index, `compaction beyond the last entry ${this.lastIndex()}`);
     const meta = { index, term: this.term(index), voters: [...snapshotVoters] };
-    await writeSnapshotMeta(this.dir, meta);
+    // The highest stamp goes with it, so pruning every entry does not forget it.
+    await writeSnapshotMeta(this.dir, meta, this.stamp);
     this.terms = this.terms.slice(index - this.snap.index);
     this.snap = meta;
     this.forgetFrom(0);
@@ -483,10 +485,25 @@ export async function readSnapshotMeta(dir: string, voters: readonly number[]): 
   }
 }
 
-export async function writeSnapshotMeta(dir: string, meta: SnapshotMeta): Promise<void> {
+/**
+ * Writes `raft/snapshot`; `stamp`, when given, is the highest commit stamp of
+ * the entries compacted away (an extra field readers of `{index, term, voters}` ignore).
+ */
+export async function writeSnapshotMeta(dir: string, meta: SnapshotMeta, stamp = 0): Promise<void> {
   await ensureDir(join(dir, 'raft'));
   await atomicWriteFile(
     join(dir, SNAPSHOT_META_FILE),
-    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters })}\n`,
+    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters, ...(stamp > 0 ? { stamp } : {}) })}\n`,
   );
+}
+
+/** The highest commit stamp `raft/snapshot` records (0 when none: it predates stamps, or there is no file). */
+export function readSnapshotStamp(dir: string): number {
+  try {
+    const parsed = JSON.parse(readFileSync(join(dir, SNAPSHOT_META_FILE), 'utf8')) as { stamp?: unknown };
+    return Number.isSafeInteger(parsed.stamp) && (parsed.stamp as number) > 0 ? (parsed.stamp as number) : 0;
+  } catch {
+    // Missing or unreadable: readSnapshotMeta has already said what is wrong with it.
+    return 0;
+  }
 }
