@@ -328,13 +328,14 @@ export class Replica {
     await this.storage.append(rd.entries);
     if (rd.hardState) {
       await this.storage.setHardState(rd.hardState);
+      // A campaign enters a new term voting for itself (the role may go straight to leader).
+      if (rd.hardState.term > this.term && rd.hardState.vote === this.opts.nodeId) this.elections++;
       if (rd.hardState.term !== this.term) this.term = rd.hardState.term;
     }
     this.sendMessages(rd.messages);
     if (rd.committedEntries.length > 0) await this.apply(rd.committedEntries);
     if (rd.softState) {
       const wasLeader = this.role === 'leader';
-      if (rd.softState.role === 'candidate' && this.role !== 'candidate') this.elections++;
       this.role = rd.softState.role;
       this.leader = rd.softState.leader;
       if (wasLeader && this.role !== 'leader')
