@@ -258,6 +258,29 @@ describe('Replica: installing a snapshot survives a crash at every durable step'
   });
 });
 
+describe('Replica.open: leftovers of an install without an intent', () => {
+  it('keeps a shipped WAL folder that still holds entries, removes an empty one', async () => {
+    const fx = await fixture();
+    const dir = fx.follower;
+    await linkTree(fx.shippedWal, join(dir, 'snapshot-wal-11111111'));
+    await mkdir(join(dir, 'snapshot-wal-22222222'));
+    const r = await open(dir);
+    await r.close();
+    const names = (await readdir(dir)).filter((n) => n.startsWith('snapshot-wal-'));
+    expect(names).toEqual(['snapshot-wal-11111111']);
+    expect((await readdir(join(dir, 'snapshot-wal-11111111'))).length).toBe(SHIPPED.length);
+  });
+
+  it('refuses to start with an empty state/ when state/ is missing but applied_lsn names an LSN', async () => {
+    const fx = await fixture();
+    await rm(join(fx.follower, 'state'), { recursive: true });
+    await expect(open(fx.follower)).rejects.toThrow(/state\/ is missing but applied_lsn says 3/);
+    // Not replaced by an empty one either, which a second start would take as the state.
+    expect(existsSync(join(fx.follower, 'state'))).toBe(false);
+    await expect(open(fx.follower)).rejects.toThrow(/state\/ is missing/);
+  });
+});
+
 // ---- Defect 2: pruning waits for the archive ---------------------------------------------
 
 async function leaderWithEntries(dir: string, count: number, extra: Partial<ReplicaOptions> = {}) {

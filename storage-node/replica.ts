@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { decodePayload, encodePayload, type EntryContent } from '../src/entry-info.js';
@@ -156,14 +157,15 @@ export class Replica {
         path: join(opts.dir, name),
       });
     const stored = (await readAppliedLsn(opts.dir)) ?? 0;
-    if (await ensureDir(stateDirOf(opts.dir))) {
-      if (stored > 0)
-        throw new WalArchiverError(
-          ErrorCodes.CORRUPT,
-          `partition ${opts.partition}: state/ is missing but applied_lsn says ${stored}`,
-          { retryable: false },
-        );
+    if (stored > 0 && !existsSync(stateDirOf(opts.dir))) {
+      // Never stand in an empty state for one applied_lsn describes (and never create one to be found later).
+      throw new WalArchiverError(
+        ErrorCodes.CORRUPT,
+        `partition ${opts.partition}: state/ is missing but applied_lsn says ${stored}`,
+        { retryable: false },
+      );
     }
+    await ensureDir(stateDirOf(opts.dir));
     const storage = await WalStorage.open(opts.dir, opts.partition, opts.voters);
     const start = storage.logStart.index;
     // State is at least at the log start (a snapshot or a restore put it there).
