@@ -365,7 +365,7 @@ export const CLUSTER_FLAGS = {
   events: { type: 'string', value: 'URL', help: 'event bus for leadership events (kafka://… or file://…)' },
   archiver: {
     type: 'bool',
-    help: 'sidecars archive the WAL (default); --archiver=false: none will, prune without waiting',
+    help: 'sidecars archive the WAL: entries stay until archived; false: prune without waiting',
     default: true,
   },
   host: {

@@ -58,7 +58,7 @@ const flags = {
   },
   archiver: {
     type: 'bool',
-    help: 'a sidecar archives the WAL (default: entries are kept until archived/position covers them); --archiver=false: none will, prune without waiting',
+    help: 'a sidecar archives the WAL: entries stay until archiver/position covers them; false: prune without waiting',
     default: true,
     env: 'STORAGE_NODE_ARCHIVER',
   },
