@@ -88,6 +88,8 @@ interface Waiter {
 export const PROPOSAL_TIMEOUT_MS = 30_000;
 /** Compact only once this many entries can go, so pruning is batched. */
 export const PRUNE_BATCH = 32;
+/** Entries removed under one hold of the log lock. */
+export const PRUNE_CHUNK = 64;
 
 export class Replica {
   readonly partition: string;
@@ -478,17 +480,25 @@ export class Replica {
     }
     this.retainedForArchiver = Math.max(0, beforeArchive - limit);
     if (limit - this.storage.logStart.index < PRUNE_BATCH) return;
-    await this.logLock.run(async () => {
-      if (this.closed || this.failure) return;
-      const through = Math.min(limit, this.applied);
-      await this.storage.compact(through, this.storage.initialState().voters);
-      this.log.debug('compacted WAL', {
-        through,
-        archived: this.archiverPosition,
-        remoteArchived: this.remoteArchived,
-        applied: this.applied,
+    // In chunks, letting the Ready loop in between: removing each entry takes
+    // fsyncs, and heartbeats wait while the log is locked.
+    for (;;) {
+      const done = await this.logLock.run(async () => {
+        if (this.closed || this.failure) return true;
+        const from = this.storage.logStart.index;
+        const through = Math.min(limit, this.applied, from + PRUNE_CHUNK);
+        if (through <= from) return true;
+        await this.storage.compact(through, this.storage.initialState().voters);
+        this.log.debug('compacted WAL', {
+          through,
+          archived: this.archiverPosition,
+          remoteArchived: this.remoteArchived,
+          applied: this.applied,
+        });
+        return through >= Math.min(limit, this.applied);
       });
-    });
+      if (done) return;
+    }
   }
 
   /** Bytes are not tracked per entry; this counts entries in the WAL. */
