@@ -6,7 +6,7 @@ import { decodePayload, encodePayload, type EntryContent } from '../src/entry-in
 import { describeError, ErrorCodes, WalArchiverError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { applyEntry } from '../src/state/apply.js';
-import { ensureDir } from '../src/fs-atomic.js';
+import { ensureDir, syncTree } from '../src/fs-atomic.js';
 import { extractState, linkTree, packState, removeTree } from '../src/state/snapshot.js';
 import { formatLsn } from '../src/wal/lsn.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
@@ -279,6 +279,8 @@ export class Replica {
       `${message.snapshot.index}-${randomBytes(4).toString('hex')}`,
     );
     await extractState(body, dir, { allowWal: true });
+    // Durable before the install relies on it; done here, so the Ready loop does not wait for it.
+    await syncTree(dir);
     if (this.incoming) await removeTree(this.incoming.dir);
     this.incoming = { index: message.snapshot.index, dir };
     this.step(message);
@@ -402,7 +404,9 @@ export class Replica {
     this.incoming = undefined;
     await this.applyLock.run(async () => {
       // A protocol with an intent record: a crash at any step is finished on open.
-      const intent = await beginInstall(this.opts.dir, meta, incoming.dir, randomBytes(4).toString('hex'));
+      const intent = await beginInstall(this.opts.dir, meta, incoming.dir, randomBytes(4).toString('hex'), {
+        synced: true,
+      });
       await finishInstall(this.opts.dir, intent);
       await this.storage.adoptSnapshot(meta);
       this.lastStamp = Math.max(this.lastStamp, this.storage.highestStamp);

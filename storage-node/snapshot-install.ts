@@ -122,6 +122,8 @@ export async function beginInstall(
   meta: SnapshotMeta,
   incomingDir: string,
   id: string,
+  /** `synced`: the caller already made the incoming copy durable (`syncTree`), outside its locks. */
+  options: { synced?: boolean } = {},
 ): Promise<InstallIntent> {
   const rel = incomingDir.startsWith(`${dir}/`) ? incomingDir.slice(dir.length + 1) : undefined;
   if (!rel?.startsWith(`${INCOMING_DIR}/`))
@@ -136,7 +138,7 @@ export async function beginInstall(
     if (!isNotFound(err)) throw fsError(err, 'list', join(incomingDir, SHIPPED_WAL_DIR));
   }
   // What the intent names must survive a crash before the first rename relies on it.
-  await syncTree(incomingDir);
+  if (!options.synced) await syncTree(incomingDir);
   await fsyncDir(join(dir, INCOMING_DIR));
   await fsyncDir(dir);
   const intent: InstallIntent = {
