@@ -31,6 +31,11 @@ export interface LocalClusterOptions {
   basePort?: number;
   host?: string;
   events?: string;
+  /**
+   * Whether sidecars archive the nodes' partitions (default true: the WAL is
+   * kept until archived). False runs every node with `--archiver=false`.
+   */
+  archiver?: boolean;
   /** More arguments for every `storage-node run` (e.g. ['--tick', '20ms']). */
   extraArgs?: string[];
   /** The storage-node launcher; by default bin/storage-node.js of this package. */
@@ -282,6 +287,7 @@ export class LocalCluster {
         '--partitions',
         String(options.partitions),
         ...(options.events ? ['--events', options.events] : []),
+        ...(options.archiver === false ? ['--archiver=false'] : []),
         ...(options.extraArgs ?? []),
       ];
       return new LocalNode(id, url, dataDir, args, { ...options, bin });
@@ -357,6 +363,11 @@ export const CLUSTER_FLAGS = {
     default: CLUSTER_DEFAULTS.basePort,
   },
   events: { type: 'string', value: 'URL', help: 'event bus for leadership events (kafka://… or file://…)' },
+  archiver: {
+    type: 'bool',
+    help: 'sidecars archive the WAL: entries stay until archived; false: prune without waiting',
+    default: true,
+  },
   host: {
     type: 'string',
     value: 'HOST',
@@ -367,7 +378,7 @@ export const CLUSTER_FLAGS = {
 
 const CLUSTER_HELP: CommandHelp = {
   usage:
-    'storage-node cluster --nodes 3 --partitions P --data-dir D [--base-port 7100] [--events URL] [--host 127.0.0.1]',
+    'storage-node cluster --nodes 3 --partitions P --data-dir D [--base-port 7100] [--events URL] [--archiver=false] [--host 127.0.0.1]',
   description:
     'Runs a local storage cluster: one `storage-node run` process per node, their output prefixed with\n' +
     "[node i] on stderr. Prints each node's URL on stdout once it serves. SIGINT/SIGTERM stop every node.\n" +
@@ -386,6 +397,7 @@ export function parseClusterFlags(argv: string[], env: NodeJS.ProcessEnv = {}): 
     basePort: f['base-port'],
     host: f.host,
     ...(f.events ? { events: f.events } : {}),
+    ...(f.archiver ? {} : { archiver: false }),
   };
   validate(options);
   return options;

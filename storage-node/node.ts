@@ -41,9 +41,18 @@ export interface StorageNodeOptions {
   /** Serve POST /v1/faults, which cuts this node off from its peers (for failure tests). */
   faultInjection?: boolean;
   pruneIntervalMs?: number;
+  /**
+   * Whether a sidecar archives this node's partitions (default true): the WAL
+   * is then kept until it is archived. False prunes by Raft alone.
+   */
+  archiver?: boolean;
+  /** The clock commit stamps come from (tests inject one). */
+  now?: () => number;
 }
 
 export const DEFAULT_TICK_MS = 100;
+/** Ticks without a leader before a follower campaigns; Raft randomises it in [this, 2 × this). */
+export const DEFAULT_ELECTION_TICK = 10;
 
 export class StorageNode {
   private readonly replicas = new Map<string, Replica>();
@@ -110,7 +119,9 @@ export class StorageNode {
             transport: node.transport,
             onLeadership: (c) => node.leadershipChanged(c),
             logger: opts.logger,
-            electionTick: opts.electionTick ?? 10,
+            electionTick: opts.electionTick ?? DEFAULT_ELECTION_TICK,
+            ...(opts.archiver === undefined ? {} : { archiver: opts.archiver }),
+            ...(opts.now ? { now: opts.now } : {}),
           }),
         );
       } catch (err) {
@@ -147,6 +158,8 @@ export class StorageNode {
   }
 
   private readonly brokenPartitions = new Map<string, string>();
+  /** What the proposal and election counters were last advanced to, per partition. */
+  private readonly counted = new Map<string, { proposals: number; elections: number }>();
 
   // ---- leadership ------------------------------------------------------------
 
@@ -459,13 +472,13 @@ export class StorageNode {
         labelNames,
         registers: [registry],
       }),
-      proposals: new Gauge({
+      proposals: new Counter({
         name: 'storage_node_partition_proposals_total',
         help: 'Writes proposed by this node as leader',
         labelNames,
         registers: [registry],
       }),
-      elections: new Gauge({
+      elections: new Counter({
         name: 'storage_node_partition_elections_total',
         help: 'Elections this node started',
         labelNames,
@@ -503,8 +516,11 @@ export class StorageNode {
       m.appended.set(l, s.appended);
       m.walEntries.set(l, r.walEntries);
       m.retained.set(l, r.retainedForArchiver);
-      m.proposals.set(l, r.proposals);
-      m.elections.set(l, r.elections);
+      // Counters only go up: add what the replica counted since the last scrape.
+      const seen = this.counted.get(r.partition) ?? { proposals: 0, elections: 0 };
+      m.proposals.inc(l, Math.max(0, r.proposals - seen.proposals));
+      m.elections.inc(l, Math.max(0, r.elections - seen.elections));
+      this.counted.set(r.partition, { proposals: r.proposals, elections: r.elections });
       m.stopped.set(l, r.error ? 1 : 0);
     }
     for (const id of this.brokenPartitions.keys()) m.stopped.set({ partition: id }, 1);

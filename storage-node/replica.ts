@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { decodePayload, encodePayload, type EntryContent } from '../src/entry-info.js';
 import { describeError, ErrorCodes, WalArchiverError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { applyEntry } from '../src/state/apply.js';
-import { extractState, linkTree, packState, removeTree, SHIPPED_WAL_DIR } from '../src/state/snapshot.js';
+import { ensureDir, syncTree } from '../src/fs-atomic.js';
+import { extractState, linkTree, packState, removeTree } from '../src/state/snapshot.js';
 import { formatLsn } from '../src/wal/lsn.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
 import {
@@ -20,6 +21,7 @@ import {
 import type { LeadershipChange, PartitionStatus } from './api.js';
 import { Mutex } from './mutex.js';
 import { RaftNode, type Entry, type Message, type Ready, type SnapshotMeta } from './raft/index.js';
+import { beginInstall, finishInstall, INCOMING_DIR, recoverInstall } from './snapshot-install.js';
 import { WalStorage } from './wal-storage.js';
 
 /**
@@ -60,6 +62,13 @@ export interface ReplicaOptions {
   heartbeatTick?: number;
   now?: () => number;
   random?: () => number;
+  /**
+   * Whether a sidecar archives this partition (default true): then the WAL is
+   * pruned no further than an archived position says, and a missing
+   * `archiver/position` keeps every entry. False only for a node run without
+   * an archiver on purpose (`storage-node run --archiver=false`).
+   */
+  archiver?: boolean;
 }
 
 export interface ProposalResult {
@@ -79,6 +88,8 @@ interface Waiter {
 export const PROPOSAL_TIMEOUT_MS = 30_000;
 /** Compact only once this many entries can go, so pruning is batched. */
 export const PRUNE_BATCH = 32;
+/** Entries removed under one hold of the log lock. */
+export const PRUNE_CHUNK = 64;
 
 export class Replica {
   readonly partition: string;
@@ -138,20 +149,31 @@ export class Replica {
   }
 
   static async open(opts: ReplicaOptions): Promise<Replica> {
-    await mkdir(stateDirOf(opts.dir), { recursive: true });
-    await removeTree(join(opts.dir, 'snapshots'));
-    await removeTree(join(opts.dir, 'snapshot-incoming'));
-    // Leftovers of a snapshot install cut short by a crash.
-    for (const name of await readdir(opts.dir)) {
-      if (name.startsWith('snapshot-wal-') || name.startsWith('state.old-'))
-        await removeTree(join(opts.dir, name));
+    const log = opts.logger.child({ partition: opts.partition });
+    // A snapshot install a crash cut short is finished first (its intent is on disk).
+    const recovered = await recoverInstall(opts.dir);
+    if (recovered.finished !== undefined)
+      log.warn('finished a snapshot install cut short', { lsn: recovered.finished });
+    for (const name of recovered.kept)
+      log.warn('kept a shipped WAL folder no install names; it may hold unarchived entries', {
+        path: join(opts.dir, name),
+      });
+    const stored = (await readAppliedLsn(opts.dir)) ?? 0;
+    if (stored > 0 && !existsSync(stateDirOf(opts.dir))) {
+      // Never stand in an empty state for one applied_lsn describes (and never create one to be found later).
+      throw new WalArchiverError(
+        ErrorCodes.CORRUPT,
+        `partition ${opts.partition}: state/ is missing but applied_lsn says ${stored}`,
+        { retryable: false },
+      );
     }
+    await ensureDir(stateDirOf(opts.dir));
     const storage = await WalStorage.open(opts.dir, opts.partition, opts.voters);
     const start = storage.logStart.index;
-    const stored = (await readAppliedLsn(opts.dir)) ?? 0;
     // State is at least at the log start (a snapshot or a restore put it there).
     const applied = Math.min(Math.max(stored, start), storage.hardState.commit || start);
     const replica = new Replica(opts, storage, Math.max(applied, start));
+    replica.lastStamp = storage.highestStamp;
     replica.archiverPosition = await readArchiverPosition(opts.dir);
     replica.schedule();
     return replica;
@@ -204,7 +226,9 @@ export class Replica {
         ),
       );
     }
-    const committedAt = Math.max(this.now(), this.lastStamp);
+    // Never below a stamp in the log: a new leader whose clock is behind, or
+    // that holds committed entries it has not applied yet, keeps stamps monotonic.
+    const committedAt = Math.max(this.now(), this.lastStamp, this.storage.highestStamp);
     const { index, term } = this.raft.propose(encodePayload(content, committedAt));
     this.lastStamp = committedAt;
     this.proposals++;
@@ -251,10 +275,12 @@ export class Replica {
       throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, 'snapshot message without metadata');
     const dir = join(
       this.opts.dir,
-      'snapshot-incoming',
+      INCOMING_DIR,
       `${message.snapshot.index}-${randomBytes(4).toString('hex')}`,
     );
     await extractState(body, dir, { allowWal: true });
+    // Durable before the install relies on it; done here, so the Ready loop does not wait for it.
+    await syncTree(dir);
     if (this.incoming) await removeTree(this.incoming.dir);
     this.incoming = { index: message.snapshot.index, dir };
     this.step(message);
@@ -308,13 +334,14 @@ export class Replica {
     await this.storage.append(rd.entries);
     if (rd.hardState) {
       await this.storage.setHardState(rd.hardState);
+      // A campaign enters a new term voting for itself (the role may go straight to leader).
+      if (rd.hardState.term > this.term && rd.hardState.vote === this.opts.nodeId) this.elections++;
       if (rd.hardState.term !== this.term) this.term = rd.hardState.term;
     }
     this.sendMessages(rd.messages);
     if (rd.committedEntries.length > 0) await this.apply(rd.committedEntries);
     if (rd.softState) {
       const wasLeader = this.role === 'leader';
-      if (rd.softState.role === 'candidate' && this.role !== 'candidate') this.elections++;
       this.role = rd.softState.role;
       this.leader = rd.softState.leader;
       if (wasLeader && this.role !== 'leader')
@@ -376,18 +403,14 @@ export class Replica {
     }
     this.incoming = undefined;
     await this.applyLock.run(async () => {
-      const old = `${this.stateDir}.old-${randomBytes(4).toString('hex')}`;
-      const shipped = join(this.opts.dir, `snapshot-wal-${randomBytes(4).toString('hex')}`);
-      await rename(join(incoming.dir, SHIPPED_WAL_DIR), shipped).catch((err: unknown) => {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      // A protocol with an intent record: a crash at any step is finished on open.
+      const intent = await beginInstall(this.opts.dir, meta, incoming.dir, randomBytes(4).toString('hex'), {
+        synced: true,
       });
-      await rename(this.stateDir, old);
-      await rename(incoming.dir, this.stateDir);
-      await this.storage.resetToSnapshot(meta, shipped);
-      await removeTree(shipped);
+      await finishInstall(this.opts.dir, intent);
+      await this.storage.adoptSnapshot(meta);
+      this.lastStamp = Math.max(this.lastStamp, this.storage.highestStamp);
       this.applied = meta.index;
-      await writeAppliedLsn(this.opts.dir, meta.index);
-      await removeTree(old);
     });
     this.log.info('installed snapshot', { lsn: meta.index, term: meta.term });
   }
@@ -431,9 +454,10 @@ export class Replica {
   // ---- pruning -------------------------------------------------------------------
 
   /**
-   * Compacts the WAL through the highest LSN that is applied, archived (when
-   * the sidecar keeps `archiver/position`) and, on a leader, matched by every
-   * follower that is active.
+   * Compacts the WAL through the highest LSN that is applied, archived (the
+   * higher of this node's `archiver/position` and the position the leader
+   * reports; nothing while neither is known, unless the node runs without an
+   * archiver) and, on a leader, matched by every follower that is active.
    */
   async prune(): Promise<void> {
     if (this.closed || this.failure) return;
@@ -453,22 +477,32 @@ export class Replica {
       }
     }
     const beforeArchive = limit;
-    if (this.archiverPosition !== undefined) {
-      limit = Math.min(limit, Math.max(this.archiverPosition, this.remoteArchived));
+    if (this.opts.archiver !== false) {
+      // Only what is known to be archived may go: by this node's sidecar, or by
+      // the leader's (which it reports). A missing position means nothing is.
+      limit = Math.min(limit, Math.max(this.archiverPosition ?? 0, this.remoteArchived));
     }
     this.retainedForArchiver = Math.max(0, beforeArchive - limit);
     if (limit - this.storage.logStart.index < PRUNE_BATCH) return;
-    await this.logLock.run(async () => {
-      if (this.closed || this.failure) return;
-      const through = Math.min(limit, this.applied);
-      await this.storage.compact(through, this.storage.initialState().voters);
-      this.log.debug('compacted WAL', {
-        through,
-        archived: this.archiverPosition,
-        remoteArchived: this.remoteArchived,
-        applied: this.applied,
+    // In chunks, letting the Ready loop in between: removing each entry takes
+    // fsyncs, and heartbeats wait while the log is locked.
+    for (;;) {
+      const done = await this.logLock.run(async () => {
+        if (this.closed || this.failure) return true;
+        const from = this.storage.logStart.index;
+        const through = Math.min(limit, this.applied, from + PRUNE_CHUNK);
+        if (through <= from) return true;
+        await this.storage.compact(through, this.storage.initialState().voters);
+        this.log.debug('compacted WAL', {
+          through,
+          archived: this.archiverPosition,
+          remoteArchived: this.remoteArchived,
+          applied: this.applied,
+        });
+        return through >= Math.min(limit, this.applied);
       });
-    });
+      if (done) return;
+    }
   }
 
   /** Bytes are not tracked per entry; this counts entries in the WAL. */

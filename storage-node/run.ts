@@ -56,6 +56,12 @@ const flags = {
     default: false,
     env: 'STORAGE_NODE_FAULT_INJECTION',
   },
+  archiver: {
+    type: 'bool',
+    help: 'a sidecar archives the WAL: entries stay until archiver/position covers them; false: prune without waiting',
+    default: true,
+    env: 'STORAGE_NODE_ARCHIVER',
+  },
   tick: {
     type: 'duration',
     help: 'Raft tick interval (elections take 10-20 ticks)',
@@ -67,7 +73,8 @@ const flags = {
 } as const;
 
 const help = {
-  usage: 'storage-node run --id N --data-dir DIR --listen HOST:PORT --peers ID=URL,… [--events URL]',
+  usage:
+    'storage-node run --id N --data-dir DIR --listen HOST:PORT --peers ID=URL,… [--events URL] [--archiver=false]',
   description:
     "Runs one storage node: Raft-replicated partitions that write the WAL in Gitaly's entry layout, serve\nwrites, snapshots and a leadership stream over HTTP, and publish leadership changes.",
 };
@@ -120,6 +127,7 @@ export const runCommand: Command = {
       logger,
       tickMs: f.tick,
       faultInjection: f['fault-injection'],
+      archiver: f.archiver,
       ...(events ? { events } : {}),
     });
     ctx.stdout.write(`storage-node ${f.id} serving at ${node.url}\n`);

@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { readdir, rename } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import * as dfs from '../src/durable-fs.js';
 import {
   decodePayload,
   encodeEntryInfo,
@@ -9,9 +10,9 @@ import {
   decodeEntryInfo,
 } from '../src/entry-info.js';
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { atomicWriteFile, ensureDir, fsyncDir, isNotFound } from '../src/fs-atomic.js';
+import { atomicWriteFile, ensureDir, fsError, fsyncDir, isNotFound } from '../src/fs-atomic.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
-import { parseStagedFileName, tryParseLsn } from '../src/wal/lsn.js';
+import { formatLsn, parseStagedFileName, tryParseLsn } from '../src/wal/lsn.js';
 import { decodeRaftEntry, EntryType as PbEntryType, type RaftEntry } from '../src/wal/raftpb.js';
 import {
   cleanStaging,
@@ -19,6 +20,7 @@ import {
   listEntryLsns,
   pruneThrough,
   readConfState,
+  removeEntry,
   readHardState,
   truncateFrom,
   walDir,
@@ -97,6 +99,8 @@ export class WalStorage implements RaftStorage {
    * start after a snapshot install: the shipped entries stay until archived.
    */
   private oldest = 0;
+  /** The highest commit stamp of any entry this log holds or held since it was opened (0: none). */
+  private stamp = 0;
 
   private constructor(
     readonly dir: string,
@@ -119,16 +123,19 @@ export class WalStorage implements RaftStorage {
         autoLeave: false,
       });
     s.snap = await readSnapshotMeta(dir, storedVoters.length > 0 ? storedVoters : [...voters]);
+    s.stamp = readSnapshotStamp(dir);
     // Entries at or below the snapshot index stay until they are compacted
     // away: they are committed, and the sidecar may not have archived them yet.
     const onDisk = await listEntryLsns(dir);
     s.oldest = onDisk[0] ?? 0;
-    const lsns = onDisk.filter((l) => l > s.snap.index);
     let expected = s.snap.index + 1;
-    for (const lsn of lsns) {
+    for (const lsn of onDisk) {
+      const raft = s.readRaft(lsn);
+      s.noteStamp(raft);
+      if (lsn <= s.snap.index) continue;
       if (lsn !== expected)
         throw corrupt(partition, expected, `WAL has a gap: entry ${expected} is missing, next is ${lsn}`);
-      s.terms.push(s.readRaft(lsn).term);
+      s.terms.push(raft.term);
       expected++;
     }
     if (s.hard.commit > s.lastIndex()) {
@@ -139,6 +146,27 @@ export class WalStorage implements RaftStorage {
       );
     }
     return s;
+  }
+
+  /** Raises the highest stamp from an entry's RAFT record (entries without data carry none). */
+  private noteStamp(raft: RaftEntry): void {
+    if (raft.data === undefined || raft.data.length === 0) return;
+    let at: number;
+    try {
+      at = decodeEntryInfo(raft.data).committedAt;
+    } catch (err) {
+      throw corrupt(this.partition, raft.index, `RAFT data: ${(err as Error).message}`, err);
+    }
+    if (at > this.stamp) this.stamp = at;
+  }
+
+  /**
+   * The highest commit stamp of every entry in this log (on disk at open, and
+   * appended since): a leader stamps no lower, so stamps never go backwards
+   * in a partition, whoever leads and whatever its clock says.
+   */
+  get highestStamp(): number {
+    return this.stamp;
   }
 
   // ---- RaftStorage ---------------------------------------------------------
@@ -308,6 +336,7 @@ export class WalStorage implements RaftStorage {
       committedAt: payload.committedAt,
       files: payload.files.length,
     });
+    if (payload.committedAt > this.stamp) this.stamp = payload.committedAt;
     const written = await writeEntry(this.dir, e.index, {
       manifest,
       raft: { term: e.term, index: e.index, type: PbEntryType.Normal, data: info },
@@ -331,7 +360,8 @@ export class WalStorage implements RaftStorage {
     if (index > this.lastIndex())
       throw corrupt(this.partition, index, `compaction beyond the last entry ${this.lastIndex()}`);
     const meta = { index, term: this.term(index), voters: [...snapshotVoters] };
-    await writeSnapshotMeta(this.dir, meta);
+    // The highest stamp goes with it, so pruning every entry does not forget it.
+    await writeSnapshotMeta(this.dir, meta, this.stamp);
     this.terms = this.terms.slice(index - this.snap.index);
     this.snap = meta;
     this.forgetFrom(0);
@@ -345,32 +375,85 @@ export class WalStorage implements RaftStorage {
    * the committed entries the leader shipped with the snapshot (`shippedDir`,
    * `<LSN>/…` directories at or below the snapshot index) take their place,
    * so entries not yet archived are still on this node if it becomes leader.
+   *
+   * The steps on disk are idempotent but several: a replica runs them inside
+   * the snapshot install protocol (snapshot-install.ts), whose intent record
+   * finishes them after a crash. Then it calls `adoptSnapshot` alone.
    */
   async resetToSnapshot(meta: SnapshotMeta, shippedDir?: string): Promise<void> {
     await writeSnapshotMeta(this.dir, meta);
-    const doomed = await listEntryLsns(this.dir);
+    const shipped = shippedDir ? await shippedEntryLsns(shippedDir, meta.index) : [];
+    await resetWalToSnapshot(this.dir, meta.index, shippedDir, shipped);
+    await this.adoptSnapshot(meta);
+  }
+
+  /** Takes on a snapshot whose files are in place (`raft/snapshot`, `wal/`): the log starts after it. */
+  async adoptSnapshot(meta: SnapshotMeta): Promise<void> {
     this.snap = { index: meta.index, term: meta.term, voters: [...meta.voters] };
     this.terms = [];
     this.forgetFrom(0);
-    if (doomed.length > 0) await pruneThrough(this.dir, doomed[doomed.length - 1]!);
-    this.oldest = 0;
-    if (!shippedDir) return;
-    let names: string[];
-    try {
-      names = (await readdir(shippedDir)).sort();
-    } catch (err) {
-      if (isNotFound(err)) return;
-      throw err;
-    }
-    await ensureDir(walDir(this.dir));
-    for (const name of names) {
-      const lsn = tryParseLsn(name);
-      if (lsn === undefined || lsn > meta.index) continue;
-      await rename(join(shippedDir, name), entryDir(this.dir, lsn));
-      if (this.oldest === 0 || this.oldest > lsn) this.oldest = lsn;
-    }
-    await fsyncDir(walDir(this.dir));
+    const onDisk = await listEntryLsns(this.dir);
+    for (const lsn of onDisk) this.noteStamp(this.readRaft(lsn));
+    this.oldest = onDisk[0] ?? 0;
   }
+}
+
+/** LSNs (ascending, at or below `index`) of the entry folders in a shipped WAL folder. */
+export async function shippedEntryLsns(shippedDir: string, index: number): Promise<number[]> {
+  try {
+    return (await readdir(shippedDir))
+      .map((n) => tryParseLsn(n))
+      .filter((l): l is number => l !== undefined && l <= index)
+      .sort((a, b) => a - b);
+  } catch (err) {
+    if (isNotFound(err)) return [];
+    throw fsError(err, 'list', shippedDir);
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw fsError(err, 'stat', p);
+  }
+}
+
+/**
+ * Makes `wal/` hold exactly the shipped entries `shippedLsns` (moved in from
+ * `shippedDir`). Idempotent, so it can run again after a crash: a shipped LSN
+ * whose copy is no longer in `shippedDir` has been moved in already and is
+ * kept; every other entry on disk is removed before any shipped one moves in
+ * at its LSN.
+ */
+export async function resetWalToSnapshot(
+  dir: string,
+  index: number,
+  shippedDir: string | undefined,
+  shippedLsns: readonly number[],
+): Promise<void> {
+  const shipped = new Set(shippedLsns.filter((l) => l <= index));
+  const pending = async (lsn: number) =>
+    shippedDir !== undefined && (await exists(join(shippedDir, formatLsn(lsn))));
+  for (const lsn of (await listEntryLsns(dir)).reverse()) {
+    if (shipped.has(lsn) && !(await pending(lsn))) continue;
+    await removeEntry(dir, lsn);
+  }
+  if (shippedDir === undefined || shipped.size === 0) return;
+  await ensureDir(walDir(dir));
+  let moved = false;
+  for (const lsn of [...shipped].sort((a, b) => a - b)) {
+    if (!(await pending(lsn))) continue;
+    try {
+      await dfs.rename(join(shippedDir, formatLsn(lsn)), entryDir(dir, lsn));
+    } catch (err) {
+      throw fsError(err, 'move shipped entry to', entryDir(dir, lsn));
+    }
+    moved = true;
+  }
+  if (moved) await fsyncDir(walDir(dir));
 }
 
 export async function readSnapshotMeta(dir: string, voters: readonly number[]): Promise<SnapshotMeta> {
@@ -402,10 +485,25 @@ export async function readSnapshotMeta(dir: string, voters: readonly number[]): 
   }
 }
 
-export async function writeSnapshotMeta(dir: string, meta: SnapshotMeta): Promise<void> {
+/**
+ * Writes `raft/snapshot`; `stamp`, when given, is the highest commit stamp of
+ * the entries compacted away (an extra field readers of `{index, term, voters}` ignore).
+ */
+export async function writeSnapshotMeta(dir: string, meta: SnapshotMeta, stamp = 0): Promise<void> {
   await ensureDir(join(dir, 'raft'));
   await atomicWriteFile(
     join(dir, SNAPSHOT_META_FILE),
-    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters })}\n`,
+    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters, ...(stamp > 0 ? { stamp } : {}) })}\n`,
   );
+}
+
+/** The highest commit stamp `raft/snapshot` records (0 when none: it predates stamps, or there is no file). */
+export function readSnapshotStamp(dir: string): number {
+  try {
+    const parsed = JSON.parse(readFileSync(join(dir, SNAPSHOT_META_FILE), 'utf8')) as { stamp?: unknown };
+    return Number.isSafeInteger(parsed.stamp) && (parsed.stamp as number) > 0 ? (parsed.stamp as number) : 0;
+  } catch {
+    // Missing or unreadable: readSnapshotMeta has already said what is wrong with it.
+    return 0;
+  }
 }

@@ -32,6 +32,7 @@ import { randomBytes } from 'node:crypto';
 import fs, { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 
+import * as dfs from '../durable-fs.js';
 import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
 import {
   atomicWriteFile,
@@ -306,19 +307,19 @@ export async function writeEntry(
 }
 
 /** Moves one entry out of wal/ (atomically, durably) and deletes it. */
-async function removeEntry(partitionDirPath: string, lsn: number): Promise<void> {
+export async function removeEntry(partitionDirPath: string, lsn: number): Promise<void> {
   const source = entryDir(partitionDirPath, lsn);
   const root = stagingDir(partitionDirPath);
   await ensureDir(root);
   const trash = path.join(root, `deleted-${formatLsn(lsn)}-${randomBytes(6).toString('hex')}`);
   try {
-    await fsp.rename(source, trash);
+    await dfs.rename(source, trash);
   } catch (err) {
     throw fsError(err, 'remove entry', source);
   }
   await fsyncDir(walDir(partitionDirPath));
   try {
-    await fsp.rm(trash, { recursive: true, force: true });
+    await dfs.rm(trash, { recursive: true, force: true });
   } catch (err) {
     throw fsError(err, 'delete', trash);
   }
