@@ -50,6 +50,8 @@ const META_DIR = '.meta';
 const LOCK_DIR = '.locks';
 const VERSIONS_DIR = '.versions';
 const VERSION_NAME = /^[0-9]+$/;
+/** A file in `.tmp/` untouched for this long was left by a crashed writer. */
+const TMP_STALE_MS = 24 * 3_600_000;
 
 interface MetaFile {
   version: 1;
@@ -165,6 +167,7 @@ export class FolderStore implements ObjectStore {
   private readonly now: () => Date;
   private readonly beforeCommit: ((key: string) => Promise<void>) | undefined;
   private rootReady = false;
+  private tmpSwept = false;
   private closed = false;
 
   private constructor(url: string, root: string, options: FolderStoreOptions) {
@@ -430,6 +433,7 @@ export class FolderStore implements ObjectStore {
       await fsyncDir(path.dirname(target));
       const versions = this.versionsPath(key);
       const grave = path.join(this.root, TMP_DIR, `${randomName()}.deleted`);
+      await this.ensureDir(path.dirname(grave), key);
       let moved = true;
       try {
         await dfs.rename(versions, grave);
@@ -875,6 +879,10 @@ export class FolderStore implements ObjectStore {
   }
 
   private async ensureRoot(): Promise<void> {
+    if (!this.tmpSwept) {
+      this.tmpSwept = true;
+      await this.sweepTmp();
+    }
     if (this.rootReady) return;
     try {
       await dfs.mkdir(this.root);
@@ -884,6 +892,25 @@ export class FolderStore implements ObjectStore {
       if (errno(err) !== 'EEXIST') throw this.fail('create folder', undefined, err);
     }
     this.rootReady = true;
+  }
+
+  /**
+   * Removes what crashed writers left in `.tmp/` (staged bodies, publish links,
+   * deleted version folders), once per store, when untouched for
+   * TMP_STALE_MS: a stage being written is touched at every write, and a
+   * leftover never blocks a write anyway (every name is random), it only takes
+   * space.
+   */
+  private async sweepTmp(): Promise<void> {
+    const dir = path.join(this.root, TMP_DIR);
+    const names = await fs.readdir(dir).catch(() => [] as string[]);
+    const before = Date.now() - TMP_STALE_MS;
+    for (const name of names) {
+      const file = path.join(dir, name);
+      const st = await fs.lstat(file).catch(() => undefined);
+      if (st === undefined || st.mtimeMs > before) continue;
+      await dfs.rm(file, { recursive: true, force: true }).catch(() => undefined);
+    }
   }
 
   /** mkdir -p, fsyncing every folder it creates and the one it was created in. */

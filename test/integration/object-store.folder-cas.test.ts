@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -124,6 +124,28 @@ describe('folder store: the compare-and-swap commit point is exclusive', () => {
     expect(await again.head(key)).toBeUndefined();
     await again.create(key, Buffer.from('recreated'));
     expect((await readAll(await again.get(key))).toString()).toBe('recreated');
+  });
+
+  it('removes what crashed writers left in .tmp/ once it is a day old, and a leftover lock never blocks for good', async () => {
+    const store = await open({ lockStaleMs: 300, lockTimeoutMs: 2_000 });
+    const v1 = await store.create('m.json', Buffer.from('v1'));
+    const tmp = path.join(root, '.tmp');
+    await writeFile(path.join(tmp, 'old.data'), 'crashed stage');
+    await mkdir(path.join(tmp, 'old.deleted'));
+    await writeFile(path.join(tmp, 'old.deleted', '3'), 'x');
+    await writeFile(path.join(tmp, 'fresh.data'), 'being written');
+    const dayAgo = new Date(Date.now() - 25 * 3_600_000);
+    for (const name of ['old.data', 'old.deleted']) await utimes(path.join(tmp, name), dayAgo, dayAgo);
+    // A lock held by a process on another host that never came back.
+    await mkdir(path.join(root, '.locks'), { recursive: true });
+    await writeFile(
+      path.join(root, '.locks', 'm.json.lock'),
+      JSON.stringify({ pid: 1, host: 'elsewhere', nonce: 'gone', at: Date.now() }),
+    );
+    const next = await open({ lockStaleMs: 300, lockTimeoutMs: 2_000 });
+    await next.replace('m.json', Buffer.from('v2'), { ifMatch: v1.etag });
+    expect((await readdir(tmp)).sort()).toEqual(['fresh.data']);
+    expect((await readAll(await next.get('m.json'))).toString()).toBe('v2');
   });
 
   /** Runs `work` on a store over the archive, crashing at its k-th durable operation (nothing after it reaches the disk). */
