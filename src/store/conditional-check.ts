@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError, isRetryable, isWalArchiverError } from '../errors.js';
+import { Backoff, sleep } from '../retry.js';
 import type { CallOptions, ObjectStore } from './object-store.js';
 
 /**
@@ -8,6 +9,9 @@ import type { CallOptions, ObjectStore } from './object-store.js';
  * (Keys may not start with "." — the folder store keeps its own files there.)
  */
 export const PROBE_PREFIX = 'wal-archiver-probe/';
+
+/** Attempts of the probe when the store fails in a way that may pass (unreachable, timed out). */
+const PROBE_ATTEMPTS = 4;
 
 /**
  * Proves that the store honours conditional writes before anything is written
@@ -20,6 +24,19 @@ export const PROBE_PREFIX = 'wal-archiver-probe/';
  * cannot be reached fails as any other call would.
  */
 export async function verifyConditionalWrites(store: ObjectStore, options: CallOptions = {}): Promise<void> {
+  const backoff = new Backoff({ initialMs: 200, maxMs: 2_000 });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await probeOnce(store, options);
+    } catch (err) {
+      // A store that is briefly unavailable is asked again (with a new key); a refusal is final.
+      if (attempt >= PROBE_ATTEMPTS || !isRetryable(err) || options.signal?.aborted) throw err;
+      await sleep(backoff.next(), options.signal);
+    }
+  }
+}
+
+async function probeOnce(store: ObjectStore, options: CallOptions): Promise<void> {
   const key = `${PROBE_PREFIX}${Date.now().toString(36)}-${randomBytes(8).toString('hex')}`;
   const signal = options.signal;
   const refuse = (what: string) =>

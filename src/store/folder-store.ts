@@ -498,11 +498,12 @@ export class FolderStore implements ObjectStore {
             `the body has ${size} bytes, not the ${options.size} announced`,
           );
         }
+        // Read-only under retention, made durable with the data by the fsync below.
+        if (options.retention !== undefined) await dfs.chmod(tmpPath, 0o444);
         await fh.sync();
       } finally {
         await fh.close();
       }
-      if (options.retention !== undefined) await dfs.chmod(tmpPath, 0o444);
       const st = await fs.stat(tmpPath, { bigint: true });
       const sha256 = hash.digest('hex');
       const meta: MetaFile = {
