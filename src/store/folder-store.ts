@@ -400,7 +400,7 @@ export class FolderStore implements ObjectStore {
             );
           }
           await this.beforeCommit?.(key);
-          await this.commitVersion(key, current.gen + 1, staged);
+          await this.commitVersion(key, current, staged);
           committed = true;
           await this.publish(key);
           await this.prune(key, current.gen + 1, current);
@@ -570,11 +570,20 @@ export class FolderStore implements ObjectStore {
    * the key by a hard link that fails when that version exists, i.e. when
    * another replace from the same starting version committed first.
    */
-  private async commitVersion(key: string, gen: number, staged: Staged): Promise<void> {
+  private async commitVersion(key: string, current: Current, staged: Staged): Promise<void> {
     const dir = this.versionsPath(key);
+    const gen = current.gen + 1;
     // Only the first replace creates the folder: a replace from version n > 0
-    // whose folder is gone was overtaken by a delete.
-    if (gen === 1) await this.ensureDir(dir, key);
+    // whose folder is gone was overtaken by a delete. The first checks that
+    // the <root>/K it read is still there (not deleted, not deleted and
+    // created anew) right before its link.
+    if (gen === 1) {
+      const now = await fs.stat(current.file, { bigint: true }).catch(() => undefined);
+      if (now?.ino !== current.stat.ino) {
+        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object changed since it was read');
+      }
+      await this.ensureDir(dir, key);
+    }
     try {
       await dfs.link(staged.tmpPath, path.join(dir, String(gen)));
     } catch (err) {

@@ -73,6 +73,36 @@ describe('folder store: the compare-and-swap commit point is exclusive', () => {
     expect(await readFile(path.join(root, 'm.json'), 'utf8')).toBe('fast');
   });
 
+  it('a replace stalled past lockStaleMs while the object is deleted does not bring it back', async () => {
+    const lockStaleMs = 200;
+    for (const replacedBefore of [false, true]) {
+      await rm(root, { recursive: true, force: true });
+      let stalled!: () => void;
+      const isStalled = new Promise<void>((resolve) => (stalled = resolve));
+      let resume!: () => void;
+      const resumed = new Promise<void>((resolve) => (resume = resolve));
+      const store = await open({
+        lockStaleMs,
+        beforeCommit: async () => {
+          stalled();
+          await resumed;
+        },
+      });
+      let v = await store.create('m.json', Buffer.from('v1'));
+      if (replacedBefore) v = await (await open()).replace('m.json', Buffer.from('v2'), { ifMatch: v.etag });
+      const slow = store.replace('m.json', Buffer.from('slow'), { ifMatch: v.etag }).then(
+        () => 'won',
+        (err: unknown) => (isWalArchiverError(err, 'PRECONDITION_FAILED') ? 'lost' : String(err)),
+      );
+      await isStalled;
+      await new Promise((resolve) => setTimeout(resolve, lockStaleMs * 2));
+      await (await open({ lockStaleMs })).delete('m.json');
+      resume();
+      expect(await slow, `replaced before: ${replacedBefore}`).toBe('lost');
+      expect(await (await open()).head('m.json'), `replaced before: ${replacedBefore}`).toBeUndefined();
+    }
+  });
+
   it('reads and replaces an archive in the layout written before versions (plain file + .meta/K.<inode>.json)', async () => {
     const key = 'partitions/1/manifest.json';
     const file = path.join(root, 'partitions/1/manifest.json');
