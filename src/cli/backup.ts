@@ -5,6 +5,7 @@ import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { assertLeader, takeBaseBackup } from '../pipeline/base-backup.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../pipeline/retention.js';
 import { isValidPartitionId } from '../schemas.js';
+import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { parseFlags, UsageError, type ParsedFlags } from './flags.js';
 import { openBusFlag, openStoreFlag } from './manifest.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from './runner.js';
@@ -97,6 +98,7 @@ export const backupCommand: Command = {
     const f = parseBackupFlags(argv, ctx.env);
     const store = await openStoreFlag(f['object-store']);
     try {
+      await verifyConditionalWrites(store, { signal: ctx.signal });
       const status = await assertLeader(f['node-url'], f.partition, undefined, ctx.signal);
       const mode = f['retention-mode'] as 'GOVERNANCE' | 'COMPLIANCE' | undefined;
       const result = await takeBaseBackup({
@@ -174,6 +176,7 @@ export const retentionCommand: Command = {
     const store = await openStoreFlag(f['object-store']);
     let problems = 0;
     try {
+      if (!f['dry-run']) await verifyConditionalWrites(store, { signal: ctx.signal });
       const partitions =
         f.partition !== undefined ? [f.partition] : await listPartitionIds(store, ctx.signal);
       for (const partition of partitions) {

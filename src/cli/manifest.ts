@@ -17,6 +17,7 @@ import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { isValidPartitionId } from '../schemas.js';
 import type { ObjectStore } from '../store/object-store.js';
+import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
 import { parseFlags, UsageError, type ParsedFlags } from './flags.js';
 import { EXIT_OK, type Command, type CommandContext } from './runner.js';
@@ -374,6 +375,7 @@ async function storeRebuilt(
 async function rebuild(objectStore: ObjectStore, f: Flags, ctx: CommandContext): Promise<number> {
   // Human summary lines go to stdout with the table, or to stderr when stdout carries JSON.
   const say = (text: string) => line(f.json ? ctx.stderr : ctx.stdout, text);
+  if (!f['dry-run']) await verifyConditionalWrites(objectStore, { signal: ctx.signal });
   let manifest: GlobalManifest;
   if (f['from-events'] !== undefined) {
     const bus = await openBusFlag('from-events', f['from-events']);

@@ -14,6 +14,7 @@ import { GlobalManifestProjector } from '../manifest/projector.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
 import { registerProjectorMetrics } from '../pipeline/metrics.js';
 import { Sidecar } from '../pipeline/sidecar.js';
+import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
 
 export const RUN_FLAGS = {
@@ -223,6 +224,8 @@ export const runCommand: Command = {
     const store = await openObjectStore(f['object-store']);
     let events: EventBus | undefined;
     try {
+      // Term fencing and the manifests' compare-and-swap are only as good as the store's conditions.
+      await verifyConditionalWrites(store, { signal: ctx.signal });
       if (f.events) events = await openEventBus(f.events);
       let overrides: ThresholdOverrides | undefined;
       if (f['backup-overrides']) {

@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
-import { constants as fsConstants } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import * as dfs from '../durable-fs.js';
+import type { DurableFileHandle } from '../durable-fs.js';
 import { hostname } from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -39,12 +40,18 @@ export interface FolderStoreOptions {
   lockStaleMs?: number;
   /** The clock retention is checked against. */
   now?: () => Date;
+  /** For tests: runs inside a replace after its precondition was checked, just before its commit point. */
+  beforeCommit?: (key: string) => Promise<void>;
 }
 
 /** Names inside the root that are the store's own, never keys (keys have no segment starting with "."). */
 const TMP_DIR = '.tmp';
 const META_DIR = '.meta';
 const LOCK_DIR = '.locks';
+const VERSIONS_DIR = '.versions';
+const VERSION_NAME = /^[0-9]+$/;
+/** A file in `.tmp/` untouched for this long was left by a crashed writer. */
+const TMP_STALE_MS = 24 * 3_600_000;
 
 interface MetaFile {
   version: 1;
@@ -62,6 +69,10 @@ interface Current {
   stat: BigIntStats;
   meta: MetaFile;
   metaPath: string;
+  /** The file holding the current bytes: the version file, or `<root>/K` for an object never replaced. */
+  file: string;
+  /** Its version: 0 for `<root>/K` alone, n for `.versions/K.v/<n>`. */
+  gen: number;
 }
 
 interface Staged {
@@ -107,19 +118,15 @@ async function ignoreMissing(work: Promise<unknown>): Promise<void> {
 }
 
 async function fsyncDir(dir: string): Promise<void> {
-  let fh: FileHandle | undefined;
   try {
-    fh = await fs.open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
-    await fh.sync();
+    await dfs.fsyncPath(dir, 'fsyncDir');
   } catch (err) {
     // Some file systems cannot fsync a directory; the rename is still atomic there.
     if (!['EINVAL', 'EISDIR', 'EPERM', 'ENOTSUP'].includes(errno(err) ?? '')) throw err;
-  } finally {
-    await fh?.close();
   }
 }
 
-async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
+async function writeAll(fh: DurableFileHandle, data: Uint8Array): Promise<void> {
   let done = 0;
   while (done < data.length) {
     const { bytesWritten } = await fh.write(data, done, data.length - done);
@@ -142,6 +149,15 @@ function pidAlive(pid: number): boolean {
  * `<root>/.meta/K.<inode>.json`, written (and fsynced) before the data file is
  * hard-linked into place: the link is the commit point, so data and metadata
  * appear together, and a create racing another loses with EEXIST.
+ *
+ * A replace commits by hard-linking its staged file as the object's next
+ * version, `<root>/.versions/K.v/<n+1>`, where n is the version whose ETag it
+ * checked: the link fails with EEXIST when any other replace from version n
+ * committed first, so two replaces from the same ETag can never both win,
+ * whatever the lock, a stall or a clock did. Reads resolve the newest version
+ * (`<root>/K` alone is version 0, the layout of objects never replaced); the
+ * replace then renames the new version over `<root>/K` and removes the
+ * versions it superseded. The per-key lock only keeps writers from colliding.
  */
 export class FolderStore implements ObjectStore {
   readonly url: string;
@@ -149,7 +165,9 @@ export class FolderStore implements ObjectStore {
   private readonly lockTimeoutMs: number;
   private readonly lockStaleMs: number;
   private readonly now: () => Date;
+  private readonly beforeCommit: ((key: string) => Promise<void>) | undefined;
   private rootReady = false;
+  private tmpSwept = false;
   private closed = false;
 
   private constructor(url: string, root: string, options: FolderStoreOptions) {
@@ -158,6 +176,7 @@ export class FolderStore implements ObjectStore {
     this.lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
     this.lockStaleMs = options.lockStaleMs ?? DEFAULT_LOCK_STALE_MS;
     this.now = options.now ?? (() => new Date());
+    this.beforeCommit = options.beforeCommit;
   }
 
   /**
@@ -294,12 +313,18 @@ export class FolderStore implements ObjectStore {
     validateKey(key, this.url);
     validateRange(options.offset, options.length, this.url);
     throwIfAborted(options.signal);
-    let fh: FileHandle;
-    try {
-      fh = await fs.open(this.dataPath(key), 'r');
-    } catch (err) {
-      if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(err) ?? '')) throw this.notFound('get', key);
-      throw this.fail('get', key, err);
+    let fh: FileHandle | undefined;
+    for (let attempt = 0; fh === undefined; attempt++) {
+      const current = await this.lookup(key, 'get');
+      if (current === undefined) throw this.notFound('get', key);
+      try {
+        fh = await fs.open(current.file, 'r');
+      } catch (err) {
+        // A newer replace may have removed the version just resolved: resolve again.
+        if (errno(err) === 'ENOENT' && attempt < 5) continue;
+        if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(err) ?? '')) throw this.notFound('get', key);
+        throw this.fail('get', key, err);
+      }
     }
     try {
       const st = await fh.stat();
@@ -325,12 +350,15 @@ export class FolderStore implements ObjectStore {
     await this.ensureRoot();
     const staged = await this.stage(key, body, options);
     try {
+      // A key whose <root>/K is gone while versions remain is an unfinished delete: it still exists.
+      if ((await this.newestVersion(key, 'create')) !== undefined)
+        throw this.error(ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists');
       await this.linkInto(key, staged, 'create');
     } catch (err) {
       await this.discard(staged);
       throw err;
     }
-    await ignoreMissing(fs.unlink(staged.tmpPath));
+    await ignoreMissing(dfs.unlink(staged.tmpPath));
     return this.stagedInfo(key, staged);
   }
 
@@ -345,10 +373,14 @@ export class FolderStore implements ObjectStore {
     try {
       const release = await this.lock(key, options.signal);
       try {
+        const current = await this.lookup(key, 'replace');
         if (options.ifMatch === undefined) {
+          if (current !== undefined)
+            throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object exists already');
+          await this.beforeCommit?.(key);
           await this.linkInto(key, staged, 'replace');
+          committed = true;
         } else {
-          const current = await this.lookup(key, 'replace');
           if (current === undefined) {
             throw this.error(
               ErrorCodes.PRECONDITION_FAILED,
@@ -367,12 +399,12 @@ export class FolderStore implements ObjectStore {
               'object changed since it was read',
             );
           }
-          const target = this.dataPath(key);
-          await fs.rename(staged.tmpPath, target);
-          await fsyncDir(path.dirname(target));
-          if (current.metaPath !== staged.metaPath) await ignoreMissing(fs.unlink(current.metaPath));
+          await this.beforeCommit?.(key);
+          await this.commitVersion(key, current, staged);
+          committed = true;
+          await this.publish(key);
+          await this.prune(key, current.gen + 1, current);
         }
-        committed = true;
       } finally {
         await release();
       }
@@ -380,7 +412,7 @@ export class FolderStore implements ObjectStore {
       if (!committed) await this.discard(staged);
       throw err instanceof WalArchiverError ? err : this.fail('replace', key, err);
     }
-    await ignoreMissing(fs.unlink(staged.tmpPath));
+    await ignoreMissing(dfs.unlink(staged.tmpPath));
     return this.stagedInfo(key, staged);
   }
 
@@ -395,10 +427,30 @@ export class FolderStore implements ObjectStore {
       if (current === undefined) return;
       if (isRetained(this.retentionOf(current.meta), this.now()))
         throw this.locked('delete', key, current.meta);
+      // <root>/K first: until the versions go too, the object still reads as its newest version.
       const target = this.dataPath(key);
-      await ignoreMissing(fs.unlink(target));
+      await ignoreMissing(dfs.unlink(target));
       await fsyncDir(path.dirname(target));
-      await ignoreMissing(fs.unlink(current.metaPath));
+      const versions = this.versionsPath(key);
+      const grave = path.join(this.root, TMP_DIR, `${randomName()}.deleted`);
+      await this.ensureDir(path.dirname(grave), key);
+      let moved = true;
+      try {
+        await dfs.rename(versions, grave);
+      } catch (err) {
+        if (!['ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) throw err;
+        moved = false;
+      }
+      if (moved) {
+        await fsyncDir(path.dirname(versions));
+        for (const name of await fs.readdir(grave).catch(() => [] as string[])) {
+          if (!VERSION_NAME.test(name)) continue;
+          const st = await fs.stat(path.join(grave, name), { bigint: true }).catch(() => undefined);
+          if (st !== undefined) await ignoreMissing(dfs.unlink(this.metaPath(key, st.ino)));
+        }
+        await dfs.rm(grave, { recursive: true, force: true });
+      }
+      await ignoreMissing(dfs.unlink(current.metaPath));
     } catch (err) {
       throw err instanceof WalArchiverError ? err : this.fail('delete', key, err);
     } finally {
@@ -422,7 +474,7 @@ export class FolderStore implements ObjectStore {
     try {
       const hash = createHash('sha256');
       let size = 0;
-      const fh = await fs.open(tmpPath, 'wx', 0o644);
+      const fh = await dfs.open(tmpPath, 'wx', 0o644);
       try {
         if (body instanceof Uint8Array) {
           hash.update(body);
@@ -446,11 +498,12 @@ export class FolderStore implements ObjectStore {
             `the body has ${size} bytes, not the ${options.size} announced`,
           );
         }
+        // Read-only under retention, made durable with the data by the fsync below.
+        if (options.retention !== undefined) await dfs.chmod(tmpPath, 0o444);
         await fh.sync();
       } finally {
         await fh.close();
       }
-      if (options.retention !== undefined) await fs.chmod(tmpPath, 0o444);
       const st = await fs.stat(tmpPath, { bigint: true });
       const sha256 = hash.digest('hex');
       const meta: MetaFile = {
@@ -471,7 +524,7 @@ export class FolderStore implements ObjectStore {
             }
           : {}),
       };
-      const mfh = await fs.open(metaTmp, 'wx', 0o644);
+      const mfh = await dfs.open(metaTmp, 'wx', 0o644);
       try {
         await writeAll(mfh, Buffer.from(JSON.stringify(meta)));
         await mfh.sync();
@@ -480,13 +533,13 @@ export class FolderStore implements ObjectStore {
       }
       metaPath = this.metaPath(key, st.ino);
       await this.ensureDir(path.dirname(metaPath), key);
-      await fs.rename(metaTmp, metaPath);
+      await dfs.rename(metaTmp, metaPath);
       await fsyncDir(path.dirname(metaPath));
       return { tmpPath, metaPath, meta };
     } catch (err) {
-      await ignoreMissing(fs.unlink(tmpPath)).catch(() => undefined);
-      await ignoreMissing(fs.unlink(metaTmp)).catch(() => undefined);
-      if (metaPath !== undefined) await ignoreMissing(fs.unlink(metaPath)).catch(() => undefined);
+      await ignoreMissing(dfs.unlink(tmpPath)).catch(() => undefined);
+      await ignoreMissing(dfs.unlink(metaTmp)).catch(() => undefined);
+      if (metaPath !== undefined) await ignoreMissing(dfs.unlink(metaPath)).catch(() => undefined);
       if (err instanceof WalArchiverError) throw err;
       throw this.fail(options.signal?.aborted ? 'create (aborted)' : 'write', key, err);
     }
@@ -497,7 +550,7 @@ export class FolderStore implements ObjectStore {
     const target = this.dataPath(key);
     await this.ensureDir(path.dirname(target), key);
     try {
-      await fs.link(staged.tmpPath, target);
+      await dfs.link(staged.tmpPath, target);
     } catch (err) {
       const code = errno(err);
       if (code === 'EEXIST') {
@@ -512,41 +565,139 @@ export class FolderStore implements ObjectStore {
     await fsyncDir(path.dirname(target));
   }
 
+  /**
+   * The commit point of a replace: the staged file becomes version `gen` of
+   * the key by a hard link that fails when that version exists, i.e. when
+   * another replace from the same starting version committed first.
+   */
+  private async commitVersion(key: string, current: Current, staged: Staged): Promise<void> {
+    const dir = this.versionsPath(key);
+    const gen = current.gen + 1;
+    // Only the first replace creates the folder: a replace from version n > 0
+    // whose folder is gone was overtaken by a delete. The first checks that
+    // the <root>/K it read is still there (not deleted, not deleted and
+    // created anew) right before its link.
+    if (gen === 1) {
+      const now = await fs.stat(current.file, { bigint: true }).catch(() => undefined);
+      if (now?.ino !== current.stat.ino) {
+        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object changed since it was read');
+      }
+      await this.ensureDir(dir, key);
+    }
+    try {
+      await dfs.link(staged.tmpPath, path.join(dir, String(gen)));
+    } catch (err) {
+      if (['EEXIST', 'ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) {
+        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object changed since it was read');
+      }
+      throw err;
+    }
+    await fsyncDir(dir);
+  }
+
+  /** Makes `<root>/K` the newest version (a new name linked and renamed over it), until no newer one appears. */
+  private async publish(key: string): Promise<void> {
+    const target = this.dataPath(key);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const newest = await this.newestVersion(key, 'replace');
+      if (newest === undefined) return;
+      const file = path.join(this.versionsPath(key), String(newest));
+      const tmp = path.join(this.root, TMP_DIR, `${randomName()}.publish`);
+      try {
+        await dfs.link(file, tmp);
+      } catch (err) {
+        if (errno(err) === 'ENOENT') continue; // superseded and pruned meanwhile
+        throw err;
+      }
+      try {
+        await this.ensureDir(path.dirname(target), key);
+        await dfs.rename(tmp, target);
+      } finally {
+        await ignoreMissing(dfs.unlink(tmp)).catch(() => undefined);
+      }
+      await fsyncDir(path.dirname(target));
+      if ((await this.newestVersion(key, 'replace')) === newest) return;
+    }
+  }
+
+  /**
+   * Removes the versions older than `gen`, which a durable newer version
+   * supersedes, and the metadata of files no name refers to any more.
+   */
+  private async prune(key: string, gen: number, previous: Current): Promise<void> {
+    const dir = this.versionsPath(key);
+    const visible = await fs.stat(this.dataPath(key), { bigint: true }).catch(() => undefined);
+    const newest = await fs.stat(path.join(dir, String(gen)), { bigint: true }).catch(() => undefined);
+    const inUse = (ino: bigint) => ino === visible?.ino || ino === newest?.ino;
+    for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+      if (!VERSION_NAME.test(name) || Number(name) >= gen) continue;
+      const file = path.join(dir, name);
+      const st = await fs.stat(file, { bigint: true }).catch(() => undefined);
+      await ignoreMissing(dfs.unlink(file));
+      if (st !== undefined && !inUse(st.ino)) await ignoreMissing(dfs.unlink(this.metaPath(key, st.ino)));
+    }
+    await fsyncDir(dir);
+    if (!inUse(previous.stat.ino)) await ignoreMissing(dfs.unlink(previous.metaPath));
+  }
+
   private async discard(staged: Staged): Promise<void> {
-    await ignoreMissing(fs.unlink(staged.tmpPath)).catch(() => undefined);
-    await ignoreMissing(fs.unlink(staged.metaPath)).catch(() => undefined);
+    await ignoreMissing(dfs.unlink(staged.tmpPath)).catch(() => undefined);
+    await ignoreMissing(dfs.unlink(staged.metaPath)).catch(() => undefined);
   }
 
   // ---- reading ----
 
-  /** The current object of a key with its metadata, or undefined. */
+  /** The current object of a key with its metadata, or undefined: its newest version, else `<root>/K`. */
   private async lookup(key: string, op: string): Promise<Current | undefined> {
-    const target = this.dataPath(key);
     for (let attempt = 0; attempt < 5; attempt++) {
+      const gen = await this.newestVersion(key, op);
+      const target = gen === undefined ? this.dataPath(key) : path.join(this.versionsPath(key), String(gen));
       let st: BigIntStats;
       try {
         st = await fs.stat(target, { bigint: true });
       } catch (err) {
-        if (['ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) return undefined;
+        if (['ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) {
+          if (gen === undefined) return undefined;
+          continue; // superseded by a newer version and pruned meanwhile
+        }
         throw this.fail(op, key, err);
       }
       if (!st.isFile()) return undefined;
-      const found = await this.readMeta(key, st, op);
-      if (found !== undefined) return { stat: st, ...found };
+      const found = await this.readMeta(key, st, op, target);
+      if (found !== undefined) return { stat: st, ...found, file: target, gen: gen ?? 0 };
       // A replace may have swapped the file and removed the old metadata between the stat and the read.
       const again = await fs.stat(target, { bigint: true }).catch(() => undefined);
-      if (again === undefined) return undefined;
-      if (again.ino === st.ino) {
+      if (again === undefined) continue;
+      if (again.ino === st.ino && (await this.newestVersion(key, op)) === gen) {
         throw this.error(ErrorCodes.CORRUPT, op, key, 'object has no metadata file in .meta/', false);
       }
     }
     throw this.error(ErrorCodes.UNAVAILABLE, op, key, 'object keeps changing while being read');
   }
 
+  /** The number of the key's newest version in `.versions/K.v/`, or undefined when it has none. */
+  private async newestVersion(key: string, op: string): Promise<number | undefined> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.versionsPath(key));
+    } catch (err) {
+      if (['ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) return undefined;
+      throw this.fail(op, key, err);
+    }
+    let newest: number | undefined;
+    for (const name of names) {
+      if (!VERSION_NAME.test(name)) continue;
+      const n = Number(name);
+      if (newest === undefined || n > newest) newest = n;
+    }
+    return newest;
+  }
+
   private async readMeta(
     key: string,
     st: BigIntStats,
     op: string,
+    file: string,
   ): Promise<{ meta: MetaFile; metaPath: string } | undefined> {
     const exact = this.metaPath(key, st.ino);
     const meta = await this.parseMeta(exact, key, op);
@@ -571,7 +722,7 @@ export class FolderStore implements ObjectStore {
         candidates.push({ meta: candidate, metaPath });
     }
     if (candidates.length <= 1) return candidates[0];
-    const sha256 = await this.hashFile(key, op);
+    const sha256 = await this.hashFile(key, op, file);
     return candidates.find((c) => c.meta.sha256 === sha256);
   }
 
@@ -593,10 +744,10 @@ export class FolderStore implements ObjectStore {
     }
   }
 
-  private async hashFile(key: string, op: string): Promise<string> {
+  private async hashFile(key: string, op: string, file: string): Promise<string> {
     const hash = createHash('sha256');
     try {
-      const fh = await fs.open(this.dataPath(key), 'r');
+      const fh = await fs.open(file, 'r');
       for await (const chunk of fh.createReadStream()) hash.update(chunk as Buffer);
     } catch (err) {
       throw this.fail(op, key, err);
@@ -648,13 +799,13 @@ export class FolderStore implements ObjectStore {
     await this.ensureDir(path.dirname(lockPath), key);
     const content: LockContent = { pid: process.pid, host: hostname(), nonce: randomName(), at: Date.now() };
     const mine = `${lockPath}.${content.nonce}`;
-    await fs.writeFile(mine, JSON.stringify(content), { flag: 'wx' });
+    await dfs.writeFile(mine, JSON.stringify(content), { flag: 'wx' });
     const deadline = Date.now() + this.lockTimeoutMs;
     try {
       for (let attempt = 0; ; attempt++) {
         throwIfAborted(signal);
         try {
-          await fs.link(mine, lockPath);
+          await dfs.link(mine, lockPath);
           heldLocks.add(content.nonce);
           break;
         } catch (err) {
@@ -671,12 +822,12 @@ export class FolderStore implements ObjectStore {
         await sleep(Math.min(50, 1 + attempt * 2) + Math.random() * 5);
       }
     } finally {
-      await ignoreMissing(fs.unlink(mine)).catch(() => undefined);
+      await ignoreMissing(dfs.unlink(mine)).catch(() => undefined);
     }
     return async () => {
       heldLocks.delete(content.nonce);
       const holder = await this.readLock(lockPath).catch(() => undefined);
-      if (holder?.nonce === content.nonce) await ignoreMissing(fs.unlink(lockPath));
+      if (holder?.nonce === content.nonce) await ignoreMissing(dfs.unlink(lockPath));
     };
   }
 
@@ -698,7 +849,7 @@ export class FolderStore implements ObjectStore {
   private async breakLock(lockPath: string, staleNonce: string): Promise<void> {
     const grave = `${lockPath}.broken-${randomName()}`;
     try {
-      await fs.rename(lockPath, grave);
+      await dfs.rename(lockPath, grave);
     } catch (err) {
       if (errno(err) === 'ENOENT') return;
       throw err;
@@ -706,15 +857,19 @@ export class FolderStore implements ObjectStore {
     const taken = await this.readLock(grave);
     if (taken?.nonce !== staleNonce) {
       // Another process broke the stale lock and a live owner took it in between: put it back.
-      await fs.link(grave, lockPath).catch(() => undefined);
+      await dfs.link(grave, lockPath).catch(() => undefined);
     }
-    await ignoreMissing(fs.unlink(grave));
+    await ignoreMissing(dfs.unlink(grave));
   }
 
   // ---- paths and folders ----
 
   private dataPath(key: string): string {
     return path.join(this.root, ...key.split('/'));
+  }
+
+  private versionsPath(key: string): string {
+    return `${path.join(this.root, VERSIONS_DIR, ...key.split('/'))}.v`;
   }
 
   private metaPath(key: string, ino: bigint): string {
@@ -734,9 +889,13 @@ export class FolderStore implements ObjectStore {
   }
 
   private async ensureRoot(): Promise<void> {
+    if (!this.tmpSwept) {
+      this.tmpSwept = true;
+      await this.sweepTmp();
+    }
     if (this.rootReady) return;
     try {
-      await fs.mkdir(this.root);
+      await dfs.mkdir(this.root);
       await fsyncDir(path.dirname(this.root));
     } catch (err) {
       if (errno(err) === 'ENOENT') await this.checkParent();
@@ -745,11 +904,30 @@ export class FolderStore implements ObjectStore {
     this.rootReady = true;
   }
 
+  /**
+   * Removes what crashed writers left in `.tmp/` (staged bodies, publish links,
+   * deleted version folders), once per store, when untouched for
+   * TMP_STALE_MS: a stage being written is touched at every write, and a
+   * leftover never blocks a write anyway (every name is random), it only takes
+   * space.
+   */
+  private async sweepTmp(): Promise<void> {
+    const dir = path.join(this.root, TMP_DIR);
+    const names = await fs.readdir(dir).catch(() => [] as string[]);
+    const before = Date.now() - TMP_STALE_MS;
+    for (const name of names) {
+      const file = path.join(dir, name);
+      const st = await fs.lstat(file).catch(() => undefined);
+      if (st === undefined || st.mtimeMs > before) continue;
+      await dfs.rm(file, { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+
   /** mkdir -p, fsyncing every folder it creates and the one it was created in. */
   private async ensureDir(dir: string, key: string): Promise<void> {
     let first: string | undefined;
     try {
-      first = await fs.mkdir(dir, { recursive: true });
+      first = await dfs.mkdir(dir, { recursive: true });
     } catch (err) {
       if (['ENOTDIR', 'EEXIST'].includes(errno(err) ?? '')) throw this.conflict('create', key);
       throw this.fail('create folder', key, err);

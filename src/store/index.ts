@@ -14,3 +14,4 @@ export {
 export type { S3Credentials, S3StoreOptions } from './s3-store.js';
 export { openObjectStore, SUPPORTED_SCHEMES } from './open.js';
 export type { OpenObjectStoreOptions } from './open.js';
+export { PROBE_PREFIX, verifyConditionalWrites } from './conditional-check.js';

@@ -15,6 +15,7 @@ import { Readable, Transform, pipeline } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
+import { Backoff, sleep } from '../retry.js';
 import { boolParam, maskUrl, parseServiceUrl } from '../url.js';
 import { isRetained, validateCreateOptions, validateKey, validatePrefix, validateRange } from './keys.js';
 import type {
@@ -41,6 +42,9 @@ export const DEFAULT_MAX_ATTEMPTS = 3;
 export const DEFAULT_CONNECTION_TIMEOUT_MS = 3_000;
 /** A socket idle this long is abandoned (and the request retried). */
 export const DEFAULT_SOCKET_TIMEOUT_MS = 30_000;
+/** Attempts of a conditional PUT answered 409 ConditionalRequestConflict (a concurrent conditional write in flight). */
+const CONFLICT_ATTEMPTS = 6;
+const CONFLICT_BACKOFF_MS = 50;
 
 const URL_PARAMS = new Set(['endpoint', 'region', 'forcePathStyle']);
 const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
@@ -400,9 +404,10 @@ export class S3Store implements ObjectStore {
     let size: number;
     try {
       if (body instanceof Uint8Array && body.length <= this.partSize) {
-        const out = await this.client.send(
-          new PutObjectCommand({ ...params, Body: body, ContentLength: body.length }),
-          { abortSignal: options.signal },
+        const out = await this.retryConflicts('create', key, options.signal, true, () =>
+          this.client.send(new PutObjectCommand({ ...params, Body: body, ContentLength: body.length }), {
+            abortSignal: options.signal,
+          }),
         );
         etag = out.ETag;
         size = body.length;
@@ -461,9 +466,12 @@ export class S3Store implements ObjectStore {
         size = counter.bytes;
       }
     } catch (err) {
+      if (err instanceof WalArchiverError) throw err;
       if (this.isConditionFailure(err)) {
         throw this.error(ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists', false);
       }
+      // A streamed body cannot be sent again from here: the caller's loop retries.
+      if (this.isConditionalConflict(err)) throw this.conflictError('create', key);
       throw this.fail('create', key, err, options.signal);
     }
     return this.createdInfo(key, etag, size, options);
@@ -491,17 +499,20 @@ export class S3Store implements ObjectStore {
     const condition =
       options.ifMatch === undefined ? { IfNoneMatch: '*' } : { IfMatch: `"${options.ifMatch}"` };
     try {
-      const out = await this.client.send(
-        new PutObjectCommand({
-          ...this.putParams(key, options),
-          ...condition,
-          Body: body,
-          ContentLength: body.length,
-        }),
-        { abortSignal: options.signal },
+      const out = await this.retryConflicts('replace', key, options.signal, true, () =>
+        this.client.send(
+          new PutObjectCommand({
+            ...this.putParams(key, options),
+            ...condition,
+            Body: body,
+            ContentLength: body.length,
+          }),
+          { abortSignal: options.signal },
+        ),
       );
       return this.createdInfo(key, out.ETag, body.length, options);
     } catch (err) {
+      if (err instanceof WalArchiverError) throw err;
       const name = sdkError(err).name;
       if (this.isConditionFailure(err) || name === 'NoSuchKey' || statusOf(err) === 404) {
         const why =
@@ -689,13 +700,55 @@ export class S3Store implements ObjectStore {
     return this.lockEnabled;
   }
 
+  /** 412: the condition was checked and failed (the key exists, or its ETag differs). */
   private isConditionFailure(err: unknown): boolean {
+    return sdkError(err).name === 'PreconditionFailed' || statusOf(err) === 412;
+  }
+
+  /**
+   * 409 ConditionalRequestConflict: AWS had another conditional write to the
+   * same key in flight and decided nothing about this one. Says neither
+   * "exists" nor "changed": the request is tried again.
+   */
+  private isConditionalConflict(err: unknown): boolean {
     const e = sdkError(err);
     return (
-      e.name === 'PreconditionFailed' ||
       e.name === 'ConditionalRequestConflict' ||
-      statusOf(err) === 412 ||
-      (statusOf(err) === 409 && /conditional/i.test(`${e.name} ${e.message}`))
+      (statusOf(err) === 409 && /conditional/i.test(`${e.name ?? ''} ${e.code ?? ''} ${e.message ?? ''}`))
+    );
+  }
+
+  /**
+   * Runs a conditional PUT whose body can be sent again, retrying a 409
+   * ConditionalRequestConflict with backoff; when conflicts outlast the
+   * attempts, fails UNAVAILABLE (retryable), for the caller's own loop.
+   */
+  private async retryConflicts<T>(
+    op: string,
+    key: string,
+    signal: AbortSignal | undefined,
+    replayable: boolean,
+    run: () => Promise<T>,
+  ): Promise<T> {
+    const backoff = new Backoff({ initialMs: CONFLICT_BACKOFF_MS, maxMs: 2_000 });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await run();
+      } catch (err) {
+        if (!this.isConditionalConflict(err)) throw err;
+        if (attempt >= CONFLICT_ATTEMPTS || !replayable) throw this.conflictError(op, key);
+        await sleep(backoff.next(), signal);
+      }
+    }
+  }
+
+  private conflictError(op: string, key: string): WalArchiverError {
+    return this.error(
+      ErrorCodes.UNAVAILABLE,
+      op,
+      key,
+      'ConditionalRequestConflict: another conditional write to this key was in flight; try again',
+      true,
     );
   }
 
