@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: build, make sure the real Kafka and MinIO are up, run vitest against them, then the
-// fault-injection suite (`npm run test:faults`, its own MinIO and Kafka, about 8 minutes).
+// crash-point exploration (`npm run test:crash`, no services), then the fault-injection suite
+// (`npm run test:faults`, its own MinIO and Kafka, about 8 minutes).
 //
 //   npm test                                all of it (what CI runs)
 //   npm test [-- <vitest arguments>]        vitest only, e.g. npm test -- --project unit,
@@ -20,6 +21,9 @@ exitWith('test', async (args) => {
   if (!ready.env) return ready.code;
   const code = await runChild('test', npx, ['--no', '--', 'vitest', 'run', ...args], ready.env);
   if (code !== 0 || args.length > 0) return code;
+  process.stdout.write('test: the crash-point exploration (npm run test:crash)\n');
+  const crash = await runChild('test', process.execPath, ['scripts/test-crash.mjs']);
+  if (crash !== 0) return crash;
   process.stdout.write('test: the fault-injection suite (npm run test:faults)\n');
   return runChild('test', process.execPath, ['scripts/test-faults.mjs']);
 });

@@ -1,10 +1,11 @@
-import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, link, lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { lstat, readdir } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { chmod, createWriteStream, link, mkdir, rm } from '../durable-fs.js';
 import { fsyncDir, isNotFound } from '../fs-atomic.js';
 import { KV_STATE_FILE, REPOSITORIES_DIR } from './apply.js';
 

@@ -207,8 +207,10 @@ function assignStagedNames(files: readonly StagedFileInput[]): string[] {
 async function makeStagingEntry(partitionDirPath: string, prefix: string): Promise<string> {
   const root = stagingDir(partitionDirPath);
   await ensureDir(root);
+  const dir = path.join(root, `${prefix}${randomBytes(6).toString('hex')}`);
   try {
-    return await fsp.mkdtemp(path.join(root, prefix));
+    await dfs.mkdir(dir, { mode: 0o700 });
+    return dir;
   } catch (err) {
     throw fsError(err, 'create staging directory in', root);
   }
@@ -278,7 +280,7 @@ export async function writeEntry(
         size = f.data.length;
       } else {
         try {
-          await fsp.link(f.linkFrom, dest);
+          await dfs.link(f.linkFrom, dest);
         } catch (err) {
           throw fsError(err, `hard-link ${f.linkFrom} to`, dest);
         }
@@ -293,7 +295,7 @@ export async function writeEntry(
     try {
       // rename(2) replaces an empty directory silently; the check above and
       // ENOTEMPTY for a non-empty one keep an existing entry from being replaced.
-      await fsp.rename(staging, target);
+      await dfs.rename(staging, target);
     } catch (err) {
       throw fsError(err, 'move entry into place at', target);
     }
@@ -301,7 +303,7 @@ export async function writeEntry(
     await fsyncDir(stagingDir(partitionDirPath));
     return { lsn, dir: target, files: written, totalBytes };
   } catch (err) {
-    await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    await dfs.rm(staging, { recursive: true, force: true }).catch(() => undefined);
     throw err;
   }
 }
@@ -384,7 +386,7 @@ export async function cleanStaging(partitionDirPath: string): Promise<void> {
   for (const name of names) {
     const p = path.join(root, name);
     try {
-      await fsp.rm(p, { recursive: true, force: true });
+      await dfs.rm(p, { recursive: true, force: true });
     } catch (err) {
       throw fsError(err, 'delete', p);
     }
