@@ -225,13 +225,30 @@ async function lagBackToNormal(rig: Rig, fault: string): Promise<void> {
     }
     return out;
   };
+  // A partition whose archiving stopped on entries pruned before they were archived is a violation the
+  // watch already recorded (the sidecar's line); waiting on its lag again after every fault adds nothing.
+  const stoppedOnPrune = async () => {
+    const out = new Set<string>();
+    for (const sc of rig.sidecars)
+      for (const r of await sc.status().catch(() => []))
+        if (r.state === 'failed' && FORBIDDEN.test(r.error ?? '')) out.add(`partition ${r.partition} `);
+    return out;
+  };
   let last: string[] = [];
+  let pruned: string[] = [];
   try {
     await waitFor(
       `lag after ${fault}`,
       async () => {
         last = await behind();
-        return last.length === 0 ? true : undefined;
+        if (last.length === 0) return true;
+        const stopped = await stoppedOnPrune();
+        pruned = last.filter((l) => [...stopped].some((p) => l.startsWith(p)));
+        if (pruned.length === last.length) {
+          last = [];
+          return true;
+        }
+        return undefined;
       },
       LAG_LIMIT_MS,
       250,
@@ -239,6 +256,8 @@ async function lagBackToNormal(rig: Rig, fault: string): Promise<void> {
   } catch {
     // Reported below.
   }
+  if (pruned.length > 0 && last.length === 0)
+    rig.report.note(`${fault}: not waiting on ${pruned.join('; ')}: its archiving stopped on pruned entries`);
   const seconds = (Date.now() - started) / 1000;
   rig.report.lagSeconds.push({ fault, seconds });
   const states = await Promise.all(rig.sidecars.map((s) => s.status().catch((e: unknown) => String(e))));
