@@ -7,7 +7,7 @@ export default defineConfig({
   test: {
     name: 'faults',
     include: ['test/faults/**/*.test.ts'],
-    testTimeout: 900_000,
+    testTimeout: 1_200_000,
     hookTimeout: 300_000,
     fileParallelism: false,
   },

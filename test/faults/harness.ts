@@ -36,6 +36,8 @@ export class RunReport {
   note(line: string): void {
     const t = ((Date.now() - this.started) / 1000).toFixed(1).padStart(6);
     this.timeline.push(`${t}s ${line}`);
+    // FAULT_TRACE=1 prints the timeline as it happens (a long run is otherwise silent until its figures).
+    if (process.env.FAULT_TRACE === '1') console.log(`[seed ${this.seed}] ${t}s ${line}`);
   }
 
   check(ok: boolean, violation: string): boolean {

@@ -42,6 +42,21 @@ function sameFiles(a: Map<string, Buffer>, b: Map<string, Buffer>): boolean {
   return true;
 }
 
+/** A node's `state/` of a partition as a digest; undefined (a violation) when it cannot be read. */
+async function nodeState(
+  report: RunReport,
+  dataDir: string,
+  partition: string,
+  node: number,
+): Promise<Record<string, string> | undefined> {
+  try {
+    return await treeDigest(join(partitionDir(dataDir, partition), 'state'));
+  } catch (err) {
+    report.check(false, `partition ${partition}: node ${node}'s state/ cannot be read: ${String(err)}`);
+    return undefined;
+  }
+}
+
 function diffDigests(a: Record<string, string>, b: Record<string, string>): string[] {
   return [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => a[k] !== b[k]);
 }
@@ -172,10 +187,9 @@ export async function checkReplay(
   }
   const replayed = await treeDigest(stateDir);
   for (const [i, dataDir] of nodeDirs.entries()) {
-    const differing = diffDigests(
-      replayed,
-      await treeDigest(join(partitionDir(dataDir, partition), 'state')),
-    );
+    const onNode = await nodeState(report, dataDir, partition, i + 1);
+    if (!onNode) continue;
+    const differing = diffDigests(replayed, onNode);
     report.check(
       differing.length === 0,
       `partition ${partition}: replayed archive differs from node ${i + 1}'s state at ${differing.slice(0, 5).join(', ')}`,
@@ -213,10 +227,9 @@ export async function checkRestore(
   }
   const restored = await treeDigest(join(targetDir, 'state'));
   for (const [i, dataDir] of nodeDirs.entries()) {
-    const differing = diffDigests(
-      restored,
-      await treeDigest(join(partitionDir(dataDir, partition), 'state')),
-    );
+    const onNode = await nodeState(report, dataDir, partition, i + 1);
+    if (!onNode) continue;
+    const differing = diffDigests(restored, onNode);
     report.check(
       differing.length === 0,
       `partition ${partition}: restored state differs from node ${i + 1}'s at ${differing.slice(0, 5).join(', ')}`,
