@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import * as dfs from '../src/durable-fs.js';
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
 import { atomicWriteFile, ensureDir, fsError, fsyncDir, isNotFound, syncTree } from '../src/fs-atomic.js';
@@ -72,13 +72,15 @@ async function rmTree(p: string): Promise<void> {
   await dfs.rm(p, { recursive: true, force: true });
 }
 
+/** Renames `from` to `to` (both relative to `dir`) and makes both folders' entries durable. */
 async function renameDurably(dir: string, from: string, to: string): Promise<void> {
   try {
     await dfs.rename(join(dir, from), join(dir, to));
   } catch (err) {
     throw fsError(err, `rename ${from} to`, join(dir, to));
   }
-  await fsyncDir(dir);
+  await fsyncDir(dirname(join(dir, to)));
+  if (dirname(join(dir, from)) !== dirname(join(dir, to))) await fsyncDir(dirname(join(dir, from)));
 }
 
 export function readInstallIntent(dir: string): InstallIntent | undefined {
@@ -161,16 +163,24 @@ export async function finishInstall(dir: string, intent: InstallIntent): Promise
   const state = join(dir, STATE_DIR);
   // 2. The shipped WAL out of the incoming copy (before that copy becomes state/).
   if (await exists(join(incoming, SHIPPED_WAL_DIR))) {
-    await renameDurably(dir, join(intent.incoming, SHIPPED_WAL_DIR), intent.shipped);
+    if (await exists(join(dir, intent.shipped))) {
+      // Moved already, but the move out of the incoming copy was not durable when the power went:
+      // the name left behind is a second copy of what the intent's folder holds.
+      await rmTree(join(incoming, SHIPPED_WAL_DIR));
+      await fsyncDir(incoming);
+    } else await renameDurably(dir, join(intent.incoming, SHIPPED_WAL_DIR), intent.shipped);
   }
   // 3. The state swap. While the incoming copy exists it has not become state/ yet.
   if (await exists(incoming)) {
-    if (await exists(state)) {
-      if (await exists(join(dir, intent.old)))
-        throw corrupt(dir, `both ${STATE_DIR}/ and ${intent.old}/ exist during a snapshot install`);
-      await renameDurably(dir, STATE_DIR, intent.old);
+    if ((await exists(state)) && (await exists(join(dir, intent.old)))) {
+      // state/ went to the old name first, so a state/ beside it is the incoming copy already
+      // renamed in; the incoming name survived only because its folder was not yet synced.
+      await rmTree(incoming);
+      await fsyncDir(dirname(incoming));
+    } else {
+      if (await exists(state)) await renameDurably(dir, STATE_DIR, intent.old);
+      await renameDurably(dir, intent.incoming, STATE_DIR);
     }
-    await renameDurably(dir, intent.incoming, STATE_DIR);
   } else if (!(await exists(state))) {
     throw corrupt(
       dir,

@@ -4,7 +4,9 @@ import type { FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as dfs from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
+import { fsyncFile } from '../fs-atomic.js';
 import { maskUrl, parseServiceUrl } from '../url.js';
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
 import { stderrLogger, type BusLogger } from './log.js';
@@ -102,7 +104,7 @@ interface TopicState {
 }
 
 interface PartitionWriter {
-  handle?: FileHandle;
+  handle?: dfs.DurableFileHandle;
   tail?: Tail;
   queue: Promise<void>;
 }
@@ -177,14 +179,14 @@ async function readJson<T>(file: string): Promise<T | undefined> {
 /** Writes a small file atomically: tmp, fsync, rename. */
 async function writeAtomic(file: string, data: string): Promise<void> {
   const tmp = `${file}.${nonce()}.tmp`;
-  const fh = await fsp.open(tmp, 'w');
+  const fh = await dfs.open(tmp, 'w');
   try {
-    await fh.writeFile(data);
+    await fh.writeString(data);
     await fh.sync();
   } finally {
     await fh.close();
   }
-  await fsp.rename(tmp, file);
+  await dfs.rename(tmp, file);
 }
 
 /**
@@ -193,15 +195,15 @@ async function writeAtomic(file: string, data: string): Promise<void> {
  */
 async function tryCreate(file: string, owner: Owner): Promise<boolean> {
   const tmp = `${file}.${owner.nonce}.tmp`;
-  await fsp.writeFile(tmp, JSON.stringify(owner));
+  await dfs.writeFile(tmp, JSON.stringify(owner));
   try {
-    await fsp.link(tmp, file);
+    await dfs.link(tmp, file);
     return true;
   } catch (err) {
     if (errCode(err) === 'EEXIST') return false;
     throw err;
   } finally {
-    await fsp.rm(tmp, { force: true });
+    await dfs.rm(tmp, { force: true });
   }
 }
 
@@ -209,7 +211,7 @@ async function tryCreate(file: string, owner: Owner): Promise<boolean> {
 async function breakLock(file: string, expectedNonce: string | undefined): Promise<void> {
   const moved = `${file}.${nonce()}.broken`;
   try {
-    await fsp.rename(file, moved);
+    await dfs.rename(file, moved);
   } catch (err) {
     if (errCode(err) === 'ENOENT') return;
     throw err;
@@ -217,14 +219,14 @@ async function breakLock(file: string, expectedNonce: string | undefined): Promi
   const info = await readJson<Owner>(moved);
   if (info?.nonce !== expectedNonce) {
     // It changed hands between the check and the rename: put it back.
-    await fsp.link(moved, file).catch(() => undefined);
+    await dfs.link(moved, file).catch(() => undefined);
   }
-  await fsp.rm(moved, { force: true });
+  await dfs.rm(moved, { force: true });
 }
 
 async function releaseLock(file: string, owned: string): Promise<void> {
   const info = await readJson<Owner>(file);
-  if (info?.nonce === owned) await fsp.rm(file, { force: true });
+  if (info?.nonce === owned) await dfs.rm(file, { force: true });
 }
 
 async function acquireLock(file: string, signal?: AbortSignal): Promise<string> {
@@ -282,7 +284,7 @@ async function readAt(fh: FileHandle, position: number, length: number): Promise
   return buf.subarray(0, done);
 }
 
-async function writeAt(fh: FileHandle, data: Buffer, position: number): Promise<void> {
+async function writeAt(fh: dfs.DurableFileHandle, data: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < data.length) {
     const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
@@ -367,7 +369,7 @@ export class FolderEventBus implements EventBus {
   /** The folder is usable: it exists (or can be made) and is writable. */
   async checkConnection(): Promise<void> {
     try {
-      await fsp.mkdir(this.root, { recursive: true });
+      await dfs.mkdir(this.root, { recursive: true });
       await fsp.access(this.root, fsConstants.W_OK | fsConstants.R_OK);
     } catch (cause) {
       throw ioError(`event bus folder ${this.root} is not usable`, cause, { url: this.url });
@@ -390,18 +392,16 @@ export class FolderEventBus implements EventBus {
     const dir = path.join(this.root, name);
     const metaFile = path.join(dir, 'meta.json');
     try {
-      await fsp.mkdir(dir, { recursive: true });
+      await dfs.mkdir(dir, { recursive: true });
       let meta = await readJson<{ partitions?: unknown }>(metaFile);
       if (meta === undefined) {
         const tmp = `${metaFile}.${nonce()}.tmp`;
-        await fsp.writeFile(tmp, JSON.stringify({ version: 1, partitions: this.defaultPartitions }));
-        const fh = await fsp.open(tmp, 'r');
-        await fh.sync();
-        await fh.close();
-        await fsp.link(tmp, metaFile).catch((err: unknown) => {
+        await dfs.writeFile(tmp, JSON.stringify({ version: 1, partitions: this.defaultPartitions }));
+        await fsyncFile(tmp);
+        await dfs.link(tmp, metaFile).catch((err: unknown) => {
           if (errCode(err) !== 'EEXIST') throw err;
         });
-        await fsp.rm(tmp, { force: true });
+        await dfs.rm(tmp, { force: true });
         meta = await readJson<{ partitions?: unknown }>(metaFile);
       }
       const partitions = meta?.partitions;
@@ -473,10 +473,10 @@ export class FolderEventBus implements EventBus {
       throw ioError(`event bus cannot lock ${file}`, cause, { url: this.url });
     }
     try {
-      w.handle ??= await fsp.open(file, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o644);
+      w.handle ??= await dfs.open(file, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o644);
       const fh = w.handle;
       const { size } = await fh.stat();
-      const tail = w.tail && w.tail.end === size ? w.tail : await scanTail(fh, size, file);
+      const tail = w.tail && w.tail.end === size ? w.tail : await scanTail(fh.raw, size, file);
       if (tail.torn) {
         this.log('warn', 'event log ends with an incomplete record (a crashed append); truncating it', {
           file,
@@ -587,7 +587,7 @@ class FolderSubscription implements Subscription {
   async start(): Promise<void> {
     try {
       for (const d of [this.membersDir, this.claimsDir, this.offsetsDir])
-        await fsp.mkdir(d, { recursive: true });
+        await dfs.mkdir(d, { recursive: true });
       const owner = await selfOwner();
       this.memberInfo = { memberId: this.memberId, pid: owner.pid, start: owner.start, host: owner.host };
       await this.writeMember();
@@ -686,7 +686,7 @@ class FolderSubscription implements Subscription {
         if (errCode(err) !== 'ENOENT') throw err;
       }
       if (alive) live.push(id);
-      else await fsp.rm(file, { force: true });
+      else await dfs.rm(file, { force: true });
     }
     live.sort();
     this.live = new Set(live);
@@ -877,7 +877,7 @@ class FolderSubscription implements Subscription {
       this.watcher?.close();
       await this.beating;
       for (const cursor of [...this.owned.values()]) await this.release(cursor).catch(() => undefined);
-      await fsp.rm(this.memberFile, { force: true }).catch(() => undefined);
+      await dfs.rm(this.memberFile, { force: true }).catch(() => undefined);
     }
   }
 
