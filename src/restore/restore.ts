@@ -464,6 +464,9 @@ async function extractBackup(
   try {
     await extractState(stream, stateDir);
   } catch (err) {
+    // A local write error (a full disk, EIO) stops extraction part way, when the hash has seen only
+    // part of the object: it is the error, not the archive.
+    if (isLocalWriteError(err)) throw err;
     if (hash.hash.copy().digest('hex') !== sha256) throw mismatch();
     throw new WalArchiverError(
       ErrorCodes.CORRUPT,
@@ -476,6 +479,16 @@ async function extractBackup(
   const kv = join(stateDir, KV_STATE_FILE);
   if ((await stat(kv).catch(() => undefined))?.size === 0) await rm(kv);
   return hash.bytes;
+}
+
+/** Whether an error (or one in its cause chain) is a failed local file-system operation. */
+function isLocalWriteError(err: unknown): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof WalArchiverError && e.code === ErrorCodes.CORRUPT) return false;
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return true;
+  }
+  return false;
 }
 
 /** Writes the Raft files that make storage-node start the partition from the restored state. */

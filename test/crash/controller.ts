@@ -25,6 +25,8 @@ import { setDurableObserver, type DurableEvent, type DurableObserver } from '../
 
 /** What every durable operation throws once the controller has crashed. */
 export class SimulatedCrash extends Error {
+  /** Looks like a failed system call to the code under test, as the operation did fail. */
+  readonly code = 'ECRASHED';
   constructor(message = 'simulated crash') {
     super(message);
     this.name = 'SimulatedCrash';
