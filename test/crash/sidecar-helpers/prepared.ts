@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 
 import { archiveThrough } from './archiver.js';
-import { makeRig, openStore, readWalFiles, writeWal, BASE_TIME, type Rig } from './fixtures.js';
+import { committedAtOf, makeRig, openStore, readWalFiles, writeWal, type Rig } from './fixtures.js';
 import { applyRange, backupAt, keepStateAt, SnapshotServer } from './state.js';
 
 export interface PreparedArchive {
@@ -39,7 +39,8 @@ export async function prepareArchive(
         throw new Error(`prepare: archiving stopped at ${r.archived}: ${r.error ?? r.state}`);
       if (backups.includes(step)) {
         await keepStateAt(rig, state, step, server);
-        const at = new Date(BASE_TIME + backups.indexOf(step) * 86_400_000);
+        // Taken just after its LSN was committed (a backup cannot predate the state it holds).
+        const at = new Date(committedAtOf(step) + 250);
         await backupAt(rig, store, server, step, () => at);
       }
       done = step;
