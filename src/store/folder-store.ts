@@ -446,7 +446,7 @@ export class FolderStore implements ObjectStore {
         for (const name of await fs.readdir(grave).catch(() => [] as string[])) {
           if (!VERSION_NAME.test(name)) continue;
           const st = await fs.stat(path.join(grave, name), { bigint: true }).catch(() => undefined);
-          if (st !== undefined) await ignoreMissing(dfs.unlink(this.metaPath(key, st.ino)));
+          if (st !== undefined) await ignoreMissing(dfs.unlink(this.metaPath(key, st)));
         }
         await dfs.rm(grave, { recursive: true, force: true });
       }
@@ -531,7 +531,7 @@ export class FolderStore implements ObjectStore {
       } finally {
         await mfh.close();
       }
-      metaPath = this.metaPath(key, st.ino);
+      metaPath = this.metaPath(key, st);
       await this.ensureDir(path.dirname(metaPath), key);
       await dfs.rename(metaTmp, metaPath);
       await fsyncDir(path.dirname(metaPath));
@@ -634,7 +634,7 @@ export class FolderStore implements ObjectStore {
       const file = path.join(dir, name);
       const st = await fs.stat(file, { bigint: true }).catch(() => undefined);
       await ignoreMissing(dfs.unlink(file));
-      if (st !== undefined && !inUse(st.ino)) await ignoreMissing(dfs.unlink(this.metaPath(key, st.ino)));
+      if (st !== undefined && !inUse(st.ino)) await ignoreMissing(dfs.unlink(this.metaPath(key, st)));
     }
     await fsyncDir(dir);
     if (!inUse(previous.stat.ino)) await ignoreMissing(dfs.unlink(previous.metaPath));
@@ -699,7 +699,7 @@ export class FolderStore implements ObjectStore {
     op: string,
     file: string,
   ): Promise<{ meta: MetaFile; metaPath: string } | undefined> {
-    const exact = this.metaPath(key, st.ino);
+    const exact = this.metaPath(key, st);
     const meta = await this.parseMeta(exact, key, op);
     if (meta !== undefined) return { meta, metaPath: exact };
     // The folder may have been copied (cp, rsync, tar), which changes inode
@@ -715,7 +715,7 @@ export class FolderStore implements ObjectStore {
     }
     const candidates: { meta: MetaFile; metaPath: string }[] = [];
     for (const name of names) {
-      if (!name.startsWith(`${base}.`) || !/^\.\d+\.json$/.test(name.slice(base.length))) continue;
+      if (!name.startsWith(`${base}.`) || !/^\.\d+(-\d+)?\.json$/.test(name.slice(base.length))) continue;
       const metaPath = path.join(dir, name);
       const candidate = await this.parseMeta(metaPath, key, op);
       if (candidate !== undefined && candidate.size === Number(st.size))
@@ -872,8 +872,14 @@ export class FolderStore implements ObjectStore {
     return `${path.join(this.root, VERSIONS_DIR, ...key.split('/'))}.v`;
   }
 
-  private metaPath(key: string, ino: bigint): string {
-    return `${path.join(this.root, META_DIR, ...key.split('/'))}.${ino.toString()}.json`;
+  /**
+   * The metadata file of the data file `st`: named by its inode and, where the file system keeps
+   * one, its birth time, so a reused inode number (a folder copied or restored from a backup frees
+   * the old numbers) never names the metadata of another file.
+   */
+  private metaPath(key: string, st: { ino: bigint; birthtimeNs: bigint }): string {
+    const id = st.birthtimeNs > 0n ? `${st.ino}-${st.birthtimeNs}` : st.ino.toString();
+    return `${path.join(this.root, META_DIR, ...key.split('/'))}.${id}.json`;
   }
 
   private async checkParent(): Promise<void> {

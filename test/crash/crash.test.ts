@@ -19,7 +19,7 @@ import { explore, summaryLine, type CrashProtocol, type ExploreResult } from './
 const here = path.dirname(fileURLToPath(import.meta.url));
 const protocolDir = path.join(here, 'protocols');
 const filter = process.env.CRASH_PROTOCOL;
-const maxPoints = Number(process.env.CRASH_MAX_POINTS ?? 150);
+const maxPoints = Number(process.env.CRASH_MAX_POINTS ?? 60);
 
 const files = (await readdir(protocolDir)).filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts')).sort();
 const protocols: CrashProtocol<unknown>[] = [];
