@@ -6,7 +6,7 @@
  * and path).
  *
  *   CRASH_PROTOCOL=<text>   only protocols whose name contains it
- *   CRASH_MAX_POINTS=<n>    crash points per protocol and variant (default 150; sampled evenly beyond)
+ *   CRASH_MAX_POINTS=<n>    crash points per protocol and variant (default 60; sampled evenly beyond)
  */
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
