@@ -56,6 +56,17 @@ export function isNotFound(err: unknown): boolean {
   return errnoCode(err) === 'ENOENT';
 }
 
+/** Whether a path exists; a missing path is false, any other stat error is thrown. */
+export async function pathExists(p: string): Promise<boolean> {
+  try {
+    await fsp.stat(p);
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw fsError(err, 'stat', p);
+  }
+}
+
 /** fsyncs a directory so that entries created, renamed or removed in it survive a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
   try {

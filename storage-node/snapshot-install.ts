@@ -1,9 +1,17 @@
 import { readFileSync } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import * as dfs from '../src/durable-fs.js';
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { atomicWriteFile, ensureDir, fsError, fsyncDir, isNotFound, syncTree } from '../src/fs-atomic.js';
+import {
+  atomicWriteFile,
+  ensureDir,
+  fsError,
+  fsyncDir,
+  isNotFound,
+  pathExists,
+  syncTree,
+} from '../src/fs-atomic.js';
 import { SHIPPED_WAL_DIR } from '../src/state/snapshot.js';
 import { readAppliedLsn, STATE_DIR, writeAppliedLsn } from '../src/wal/entry.js';
 import { tryParseLsn } from '../src/wal/lsn.js';
@@ -57,18 +65,8 @@ function corrupt(dir: string, message: string): WalArchiverError {
   return new WalArchiverError(ErrorCodes.CORRUPT, `${dir}: ${message}`, { retryable: false });
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch (err) {
-    if (isNotFound(err)) return false;
-    throw fsError(err, 'stat', p);
-  }
-}
-
 async function rmTree(p: string): Promise<void> {
-  if (!(await exists(p))) return;
+  if (!(await pathExists(p))) return;
   await dfs.rm(p, { recursive: true, force: true });
 }
 
@@ -162,8 +160,8 @@ export async function finishInstall(dir: string, intent: InstallIntent): Promise
   const incoming = join(dir, intent.incoming);
   const state = join(dir, STATE_DIR);
   // 2. The shipped WAL out of the incoming copy (before that copy becomes state/).
-  if (await exists(join(incoming, SHIPPED_WAL_DIR))) {
-    if (await exists(join(dir, intent.shipped))) {
+  if (await pathExists(join(incoming, SHIPPED_WAL_DIR))) {
+    if (await pathExists(join(dir, intent.shipped))) {
       // Moved already, but the move out of the incoming copy was not durable when the power went:
       // the name left behind is a second copy of what the intent's folder holds.
       await rmTree(join(incoming, SHIPPED_WAL_DIR));
@@ -171,17 +169,17 @@ export async function finishInstall(dir: string, intent: InstallIntent): Promise
     } else await renameDurably(dir, join(intent.incoming, SHIPPED_WAL_DIR), intent.shipped);
   }
   // 3. The state swap. While the incoming copy exists it has not become state/ yet.
-  if (await exists(incoming)) {
-    if ((await exists(state)) && (await exists(join(dir, intent.old)))) {
+  if (await pathExists(incoming)) {
+    if ((await pathExists(state)) && (await pathExists(join(dir, intent.old)))) {
       // state/ went to the old name first, so a state/ beside it is the incoming copy already
       // renamed in; the incoming name survived only because its folder was not yet synced.
       await rmTree(incoming);
       await fsyncDir(dirname(incoming));
     } else {
-      if (await exists(state)) await renameDurably(dir, STATE_DIR, intent.old);
+      if (await pathExists(state)) await renameDurably(dir, STATE_DIR, intent.old);
       await renameDurably(dir, intent.incoming, STATE_DIR);
     }
-  } else if (!(await exists(state))) {
+  } else if (!(await pathExists(state))) {
     throw corrupt(
       dir,
       `snapshot install at LSN ${intent.index}: neither ${STATE_DIR}/ nor ${intent.incoming}/ exists`,
@@ -222,7 +220,7 @@ export async function recoverInstall(dir: string): Promise<RecoveredInstall> {
     throw fsError(err, 'list', dir);
   });
   const state = join(dir, STATE_DIR);
-  if (!(await exists(state))) {
+  if (!(await pathExists(state))) {
     // No intent and no state/: a crash of an install from before the intent
     // existed, between moving state/ away and the new one in. The old state is
     // the one applied_lsn describes: put it back.
@@ -231,7 +229,7 @@ export async function recoverInstall(dir: string): Promise<RecoveredInstall> {
     if (old.length === 1) await renameDurably(dir, old[0]!, STATE_DIR);
   }
   const kept: string[] = [];
-  if (!(await exists(state))) return { kept };
+  if (!(await pathExists(state))) return { kept };
   for (const name of names) {
     const p = join(dir, name);
     if (name.startsWith(OLD_STATE_PREFIX) || name === INCOMING_DIR || name === 'snapshots') await rmTree(p);

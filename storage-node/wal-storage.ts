@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as dfs from '../src/durable-fs.js';
 import {
@@ -10,7 +10,7 @@ import {
   decodeEntryInfo,
 } from '../src/entry-info.js';
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { atomicWriteFile, ensureDir, fsError, fsyncDir, isNotFound } from '../src/fs-atomic.js';
+import { atomicWriteFile, ensureDir, fsError, fsyncDir, isNotFound, pathExists } from '../src/fs-atomic.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
 import { formatLsn, parseStagedFileName, tryParseLsn } from '../src/wal/lsn.js';
 import { decodeRaftEntry, EntryType as PbEntryType, type RaftEntry } from '../src/wal/raftpb.js';
@@ -411,16 +411,6 @@ export async function shippedEntryLsns(shippedDir: string, index: number): Promi
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch (err) {
-    if (isNotFound(err)) return false;
-    throw fsError(err, 'stat', p);
-  }
-}
-
 /**
  * Makes `wal/` hold exactly the shipped entries `shippedLsns` (moved in from
  * `shippedDir`). Idempotent, so it can run again after a crash: a shipped LSN
@@ -436,7 +426,7 @@ export async function resetWalToSnapshot(
 ): Promise<void> {
   const shipped = new Set(shippedLsns.filter((l) => l <= index));
   const pending = async (lsn: number) =>
-    shippedDir !== undefined && (await exists(join(shippedDir, formatLsn(lsn))));
+    shippedDir !== undefined && (await pathExists(join(shippedDir, formatLsn(lsn))));
   for (const lsn of (await listEntryLsns(dir)).reverse()) {
     if (shipped.has(lsn) && !(await pending(lsn))) continue;
     await removeEntry(dir, lsn);
