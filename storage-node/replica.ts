@@ -119,6 +119,7 @@ export class Replica {
   retainedForArchiver = 0;
   proposals = 0;
   elections = 0;
+  private lostReported = false;
 
   private constructor(
     private readonly opts: ReplicaOptions,
@@ -189,8 +190,34 @@ export class Replica {
 
   step(message: Message): void {
     if (this.closed || this.failure) return;
+    this.noteLostEntries(message);
     this.raft.step(message);
     this.schedule();
+  }
+
+  /** Logs, once per episode, that this node's log lost entries it had acknowledged, or that a follower's did. */
+  private noteLostEntries(m: Message): void {
+    if (m.type === 'heartbeat') {
+      const last = this.raft.status().lastIndex;
+      if (m.commit <= last) {
+        this.lostReported = false;
+      } else if (!this.lostReported) {
+        this.lostReported = true;
+        this.log.warn(
+          'this node lost entries it had acknowledged; catching up before it votes or campaigns',
+          {
+            leader: m.from,
+            lastLsn: last,
+            acknowledged: m.commit,
+          },
+        );
+      }
+    } else if (m.type === 'heartbeat-response' && m.reject) {
+      this.log.warn('a follower lost entries it had acknowledged; sending them again', {
+        follower: m.from,
+        lastLsn: m.rejectHint,
+      });
+    }
   }
 
   reportUnreachable(peer: number): void {

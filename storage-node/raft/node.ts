@@ -107,6 +107,14 @@ export class RaftNode {
   private heartbeatElapsed = 0;
   private randomizedElectionTimeout = 0;
   private leadTransferee = NONE;
+  /**
+   * Entries up to this index were acknowledged by this node and are gone from
+   * its log (its partition was replaced by an older copy). Until it has them
+   * again it neither votes nor campaigns: its vote could elect a leader that
+   * lacks them, and those entries may be committed on the strength of its
+   * acknowledgement. Learned from a leader; 0 when nothing is missing.
+   */
+  private lostUpTo = 0;
 
   private readyOutstanding = false;
   private prevSoft: SoftState;
@@ -413,8 +421,14 @@ export class RaftNode {
     return this.voters.includes(this.id);
   }
 
+  /** Whether entries this node acknowledged are still missing from its log (see `lostUpTo`). */
+  private missingAcknowledged(): boolean {
+    if (this.lostUpTo > 0 && this.log.committed >= this.lostUpTo) this.lostUpTo = 0;
+    return this.lostUpTo > 0;
+  }
+
   private hup(kind: CampaignKind): void {
-    if (this.role === 'leader' || !this.promotable()) return;
+    if (this.role === 'leader' || !this.promotable() || this.missingAcknowledged()) return;
     this.runCampaign(kind);
   }
 
@@ -502,7 +516,7 @@ export class RaftNode {
       this.vote === m.from ||
       (this.vote === NONE && this.lead === NONE) ||
       (type === 'pre-vote' && m.term > this.term);
-    if (canVote && this.candidateLogUpToDate(m.index, m.logTerm)) {
+    if (canVote && !this.missingAcknowledged() && this.candidateLogUpToDate(m.index, m.logTerm)) {
       this.send({ type: responseType(type), to: m.from, term: m.term });
       if (type === 'vote') {
         this.electionElapsed = 0;
@@ -582,6 +596,12 @@ export class RaftNode {
         break;
       case 'heartbeat-response':
         pr.recentActive = true;
+        if (m.reject) {
+          // The follower's log ends below what it acknowledged: start again from where it ends.
+          if (m.rejectHint < pr.match) pr.lostLog(m.rejectHint);
+          this.sendAppend(m.from);
+          break;
+        }
         if (pr.onHeartbeatResponse(this.log.lastIndex(), REPLICATE_STALL_HEARTBEATS)) pr.becomeProbe();
         if (pr.match < this.log.lastIndex()) this.sendAppend(m.from);
         break;
@@ -645,6 +665,16 @@ export class RaftNode {
   }
 
   private handleHeartbeat(m: Message): void {
+    // A heartbeat's commit is at most what we acknowledged, and committed
+    // entries are never truncated: a commit beyond our log means the entries
+    // we acknowledged are gone (the partition was replaced by a restore, or its
+    // storage was lost). Say where the log ends so the leader sends the rest,
+    // instead of waiting for an acknowledgement it already counts.
+    if (m.commit > this.log.lastIndex()) {
+      this.lostUpTo = Math.max(this.lostUpTo, m.commit);
+      this.send({ type: 'heartbeat-response', to: m.from, reject: true, rejectHint: this.log.lastIndex() });
+      return;
+    }
     this.log.commitTo(m.commit);
     this.send({ type: 'heartbeat-response', to: m.from });
   }

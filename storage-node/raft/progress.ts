@@ -117,6 +117,18 @@ export class Progress {
     return true;
   }
 
+  /**
+   * The follower reports its log ends at `lastIndex`, below the `match` it
+   * acknowledged (its storage was replaced or lost): what it had is gone, so
+   * probe from where its log ends. The commit index does not move back.
+   */
+  lostLog(lastIndex: number): void {
+    this.match = Math.min(this.match, lastIndex);
+    this.lastHeartbeatMatch = this.match;
+    this.resetState('probe');
+    this.next = lastIndex + 1;
+  }
+
   /** Bookkeeping after an append carrying entries up to `lastIndex` (`count` of them) was sent. */
   sentEntries(lastIndex: number, count: number): void {
     if (this.state === 'replicate') {

@@ -1,7 +1,15 @@
 import { describe, expect, test } from 'vitest';
 import { WalArchiverError } from '../../src/errors.js';
 import { RaftNode, type RaftConfig } from './node.js';
-import { Cluster, SafetyViolation, diskWithLog, type ClusterOptions, type Disk } from './testing/cluster.js';
+import {
+  Cluster,
+  SafetyViolation,
+  diskWithLog,
+  emptyDisk,
+  entrySignature,
+  type ClusterOptions,
+  type Disk,
+} from './testing/cluster.js';
 import { MemoryStorage } from './storage.js';
 import type { Message } from './types.js';
 
@@ -209,6 +217,64 @@ describe('§5.3 log replication', () => {
     const toCurrent = sent.find((m) => m.type === 'heartbeat' && m.to === 2)!;
     expect(toLagging.commit).toBe(1);
     expect(toCurrent.commit).toBe(5);
+  });
+
+  test('a follower whose log was replaced by an older copy (a restore) is sent what it lost, not left waiting', () => {
+    const c = cluster();
+    elect(c, 1);
+    for (let i = 0; i < 10; i++) c.propose(1, `w${i}`);
+    c.deliverAll();
+    expect(c.node(3).status().commit).toBe(11);
+    c.crash(3);
+    // Node 3's partition is replaced by a copy of the first 6 entries, as a restore from an archive that ends there writes it.
+    const kept = c.disks.get(1)!.storage.entries(1, 7);
+    const disk = emptyDisk(THREE);
+    disk.storage.append(kept);
+    disk.storage.setHardState({ term: c.node(1).status().term, vote: 0, commit: 6 });
+    disk.applied = kept.map(entrySignature);
+    c.disks.set(3, disk);
+    c.restart(3);
+    run(c, 5);
+    expect(c.node(3).status().lastIndex).toBe(11);
+    expect(c.node(1).status().progress![3]!.match).toBe(11);
+    c.propose(1, 'after');
+    c.deliverAll();
+    run(c, 2);
+    expect(applied(c, 3)).toEqual(applied(c, 1));
+  });
+
+  test('a follower that lost acknowledged entries neither votes nor campaigns until it has them again', () => {
+    const c = cluster();
+    elect(c, 1);
+    c.cutLink(1, 2);
+    for (let i = 0; i < 10; i++) c.propose(1, `w${i}`);
+    c.deliverAll();
+    // Committed by nodes 1 and 3 alone: node 2 never saw them.
+    expect(c.node(1).status().commit).toBe(11);
+    expect(c.node(2).status().lastIndex).toBe(1);
+    c.crash(3);
+    const kept = c.disks.get(1)!.storage.entries(1, 7);
+    const disk = emptyDisk(THREE);
+    disk.storage.append(kept);
+    disk.storage.setHardState({ term: c.node(1).status().term, vote: 0, commit: 6 });
+    disk.applied = kept.map(entrySignature);
+    c.disks.set(3, disk);
+    c.restart(3);
+    // Node 3 hears the leader's heartbeats (and so learns what it lost), then the leader dies.
+    c.filter = (m) => !(m.type === 'append' && m.to === 3);
+    run(c, 3);
+    c.crash(1);
+    c.filter = undefined;
+    c.heal();
+    // With node 3's vote node 2 could not win (its log is older), but node 3 could, with node 2's
+    // vote, and then lose 7..11. It must wait for node 1.
+    run(c, 60);
+    expect(c.leadersNow()).toEqual([]);
+    c.restart(1);
+    run(c, 60);
+    expect(c.leadersNow().length).toBe(1);
+    for (const id of THREE) expect(appliedData(c, id).slice(0, 10)).toEqual(appliedData(c, 1).slice(0, 10));
+    expect(appliedData(c, 3).length).toBeGreaterThanOrEqual(10);
   });
 
   test('fast backtracking: a follower with a long divergent tail is repaired in a few round trips', () => {

@@ -62,6 +62,8 @@ export type MessageType =
  * - append-response: `index` is the last index the follower now matches; on `reject`,
  *   `index` echoes the rejected probe and `rejectHint`/`logTerm` point at where to retry.
  * - heartbeat: `commit` is min(the follower's match, the leader's commit).
+ * - heartbeat-response: `reject` says the heartbeat's commit is beyond the follower's
+ *   log (it lost entries it had acknowledged); `rejectHint` is its last index.
  * - (pre-)vote: `index`/`logTerm` describe the candidate's last entry; `transfer` marks a
  *   campaign asked for by the leader (leader transfer), which voters honour even inside a lease.
  * - snapshot: `snapshot` describes what the driver must ship alongside (data is out of band).
