@@ -146,6 +146,18 @@ function selfOwner(extra: Partial<Owner> = {}): Promise<Owner> {
   return selfStart.then((start) => ({ pid: process.pid, start, host: HOST, nonce: nonce(), ...extra }));
 }
 
+/**
+ * The lock nonces and member IDs this process holds now. A lock or member
+ * file naming this process but none of these was left by a call that failed
+ * half-way (a write error while releasing): nothing here holds it, so it is
+ * as dead as one left by a crashed process.
+ */
+const heldHere = new Set<string>();
+
+function orphanedHere(o: Pick<Owner, 'pid' | 'host'>, id: string): boolean {
+  return o.host === HOST && o.pid === process.pid && !heldHere.has(id);
+}
+
 /** Whether the process that wrote `o` still runs. Another host's process is assumed alive. */
 async function processAlive(o: Pick<Owner, 'pid' | 'start' | 'host'>): Promise<boolean> {
   if (o.host !== HOST) return true;
@@ -225,6 +237,7 @@ async function breakLock(file: string, expectedNonce: string | undefined): Promi
 }
 
 async function releaseLock(file: string, owned: string): Promise<void> {
+  heldHere.delete(owned);
   const info = await readJson<Owner>(file);
   if (info?.nonce === owned) await dfs.rm(file, { force: true });
 }
@@ -232,9 +245,18 @@ async function releaseLock(file: string, owned: string): Promise<void> {
 async function acquireLock(file: string, signal?: AbortSignal): Promise<string> {
   const owner = await selfOwner();
   for (let attempt = 0; ; attempt++) {
-    if (await tryCreate(file, owner)) return owner.nonce;
+    // Held from before the link, so another caller in this process never takes it for an orphan.
+    heldHere.add(owner.nonce);
+    let created = false;
+    try {
+      created = await tryCreate(file, owner);
+    } finally {
+      if (!created) heldHere.delete(owner.nonce);
+    }
+    if (created) return owner.nonce;
     const info = await readJson<Owner>(file);
-    if (info && !(await processAlive(info))) await breakLock(file, info.nonce);
+    if (info && (orphanedHere(info, info.nonce) || !(await processAlive(info))))
+      await breakLock(file, info.nonce);
     throwIfAborted(signal);
     await sleep(Math.min(1 + attempt, 20) * (0.5 + Math.random()));
   }
@@ -590,9 +612,11 @@ class FolderSubscription implements Subscription {
         await dfs.mkdir(d, { recursive: true });
       const owner = await selfOwner();
       this.memberInfo = { memberId: this.memberId, pid: owner.pid, start: owner.start, host: owner.host };
+      heldHere.add(this.memberId);
       await this.writeMember();
       await this.refreshMembership();
     } catch (cause) {
+      heldHere.delete(this.memberId);
       this.resolveDone();
       throw ioError(`event bus cannot join group ${this.options.group} of ${this.topic.name}`, cause, {
         url: this.bus.url,
@@ -681,7 +705,7 @@ class FolderSubscription implements Subscription {
         const info = await readJson<Member>(file);
         alive =
           now - st.mtimeMs <= this.tuning.sessionTimeoutMs &&
-          (info === undefined || (await processAlive(info)));
+          (info === undefined || (!orphanedHere(info, id) && (await processAlive(info))));
       } catch (err) {
         if (errCode(err) !== 'ENOENT') throw err;
       }
@@ -877,6 +901,7 @@ class FolderSubscription implements Subscription {
       this.watcher?.close();
       await this.beating;
       for (const cursor of [...this.owned.values()]) await this.release(cursor).catch(() => undefined);
+      heldHere.delete(this.memberId);
       await dfs.rm(this.memberFile, { force: true }).catch(() => undefined);
     }
   }
