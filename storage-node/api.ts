@@ -18,7 +18,9 @@ import { stagedFileName } from '../src/wal/lsn.js';
  *   GET  /v1/partitions                      [PartitionStatus]
  *   GET  /v1/partitions/{id}                 PartitionStatus
  *   GET  /v1/partitions/{id}/snapshot        application/x-tar of the applied state (`kv-state`, `fs/…`)
- *                                            at one LSN, given in the X-Snapshot-LSN and X-Snapshot-Term headers
+ *                                            at one LSN, given in the X-Snapshot-LSN and X-Snapshot-Term headers;
+ *                                            X-Snapshot-Max-Committed-At (ISO 8601), when the node can bound
+ *                                            them, is at least the greatest commit time of the entries up to it
  *   GET  /v1/leadership/stream               application/x-ndjson: one PartitionStatus per partition,
  *                                            then one LeadershipChange per change, until closed
  *   GET  /metrics                            Prometheus text

@@ -333,6 +333,9 @@ export class StorageNode {
       'content-type': 'application/x-tar',
       'x-snapshot-lsn': String(snap.lsn),
       'x-snapshot-term': String(snap.term),
+      ...(snap.maxCommittedAt !== undefined
+        ? { 'x-snapshot-max-committed-at': new Date(snap.maxCommittedAt).toISOString() }
+        : {}),
       'x-partition': replica.partition,
     });
     try {

@@ -44,6 +44,12 @@ export interface ReplicaTransport {
 export interface StateSnapshot {
   lsn: number;
   term: number;
+  /**
+   * At least the greatest commit stamp of the entries up to `lsn` (Unix ms);
+   * undefined when this node cannot bound them (it took some in a snapshot
+   * without their stamps).
+   */
+  maxCommittedAt?: number;
   stream: Readable;
   /** Removes the temporary copy; call when the stream is consumed or abandoned. */
   release(): Promise<void>;
@@ -103,6 +109,8 @@ export class Replica {
   private readonly applyLock = new Mutex();
   private applied: number;
   private lastStamp = 0;
+  /** At least the greatest commit stamp of the applied entries; a bound only while the log's stamps cover it. */
+  private appliedStamp = 0;
   private pumping = false;
   private closed = false;
   private failure: string | undefined;
@@ -175,6 +183,7 @@ export class Replica {
     const applied = Math.min(Math.max(stored, start), storage.hardState.commit || start);
     const replica = new Replica(opts, storage, Math.max(applied, start));
     replica.lastStamp = storage.highestStamp;
+    replica.appliedStamp = storage.highestStamp;
     replica.archiverPosition = await readArchiverPosition(opts.dir);
     replica.schedule();
     return replica;
@@ -282,7 +291,7 @@ export class Replica {
    */
   async openStateSnapshot(options: { withWal?: boolean } = {}): Promise<StateSnapshot> {
     const copy = join(this.opts.dir, 'snapshots', randomBytes(6).toString('hex'));
-    const { lsn, term } = await this.applyLock.run(async () => {
+    const { lsn, term, maxCommittedAt } = await this.applyLock.run(async () => {
       await linkTree(this.stateDir, join(copy, 'state'));
       if (options.withWal) {
         for (const entryLsn of await listEntryLsns(this.opts.dir)) {
@@ -290,10 +299,21 @@ export class Replica {
           await linkTree(entryDir(this.opts.dir, entryLsn), join(copy, 'wal', formatLsn(entryLsn)));
         }
       }
-      return { lsn: this.applied, term: this.applied === 0 ? 0 : this.storage.term(this.applied) };
+      return {
+        lsn: this.applied,
+        term: this.applied === 0 ? 0 : this.storage.term(this.applied),
+        maxCommittedAt:
+          this.storage.highestStampCoversAll && this.appliedStamp > 0 ? this.appliedStamp : undefined,
+      };
     });
     const stream = packState(join(copy, 'state'), options.withWal ? { walDir: join(copy, 'wal') } : {});
-    return { lsn, term, stream, release: () => removeTree(copy) };
+    return {
+      lsn,
+      term,
+      ...(maxCommittedAt !== undefined ? { maxCommittedAt } : {}),
+      stream,
+      release: () => removeTree(copy),
+    };
   }
 
   /** Receives a snapshot a leader streams, then lets Raft decide whether to install it. */
@@ -400,6 +420,7 @@ export class Replica {
             lsn: e.index,
           });
           this.lastStamp = Math.max(this.lastStamp, payload.committedAt);
+          this.appliedStamp = Math.max(this.appliedStamp, payload.committedAt);
         }
         this.applied = e.index;
         const w = this.waiters.get(e.index);
@@ -437,6 +458,7 @@ export class Replica {
       await finishInstall(this.opts.dir, intent);
       await this.storage.adoptSnapshot(meta);
       this.lastStamp = Math.max(this.lastStamp, this.storage.highestStamp);
+      this.appliedStamp = Math.max(this.appliedStamp, this.storage.highestStamp);
       this.applied = meta.index;
     });
     this.log.info('installed snapshot', { lsn: meta.index, term: meta.term });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { entryDir, listEntryLsns } from '../src/wal/entry.js';
 import { formatLsn } from '../src/wal/lsn.js';
+import { encodePayload } from '../src/entry-info.js';
 import { linkTree } from '../src/state/snapshot.js';
 import type { Entry } from './raft/index.js';
 import { WalStorage } from './wal-storage.js';
@@ -63,5 +64,32 @@ describe('WalStorage: the oldest LSN on disk', () => {
     await follower.append(range(21, 30));
     await follower.compact(25, [1, 2, 3]);
     expect(follower.oldestLsn).toBe(26);
+  });
+});
+
+describe('WalStorage: whether the highest stamp bounds every entry', () => {
+  const stamped = (index: number, at: number): Entry => ({
+    index,
+    term: 1,
+    type: 'normal',
+    data: encodePayload({ manifest: Buffer.alloc(0), files: [] }, at),
+  });
+
+  it('holds across compaction and a reopen, and not once a snapshot brought entries without stamps', async () => {
+    const dir = await tempDir();
+    const s = await WalStorage.open(dir, '1', [1, 2, 3]);
+    await s.append([stamped(1, 1_000), stamped(2, 3_000), stamped(3, 2_000)]);
+    expect([s.highestStamp, s.highestStampCoversAll]).toEqual([3_000, true]);
+    await s.compact(3, [1, 2, 3]);
+    const reopened = await WalStorage.open(dir, '1', [1, 2, 3]);
+    expect([reopened.highestStamp, reopened.highestStampCoversAll]).toEqual([3_000, true]);
+
+    await reopened.resetToSnapshot({ index: 10, term: 1, voters: [1, 2, 3] });
+    expect(reopened.highestStampCoversAll).toBe(false);
+    await reopened.append([stamped(11, 4_000)]);
+    await reopened.compact(11, [1, 2, 3]);
+    // Compacted with a stamp that is a lower bound only: a reopen must not take it for a whole one.
+    const again = await WalStorage.open(dir, '1', [1, 2, 3]);
+    expect([again.highestStamp, again.highestStampCoversAll]).toEqual([4_000, false]);
   });
 });

@@ -101,6 +101,12 @@ export class WalStorage implements RaftStorage {
   private oldest = 0;
   /** The highest commit stamp of any entry this log holds or held since it was opened (0: none). */
   private stamp = 0;
+  /**
+   * Whether `stamp` bounds every entry this log ever held, compacted ones
+   * included: false once a snapshot arrived without the stamps of what it
+   * covers, or when `raft/snapshot` predates stamps.
+   */
+  private stampsWhole = true;
 
   private constructor(
     readonly dir: string,
@@ -123,11 +129,13 @@ export class WalStorage implements RaftStorage {
         autoLeave: false,
       });
     s.snap = await readSnapshotMeta(dir, storedVoters.length > 0 ? storedVoters : [...voters]);
-    s.stamp = readSnapshotStamp(dir);
+    const recorded = readSnapshotStamp(dir);
+    s.stamp = recorded.stamp;
     // Entries at or below the snapshot index stay until they are compacted
     // away: they are committed, and the sidecar may not have archived them yet.
     const onDisk = await listEntryLsns(dir);
     s.oldest = onDisk[0] ?? 0;
+    s.stampsWhole = s.snap.index === 0 || recorded.whole || s.oldest === 1;
     let expected = s.snap.index + 1;
     for (const lsn of onDisk) {
       const raft = s.readRaft(lsn);
@@ -167,6 +175,11 @@ export class WalStorage implements RaftStorage {
    */
   get highestStamp(): number {
     return this.stamp;
+  }
+
+  /** Whether `highestStamp` bounds every entry this log ever held (see `stampsWhole`). */
+  get highestStampCoversAll(): boolean {
+    return this.stampsWhole;
   }
 
   // ---- RaftStorage ---------------------------------------------------------
@@ -361,7 +374,7 @@ export class WalStorage implements RaftStorage {
       throw corrupt(this.partition, index, `compaction beyond the last entry ${this.lastIndex()}`);
     const meta = { index, term: this.term(index), voters: [...snapshotVoters] };
     // The highest stamp goes with it, so pruning every entry does not forget it.
-    await writeSnapshotMeta(this.dir, meta, this.stamp);
+    await writeSnapshotMeta(this.dir, meta, this.stamp, this.stampsWhole);
     this.terms = this.terms.slice(index - this.snap.index);
     this.snap = meta;
     this.forgetFrom(0);
@@ -389,6 +402,8 @@ export class WalStorage implements RaftStorage {
 
   /** Takes on a snapshot whose files are in place (`raft/snapshot`, `wal/`): the log starts after it. */
   async adoptSnapshot(meta: SnapshotMeta): Promise<void> {
+    // The entries it covers came without their stamps.
+    if (meta.index > 0) this.stampsWhole = false;
     this.snap = { index: meta.index, term: meta.term, voters: [...meta.voters] };
     this.terms = [];
     this.forgetFrom(0);
@@ -477,23 +492,39 @@ export async function readSnapshotMeta(dir: string, voters: readonly number[]): 
 
 /**
  * Writes `raft/snapshot`; `stamp`, when given, is the highest commit stamp of
- * the entries compacted away (an extra field readers of `{index, term, voters}` ignore).
+ * the entries compacted away (an extra field readers of `{index, term, voters}`
+ * ignore), and `whole: false` marks it a lower bound only (`"stamps": "partial"`:
+ * some entries it covers arrived in a snapshot without their stamps).
  */
-export async function writeSnapshotMeta(dir: string, meta: SnapshotMeta, stamp = 0): Promise<void> {
+export async function writeSnapshotMeta(
+  dir: string,
+  meta: SnapshotMeta,
+  stamp = 0,
+  whole = true,
+): Promise<void> {
   await ensureDir(join(dir, 'raft'));
+  const extra = stamp > 0 ? { stamp, ...(whole ? {} : { stamps: 'partial' }) } : {};
   await atomicWriteFile(
     join(dir, SNAPSHOT_META_FILE),
-    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters, ...(stamp > 0 ? { stamp } : {}) })}\n`,
+    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters, ...extra })}\n`,
   );
 }
 
-/** The highest commit stamp `raft/snapshot` records (0 when none: it predates stamps, or there is no file). */
-export function readSnapshotStamp(dir: string): number {
+/**
+ * The highest commit stamp `raft/snapshot` records (0 when none: it predates
+ * stamps, or there is no file), and whether it bounds every entry it covers.
+ */
+export function readSnapshotStamp(dir: string): { stamp: number; whole: boolean } {
   try {
-    const parsed = JSON.parse(readFileSync(join(dir, SNAPSHOT_META_FILE), 'utf8')) as { stamp?: unknown };
-    return Number.isSafeInteger(parsed.stamp) && (parsed.stamp as number) > 0 ? (parsed.stamp as number) : 0;
+    const parsed = JSON.parse(readFileSync(join(dir, SNAPSHOT_META_FILE), 'utf8')) as {
+      stamp?: unknown;
+      stamps?: unknown;
+    };
+    const stamp =
+      Number.isSafeInteger(parsed.stamp) && (parsed.stamp as number) > 0 ? (parsed.stamp as number) : 0;
+    return { stamp, whole: stamp > 0 && parsed.stamps !== 'partial' };
   } catch {
     // Missing or unreadable: readSnapshotMeta has already said what is wrong with it.
-    return 0;
+    return { stamp: 0, whole: false };
   }
 }

@@ -14,7 +14,7 @@
  *     "segments": [ { "key", "first_lsn", "last_lsn", "entries", "bytes", "raw_bytes", "sha256",
  *                     "first_committed_at", "last_committed_at", "max_committed_at" (optional),
  *                     "archived_at", "term", "node" } ],
- *     "backups":  [ { "key", "lsn", "taken_at", "bytes", "sha256", "trigger", "term", "node" } ],
+ *     "backups":  [ { "key", "lsn", "taken_at", "max_committed_at" (optional), "bytes", "sha256", "trigger", "term", "node" } ],
  *     "updated_at": "2025-01-01T00:00:00.000Z"
  *   }
  *
@@ -94,6 +94,11 @@ export interface BackupRecord {
   key: string;
   lsn: number;
   taken_at: string;
+  /**
+   * At least the greatest commit time of the entries up to `lsn` (absent when
+   * the node could not bound them): a time target at or after it reaches `lsn`.
+   */
+  max_committed_at?: string;
   bytes: number;
   sha256: string;
   trigger: BackupTrigger;
@@ -180,6 +185,7 @@ function parseBackupRecord(value: unknown, partition: string, index: number): Ba
     key: r.string('key'),
     lsn: r.lsn('lsn'),
     taken_at: r.time('taken_at'),
+    ...(r.has('max_committed_at') ? { max_committed_at: r.time('max_committed_at') } : {}),
     bytes: r.int('bytes'),
     sha256: r.sha256(),
     trigger: r.oneOf('trigger', BACKUP_TRIGGERS),

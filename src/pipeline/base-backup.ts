@@ -113,6 +113,8 @@ interface Spooled {
   bytes: number;
   rawBytes: number;
   sha256: string;
+  /** From X-Snapshot-Max-Committed-At: at least the greatest commit time of the entries up to `lsn`. */
+  maxCommittedAt?: string;
 }
 
 const TAR_BLOCK = 512;
@@ -320,7 +322,15 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
     if (isWalArchiverError(err)) throw err;
     throw unreachable(url, err, o.signal);
   }
-  return { path, lsn, bytes: compressed.bytes, rawBytes: raw.bytes, sha256: compressed.hash.digest('hex') };
+  const max = Date.parse(res.headers.get('x-snapshot-max-committed-at') ?? '');
+  return {
+    path,
+    lsn,
+    bytes: compressed.bytes,
+    rawBytes: raw.bytes,
+    sha256: compressed.hash.digest('hex'),
+    ...(Number.isFinite(max) ? { maxCommittedAt: new Date(max).toISOString() } : {}),
+  };
 }
 
 /**
@@ -348,6 +358,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
           [MetadataKeys.FIRST_LSN]: String(spooled.lsn),
           [MetadataKeys.LAST_LSN]: String(spooled.lsn),
           [MetadataKeys.PARTITION]: o.partition,
+          ...(spooled.maxCommittedAt ? { [MetadataKeys.MAX_COMMITTED_AT]: spooled.maxCommittedAt } : {}),
         },
         contentType: 'application/zstd',
         size: spooled.bytes,
@@ -379,6 +390,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
     key,
     lsn: spooled.lsn,
     taken_at: finishedAt.toISOString(),
+    ...(spooled.maxCommittedAt ? { max_committed_at: spooled.maxCommittedAt } : {}),
     bytes,
     sha256,
     trigger: o.trigger,

@@ -45,6 +45,12 @@ export interface ArchiveBackup {
    * the moment the state it holds existed).
    */
   takenAt?: number;
+  /**
+   * At least the greatest commit time of the entries up to `lsn` (Unix ms),
+   * when the node that served it could bound them: any time at or after it
+   * reaches `lsn`, even before the backup was taken.
+   */
+  maxCommittedAt?: number;
 }
 
 export interface PartitionArchive {
@@ -123,6 +129,7 @@ export function archiveFromManifest(m: PartitionManifest): PartitionArchive {
         bytes: b.bytes,
         term: b.term,
         takenAt: Date.parse(b.taken_at),
+        ...(b.max_committed_at !== undefined ? { maxCommittedAt: Date.parse(b.max_committed_at) } : {}),
       }))
       .sort((a, b) => a.lsn - b.lsn),
     archived: m.archived ? { firstLsn: m.archived.first_lsn, lastLsn: m.archived.last_lsn } : null,
@@ -176,12 +183,14 @@ export function archiveFromObjects(
     const base = tryParseBaseKey(o.key);
     if (base && base.partition === partition) {
       const takenAt = o.lastModified?.getTime();
+      const max = metadataTime(o.metadata[MetadataKeys.MAX_COMMITTED_AT]);
       backups.push({
         key: o.key,
         lsn: base.lsn,
         sha256: o.metadata[MetadataKeys.SHA256],
         bytes: o.size,
         ...(takenAt !== undefined ? { takenAt } : {}),
+        ...(max !== undefined ? { maxCommittedAt: max } : {}),
       });
     }
   }
@@ -292,8 +301,9 @@ export function checkLsnTarget(archive: PartitionArchive, lsn: number): number {
  *
  * - An entry without a commit time (a new leader's empty entry) goes with
  *   the entries before it; leading ones go with the next timed entry.
- * - The search starts at the newest base backup taken at or before `time`
- *   (its LSN counts as reached: its state existed by then), else at the
+ * - The search starts at the newest base backup reached by `time`: taken at
+ *   or before it (its state existed by then), or whose entries were all
+ *   committed at or before it (`maxCommittedAt`); else at the
  *   first archived LSN; so retention that removed the segments before the
  *   oldest kept backup leaves every time from that backup on restorable.
  * - A segment is skipped unread only when its greatest commit time (manifest
@@ -301,6 +311,13 @@ export function checkLsnTarget(archive: PartitionArchive, lsn: number): number {
  *   (written before it was recorded, or from the objects alone) is read and
  *   its entries' own RAFT commit times decide.
  */
+/** Whether every entry up to the backup's LSN is known to be committed at or before `t`. */
+function reachedBy(b: ArchiveBackup, t: number): boolean {
+  return (
+    (b.takenAt !== undefined && b.takenAt <= t) || (b.maxCommittedAt !== undefined && b.maxCommittedAt <= t)
+  );
+}
+
 export async function resolveTimeTarget(
   archive: PartitionArchive,
   time: Date,
@@ -312,8 +329,7 @@ export async function resolveTimeTarget(
   }
   assertSomethingArchived(archive);
   let start: ArchiveBackup | undefined;
-  for (const b of archive.backups)
-    if (b.takenAt !== undefined && b.takenAt <= t && (!start || b.lsn > start.lsn)) start = b;
+  for (const b of archive.backups) if (reachedBy(b, t) && (!start || b.lsn > start.lsn)) start = b;
   const first = start ? start.lsn + 1 : (archive.archived?.firstLsn ?? 1);
   const end = archive.archived?.lastLsn ?? 0;
   const chain =
@@ -371,8 +387,12 @@ export async function resolveTimeTarget(
       ? `; the first commit time is ${new Date(firstTimed.committedAt).toISOString()}, at LSN ${firstTimed.lsn}`
       : '';
     const oldest = archive.backups.find((b) => b.takenAt !== undefined);
+    const committedBy =
+      oldest?.maxCommittedAt !== undefined
+        ? ` (its entries all committed by ${new Date(oldest.maxCommittedAt).toISOString()})`
+        : '';
     const kept = oldest
-      ? `; the oldest base backup, LSN ${oldest.lsn}, was taken at ${new Date(oldest.takenAt!).toISOString()}`
+      ? `; the oldest base backup, LSN ${oldest.lsn}, was taken at ${new Date(oldest.takenAt!).toISOString()}${committedBy}`
       : '';
     throw notFound(
       `partition ${archive.partition}: ${time.toISOString()} is before the first archived entry ` +

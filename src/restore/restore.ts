@@ -47,7 +47,7 @@ import {
  *   state/            the applied partition
  *   applied_lsn       the target LSN
  *   archiver/position the target LSN: everything up to it is in the archive
- *   raft/snapshot     {index: target, term: term of the target entry, voters}
+ *   raft/snapshot     {index: target, term: term of the target entry, voters, stamp}
  *   raft/hard_state   {term, vote: 0, commit: target}
  *   raft/conf_state   the voters
  */
@@ -497,11 +497,15 @@ export async function writeBootFiles(
   lsn: number,
   term: number,
   voters: readonly number[],
+  stamps: { stamp: number; whole: boolean } = { stamp: 0, whole: false },
 ): Promise<void> {
   await mkdir(join(dir, 'raft'), { recursive: true });
+  // `stamp`: the greatest commit stamp restored, as the node records it when it compacts.
+  const extra =
+    stamps.stamp > 0 ? { stamp: stamps.stamp, ...(stamps.whole ? {} : { stamps: 'partial' }) } : {};
   await atomicWriteFile(
     join(dir, SNAPSHOT_META_FILE),
-    `${JSON.stringify({ index: lsn, term, voters: [...voters] })}\n`,
+    `${JSON.stringify({ index: lsn, term, voters: [...voters], ...extra })}\n`,
   );
   await writeConfState(dir, {
     voters: [...voters],
@@ -670,6 +674,10 @@ async function restoreInto(
   };
   let next = plan.fromLsn;
   let entries = 0;
+  // The greatest commit stamp of what is restored, for the node's raft/snapshot
+  // (a leader stamps no lower); whole only when the base backup bounded its own.
+  let stamp = plan.backup?.maxCommittedAt ?? 0;
+  const stampWhole = plan.backup === undefined || plan.backup.maxCommittedAt !== undefined;
   const knownDirs = new Set<string>();
   try {
     for (let i = 0; i < segs.length; i++) {
@@ -692,6 +700,7 @@ async function restoreInto(
           });
         }
         term = e.term;
+        if (e.committedAt > stamp) stamp = e.committedAt;
         next = e.lsn + 1;
         // Applying is mostly synchronous file calls: let downloads in flight move now and then.
         if (++entries % 64 === 0) await yieldToEventLoop();
@@ -721,7 +730,7 @@ async function restoreInto(
 
   progress.phase = 'finishing';
   report();
-  await writeBootFiles(build, plan.targetLsn, term, o.voters);
+  await writeBootFiles(build, plan.targetLsn, term, o.voters, { stamp, whole: stampWhole });
   return {
     partition,
     targetLsn: plan.targetLsn,

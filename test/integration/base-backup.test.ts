@@ -182,6 +182,13 @@ describe.each([
       node: leader.id,
       term: leader.term,
     });
+    // The node bounds the commit times of the entries up to the backup's LSN: the archive's greatest one.
+    const archivedMax = m.segments
+      .filter((seg) => seg.first_lsn <= first.record.lsn)
+      .map((seg) => Date.parse(seg.max_committed_at ?? seg.last_committed_at))
+      .reduce((x, y) => Math.max(x, y), 0);
+    expect(first.record.max_committed_at).toBe(new Date(archivedMax).toISOString());
+    expect(info.metadata['max-committed-at']).toBe(first.record.max_committed_at);
     expect(parseWalBackupEvent(first.event)).toEqual(first.event);
     expect(first.event).toMatchObject({
       partition: P,

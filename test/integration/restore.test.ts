@@ -324,10 +324,13 @@ describe('restore a partition from the archive of a live cluster', () => {
       await fsckClean(join(target, 'state'), repos('1'));
       const term = views.get('1')!.terms.get(lsn)!;
       expect(await readFile(join(target, 'applied_lsn'), 'utf8')).toBe(`${lsn}\n`);
+      // No base backups here: every stamp up to the LSN was replayed, so the greatest is whole.
+      const stamp = Math.max(...mine.filter((w) => w.lsn <= lsn).map((w) => Date.parse(w.committedAt)));
       expect(JSON.parse(await readFile(join(target, 'raft', 'snapshot'), 'utf8'))).toEqual({
         index: lsn,
         term,
         voters: [1, 2, 3],
+        stamp,
       });
       expect(await readHardState(target)).toEqual({ term, vote: 0, commit: lsn });
       expect((await readConfState(target))?.voters).toEqual([1, 2, 3]);

@@ -454,7 +454,36 @@ describe('restore planning: time targets after retention', () => {
     );
   });
 
-  it('reads when each backup was taken from the manifest', () => {
+  it('a time after the backup LSN was committed but before the backup was taken restores to its LSN when the backup says so', async () => {
+    // Entry 10 was committed at T0+100; the backup finished at T0+105.
+    const bounded = archiveFromObjects(P, [
+      ...segments.map((s) => ({ key: s.key, size: s.bytes, metadata: { sha256: s.sha256! } })),
+      {
+        key: baseBackupKey(P, 10),
+        size: 10,
+        metadata: { sha256: 'b'.repeat(64), 'max-committed-at': new Date(T0 + 100).toISOString() },
+        lastModified: new Date(T0 + 105),
+      },
+    ]);
+    const boundedRecorded = {
+      ...withTimes(bounded, segments),
+      backups: bounded.backups.map((b) => ({ ...b })),
+    };
+    for (const a of [boundedRecorded, bounded]) {
+      expect(await resolveTarget(a, { kind: 'time', time: new Date(T0 + 102) }, reader().fn)).toBe(10);
+      await expectError(
+        resolveTarget(a, { kind: 'time', time: new Date(T0 + 95) }, reader().fn),
+        /the oldest base backup, LSN 10, was taken at 2025-01-01T00:00:00\.105Z \(its entries all committed by 2025-01-01T00:00:00\.100Z\)/,
+      );
+    }
+    // Without the bound the same time is refused: nothing says entry 10 was committed by then.
+    await expectError(
+      resolveTarget(recorded, { kind: 'time', time: new Date(T0 + 102) }, reader().fn),
+      /before the first archived entry/,
+    );
+  });
+
+  it('reads when each backup was taken, and what its entries were committed by, from the manifest', () => {
     const a = archiveFromManifest({
       schema: 1,
       partition: P,
@@ -467,6 +496,7 @@ describe('restore planning: time targets after retention', () => {
           key: baseBackupKey(P, 4),
           lsn: 4,
           taken_at: new Date(T0 + 7).toISOString(),
+          max_committed_at: new Date(T0 + 4).toISOString(),
           bytes: 5,
           sha256: 'd'.repeat(64),
           trigger: 'manual',
@@ -478,5 +508,6 @@ describe('restore planning: time targets after retention', () => {
       updated_at: new Date(T0).toISOString(),
     });
     expect(a.backups[0]?.takenAt).toBe(T0 + 7);
+    expect(a.backups[0]?.maxCommittedAt).toBe(T0 + 4);
   });
 });
