@@ -105,6 +105,8 @@ interface TopicState {
 
 interface PartitionWriter {
   handle?: dfs.DurableFileHandle;
+  /** The topic folder was fsynced after this writer opened (maybe created) the log. */
+  folderSynced?: boolean;
   tail?: Tail;
   queue: Promise<void>;
 }
@@ -188,7 +190,12 @@ async function readJson<T>(file: string): Promise<T | undefined> {
   }
 }
 
-/** Writes a small file atomically: tmp, fsync, rename. */
+/** Makes the names in each folder durable (a new file, folder or rename in it survives a power cut). */
+async function syncFolders(...dirs: string[]): Promise<void> {
+  for (const d of dirs) await dfs.fsyncPath(d, 'fsyncDir');
+}
+
+/** Writes a small file atomically and durably: tmp, fsync, rename, fsync the folder. */
 async function writeAtomic(file: string, data: string): Promise<void> {
   const tmp = `${file}.${nonce()}.tmp`;
   const fh = await dfs.open(tmp, 'w');
@@ -199,6 +206,7 @@ async function writeAtomic(file: string, data: string): Promise<void> {
     await fh.close();
   }
   await dfs.rename(tmp, file);
+  await syncFolders(path.dirname(file));
 }
 
 /**
@@ -216,6 +224,28 @@ async function tryCreate(file: string, owner: Owner): Promise<boolean> {
     throw err;
   } finally {
     await dfs.rm(tmp, { force: true });
+  }
+}
+
+/**
+ * A lock or claim's owner; undefined when the file is gone, null when it is
+ * there but unreadable. Its content is written before its name is linked, so
+ * no live writer leaves it unreadable: only a power cut does, keeping the
+ * name but not the content. Such a file has no owner and may be broken.
+ */
+async function readOwner(file: string): Promise<Owner | undefined | null> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if (errCode(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    const o = JSON.parse(text) as Owner;
+    return typeof o?.nonce === 'string' ? o : null;
+  } catch {
+    return null;
   }
 }
 
@@ -254,8 +284,9 @@ async function acquireLock(file: string, signal?: AbortSignal): Promise<string> 
       if (!created) heldHere.delete(owner.nonce);
     }
     if (created) return owner.nonce;
-    const info = await readJson<Owner>(file);
-    if (info && (orphanedHere(info, info.nonce) || !(await processAlive(info))))
+    const info = await readOwner(file);
+    if (info === null) await breakLock(file, undefined);
+    else if (info && (orphanedHere(info, info.nonce) || !(await processAlive(info))))
       await breakLock(file, info.nonce);
     throwIfAborted(signal);
     await sleep(Math.min(1 + attempt, 20) * (0.5 + Math.random()));
@@ -426,6 +457,8 @@ export class FolderEventBus implements EventBus {
         await dfs.rm(tmp, { force: true });
         meta = await readJson<{ partitions?: unknown }>(metaFile);
       }
+      // The topic's folder and meta.json survive a power cut before anything is published to it.
+      await syncFolders(dir, this.root);
       const partitions = meta?.partitions;
       if (typeof partitions !== 'number' || !Number.isInteger(partitions) || partitions < 1) {
         throw corrupt(`event log topic ${name} has a corrupt meta.json`, { file: metaFile });
@@ -516,6 +549,11 @@ export class FolderEventBus implements EventBus {
       w.tail = undefined;
       await writeAt(fh, data, tail.end);
       await fh.sync();
+      // A log file this append created is only durable once its name is.
+      if (!w.folderSynced) {
+        await syncFolders(t.dir);
+        w.folderSynced = true;
+      }
       w.tail = { end: tail.end + data.length, nextOffset: tail.nextOffset + events.length, torn: false };
     } catch (cause) {
       w.tail = undefined;
@@ -610,6 +648,8 @@ class FolderSubscription implements Subscription {
     try {
       for (const d of [this.membersDir, this.claimsDir, this.offsetsDir])
         await dfs.mkdir(d, { recursive: true });
+      // The group's folders may be new: make their names durable, or a committed offset could vanish.
+      await syncFolders(this.groupDir, path.dirname(this.groupDir), this.topic.dir);
       const owner = await selfOwner();
       this.memberInfo = { memberId: this.memberId, pid: owner.pid, start: owner.start, host: owner.host };
       heldHere.add(this.memberId);
@@ -739,7 +779,11 @@ class FolderSubscription implements Subscription {
       const file = this.claimFile(p);
       const owner = await selfOwner({ memberId: this.memberId });
       if (!(await tryCreate(file, owner))) {
-        const info = await readJson<Owner>(file);
+        const info = await readOwner(file);
+        if (info === null) {
+          await breakLock(file, undefined);
+          continue;
+        }
         const stale =
           info &&
           (!info.memberId ||

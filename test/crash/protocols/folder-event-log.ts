@@ -36,6 +36,10 @@ interface Ctx {
   root: string;
   /** Offsets the run's consumer handled (its handler returned). */
   handled: number[];
+  /** Offsets group `n` handled in the run. */
+  newGroupHandled: number[];
+  /** The run's publish to a topic it created resolved. */
+  freshPublished: boolean;
   bus?: FolderEventBus;
 }
 
@@ -78,9 +82,9 @@ async function consume(
   return got;
 }
 
-async function committedOffset(root: string): Promise<number | undefined> {
+async function committedOffset(root: string, group = GROUP): Promise<number | undefined> {
   try {
-    const text = await readFile(join(root, 'wal.entries', 'groups', GROUP, 'offsets', '0000.json'), 'utf8');
+    const text = await readFile(join(root, 'wal.entries', 'groups', group, 'offsets', '0000.json'), 'utf8');
     return (JSON.parse(text) as { offset: number }).offset;
   } catch {
     return undefined;
@@ -103,12 +107,28 @@ export const protocols: CrashProtocol<Ctx>[] = [
       } finally {
         await bus.close();
       }
-      return { url, root: dir, handled: [] };
+      return { url, root: dir, handled: [], newGroupHandled: [], freshPublished: false };
     },
     async run(ctx) {
       const bus = openBus(ctx.url);
       ctx.bus = bus;
+      // A group that joins now starts at the end of the log, and must not lose that place.
+      let newGroupDone!: () => void;
+      const newGroupGot = new Promise<void>((r) => (newGroupDone = r));
+      const n = await bus.subscribe({
+        topic: TOPIC,
+        group: 'n',
+        handler: async (events) => {
+          ctx.newGroupHandled.push(...events.map((e) => Number(e.offset)));
+          if (ctx.newGroupHandled.length >= 2) newGroupDone();
+        },
+      });
       await bus.publish(TOPIC, [record(3), record(4)]);
+      await newGroupGot;
+      await n.stop();
+      // A topic this run creates: once publish resolves, its record is durable.
+      await bus.publish('fresh', [record(0)]);
+      ctx.freshPublished = true;
       const errors: string[] = [];
       const got = await consume(bus, GROUP, false, (g) => g.length >= 2, errors, ctx.handled);
       if (errors.length) throw new Error(errors[0]);
@@ -172,6 +192,46 @@ export const protocols: CrashProtocol<Ctx>[] = [
           v.push(
             `group g got offsets ${JSON.stringify(restOffsets)} after committing ${before}, not ${JSON.stringify(wantRest)}`,
           );
+
+        // Group n joined at the end of the log (offset 3). Once it has handled a record, its start
+        // position was committed before: that commit must survive, or a restart skips what followed.
+        const nCommitted = await committedOffset(ctx.root, 'n');
+        if (ctx.newGroupHandled.length > 0 && (nCommitted === undefined || nCommitted < 3))
+          v.push(
+            `group n handled ${JSON.stringify(ctx.newGroupHandled)} but its committed offset is ${nCommitted}`,
+          );
+        if (nCommitted !== undefined) {
+          const due = new Set<number>();
+          for (let o = nCommitted; o <= last; o++) if (!ctx.newGroupHandled.includes(o)) due.add(o);
+          const missing = (got: ConsumedEvent[]) =>
+            [...due].filter((o) => !got.some((e) => Number(e.offset) === o));
+          const resumed = await consume(bus, 'n', false, (g) => missing(g).length === 0, errors);
+          if (missing(resumed).length > 0)
+            v.push(
+              `group n, committed at ${nCommitted}, skips offsets ${JSON.stringify(missing(resumed))} (handled ${JSON.stringify(ctx.newGroupHandled)})`,
+            );
+        }
+        if (ctx.freshPublished) {
+          const fresh = await new Promise<ConsumedEvent[]>((resolve, reject) => {
+            const got: ConsumedEvent[] = [];
+            let timer: NodeJS.Timeout | undefined;
+            bus
+              .subscribe({
+                topic: 'fresh',
+                group: 'audit',
+                fromBeginning: true,
+                handler: async (events) => {
+                  got.push(...events);
+                },
+              })
+              .then((sub) => {
+                timer = setTimeout(() => sub.stop().then(() => resolve(got), reject), 500);
+              }, reject);
+            void timer;
+          });
+          if (fresh.length !== 1)
+            v.push(`a record published to a new topic is gone: the topic holds ${fresh.length}`);
+        }
       } finally {
         await bus.close().catch(() => undefined);
       }
