@@ -175,14 +175,19 @@ async function processAlive(o: Pick<Owner, 'pid' | 'start' | 'host'>): Promise<b
   return true;
 }
 
-async function readJson<T>(file: string): Promise<T | undefined> {
-  let text: string;
+/** A small file's text; undefined when it does not exist. */
+async function readText(file: string): Promise<string | undefined> {
   try {
-    text = await fsp.readFile(file, 'utf8');
+    return await fsp.readFile(file, 'utf8');
   } catch (err) {
     if (errCode(err) === 'ENOENT') return undefined;
     throw err;
   }
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  const text = await readText(file);
+  if (text === undefined) return undefined;
   try {
     return JSON.parse(text) as T;
   } catch {
@@ -234,13 +239,8 @@ async function tryCreate(file: string, owner: Owner): Promise<boolean> {
  * name but not the content. Such a file has no owner and may be broken.
  */
 async function readOwner(file: string): Promise<Owner | undefined | null> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch (err) {
-    if (errCode(err) === 'ENOENT') return undefined;
-    throw err;
-  }
+  const text = await readText(file);
+  if (text === undefined) return undefined;
   try {
     const o = JSON.parse(text) as Owner;
     return typeof o?.nonce === 'string' ? o : null;

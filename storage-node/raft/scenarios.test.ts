@@ -45,6 +45,18 @@ function appliedData(c: Cluster, id: number): string[] {
   return applied(c, id).filter((s) => !s.includes('/empty/'));
 }
 
+/** Stops `id`, replaces its disk by node 1's first `upTo` entries, committed and applied (a restore's output), and starts it. */
+function replaceWithOlderCopy(c: Cluster, id: number, upTo: number): void {
+  c.crash(id);
+  const kept = c.disks.get(1)!.storage.entries(1, upTo + 1);
+  const disk = emptyDisk(THREE);
+  disk.storage.append(kept);
+  disk.storage.setHardState({ term: c.node(1).status().term, vote: 0, commit: upTo });
+  disk.applied = kept.map(entrySignature);
+  c.disks.set(id, disk);
+  c.restart(id);
+}
+
 function notLeaderError(fn: () => unknown): WalArchiverError {
   try {
     fn();
@@ -225,15 +237,8 @@ describe('§5.3 log replication', () => {
     for (let i = 0; i < 10; i++) c.propose(1, `w${i}`);
     c.deliverAll();
     expect(c.node(3).status().commit).toBe(11);
-    c.crash(3);
     // Node 3's partition is replaced by a copy of the first 6 entries, as a restore from an archive that ends there writes it.
-    const kept = c.disks.get(1)!.storage.entries(1, 7);
-    const disk = emptyDisk(THREE);
-    disk.storage.append(kept);
-    disk.storage.setHardState({ term: c.node(1).status().term, vote: 0, commit: 6 });
-    disk.applied = kept.map(entrySignature);
-    c.disks.set(3, disk);
-    c.restart(3);
+    replaceWithOlderCopy(c, 3, 6);
     run(c, 5);
     expect(c.node(3).status().lastIndex).toBe(11);
     expect(c.node(1).status().progress![3]!.match).toBe(11);
@@ -252,14 +257,7 @@ describe('§5.3 log replication', () => {
     // Committed by nodes 1 and 3 alone: node 2 never saw them.
     expect(c.node(1).status().commit).toBe(11);
     expect(c.node(2).status().lastIndex).toBe(1);
-    c.crash(3);
-    const kept = c.disks.get(1)!.storage.entries(1, 7);
-    const disk = emptyDisk(THREE);
-    disk.storage.append(kept);
-    disk.storage.setHardState({ term: c.node(1).status().term, vote: 0, commit: 6 });
-    disk.applied = kept.map(entrySignature);
-    c.disks.set(3, disk);
-    c.restart(3);
+    replaceWithOlderCopy(c, 3, 6);
     // Node 3 hears the leader's heartbeats (and so learns what it lost), then the leader dies.
     c.filter = (m) => !(m.type === 'append' && m.to === 3);
     run(c, 3);
