@@ -300,11 +300,27 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
       { retryable: false },
     );
   }
-  await dfs.mkdir(spoolDir, { recursive: true });
   const path = join(spoolDir, `base-${o.partition}-${lsn}-${randomBytes(6).toString('hex')}.tar.zst`);
   const raw = new HashingStream();
   const compressed = new HashingStream();
-  const file = dfs.createWriteStream(path, { flags: 'wx' });
+  // A local write error is the spool's (a full or read-only disk), not the node's: say so.
+  const spoolFailed = (err: unknown) => {
+    void res.body?.cancel().catch(() => undefined);
+    return fail(
+      ErrorCodes.UNAVAILABLE,
+      `base backup of partition ${o.partition}: cannot write the spool ${path}: ${describeError(err)}`,
+      { cause: err, retryable: true, details: { partition: o.partition, lsn, spool: spoolDir } },
+    );
+  };
+  let file: ReturnType<typeof dfs.createWriteStream>;
+  let spoolError: unknown;
+  try {
+    await dfs.mkdir(spoolDir, { recursive: true });
+    file = dfs.createWriteStream(path, { flags: 'wx' });
+  } catch (err) {
+    throw spoolFailed(err);
+  }
+  file.once('error', (err) => (spoolError ??= err));
   try {
     await pipeline(
       Readable.fromWeb(res.body as WebReadableStream<Uint8Array>),
@@ -320,6 +336,7 @@ async function spoolSnapshot(o: TakeBaseBackupOptions, spoolDir: string): Promis
     if (!file.closed) await new Promise<void>((resolve) => file.once('close', () => resolve()));
     await dfs.rm(path, { force: true });
     if (isWalArchiverError(err)) throw err;
+    if (spoolError !== undefined && err === spoolError && !o.signal?.aborted) throw spoolFailed(err);
     throw unreachable(url, err, o.signal);
   }
   const max = Date.parse(res.headers.get('x-snapshot-max-committed-at') ?? '');

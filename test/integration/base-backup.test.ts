@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { backupCommand, retentionCommand } from '../../src/cli/backup.js';
+import { setDurableObserver } from '../../src/durable-fs.js';
 import { isWalArchiverError } from '../../src/errors.js';
 import { readAll } from '../../src/manifest/cas.js';
 import { baseBackupPrefix, segmentPrefix } from '../../src/manifest/keys.js';
@@ -314,6 +315,31 @@ describe.each([
     expect((await objectKeys(s.store)).filter((x) => x.startsWith(baseBackupPrefix(P)))).toEqual([]);
     expect(await readdir(s.spoolDir).catch(() => [])).toEqual([]);
     expect((await readPartitionManifest(s.store, P))!.value.backups).toEqual([]);
+    // A full spool disk is the spool's failure, named with its path, retryable; never the node's.
+    setDurableObserver({
+      before(e) {
+        if (e.path.startsWith(s.spoolDir) && (e.op === 'create' || e.op === 'write' || e.op === 'mkdir'))
+          throw Object.assign(new Error(`ENOSPC: no space left on device, open '${e.path}'`), {
+            code: 'ENOSPC',
+          });
+      },
+    });
+    const full = await takeBaseBackup({
+      store: s.store,
+      nodeUrl: l.url,
+      partition: P,
+      node: l.id,
+      term: l.term,
+      trigger: 'size',
+      spoolDir: s.spoolDir,
+    })
+      .catch((e: unknown) => e)
+      .finally(() => setDurableObserver(undefined));
+    expect(isWalArchiverError(full, 'UNAVAILABLE'), String(full)).toBe(true);
+    expect((full as Error).message).toMatch(/cannot write the spool .*ENOSPC/);
+    expect((full as Error).message).not.toMatch(/storage node/);
+    expect((full as { retryable?: boolean }).retryable).toBe(true);
+    expect((await objectKeys(s.store)).filter((x) => x.startsWith(baseBackupPrefix(P)))).toEqual([]);
     // A follower is refused with the leader named.
     const follower = s.cluster.urls.find((u) => u !== l.url)!;
     await expect(
