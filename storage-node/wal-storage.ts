@@ -10,7 +10,7 @@ import {
   decodeEntryInfo,
 } from '../src/entry-info.js';
 import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { atomicWriteFile, ensureDir, fsError, fsyncDir, isNotFound, pathExists } from '../src/fs-atomic.js';
+import { ensureDir, fsError, fsyncDir, isNotFound, pathExists } from '../src/fs-atomic.js';
 import { decodeLogEntry } from '../src/wal/log-entry.js';
 import { formatLsn, parseStagedFileName, tryParseLsn } from '../src/wal/lsn.js';
 import { decodeRaftEntry, EntryType as PbEntryType, type RaftEntry } from '../src/wal/raftpb.js';
@@ -30,7 +30,10 @@ import {
   MANIFEST_FILE,
   RAFT_FILE,
 } from '../src/wal/entry.js';
+import { writeSnapshotMeta } from '../src/wal/entry.js';
 import { limitSize } from './raft/storage.js';
+
+export { writeSnapshotMeta };
 import {
   logCompactedError,
   logUnavailableError,
@@ -488,26 +491,6 @@ export async function readSnapshotMeta(dir: string, voters: readonly number[]): 
       },
     );
   }
-}
-
-/**
- * Writes `raft/snapshot`; `stamp`, when given, is the highest commit stamp of
- * the entries compacted away (an extra field readers of `{index, term, voters}`
- * ignore), and `whole: false` marks it a lower bound only (`"stamps": "partial"`:
- * some entries it covers arrived in a snapshot without their stamps).
- */
-export async function writeSnapshotMeta(
-  dir: string,
-  meta: SnapshotMeta,
-  stamp = 0,
-  whole = true,
-): Promise<void> {
-  await ensureDir(join(dir, 'raft'));
-  const extra = stamp > 0 ? { stamp, ...(whole ? {} : { stamps: 'partial' }) } : {};
-  await atomicWriteFile(
-    join(dir, SNAPSHOT_META_FILE),
-    `${JSON.stringify({ index: meta.index, term: meta.term, voters: meta.voters, ...extra })}\n`,
-  );
 }
 
 /**

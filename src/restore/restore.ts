@@ -9,13 +9,19 @@ import { fetchSegment, type ExtractedEntry } from '../archive/segment-reader.js'
 import { ContentDigest, decodeEntryInfo } from '../entry-info.js';
 import { mkdir, rename, rm, rmdir, writeFile } from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
-import { atomicWriteFile, fsyncDir, isNotFound, syncTree } from '../fs-atomic.js';
+import { fsyncDir, isNotFound, syncTree } from '../fs-atomic.js';
 import { HashingStream } from '../pipeline/segment.js';
 import type { Semaphore } from '../pipeline/semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../state/apply.js';
 import { extractState } from '../state/snapshot.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import { writeAppliedLsn, writeArchiverPosition, writeConfState, writeHardState } from '../wal/entry.js';
+import {
+  writeAppliedLsn,
+  writeArchiverPosition,
+  writeConfState,
+  writeHardState,
+  writeSnapshotMeta,
+} from '../wal/entry.js';
 import { decodeLogEntry, type LogEntry } from '../wal/log-entry.js';
 import { parseStagedFileName } from '../wal/lsn.js';
 import { decodeRaftEntry } from '../wal/raftpb.js';
@@ -56,7 +62,6 @@ export const INCOMPLETE_MARKER = 'RESTORE-INCOMPLETE';
 export const PARTIAL_SUFFIX = '.partial';
 export const WORK_DIR = '.restore';
 export const DEFAULT_RESTORE_CONCURRENCY = 4;
-const SNAPSHOT_META_FILE = join('raft', 'snapshot');
 
 export interface RestoreProgress {
   partition: string;
@@ -499,14 +504,7 @@ export async function writeBootFiles(
   voters: readonly number[],
   stamps: { stamp: number; whole: boolean } = { stamp: 0, whole: false },
 ): Promise<void> {
-  await mkdir(join(dir, 'raft'), { recursive: true });
-  // `stamp`: the greatest commit stamp restored, as the node records it when it compacts.
-  const extra =
-    stamps.stamp > 0 ? { stamp: stamps.stamp, ...(stamps.whole ? {} : { stamps: 'partial' }) } : {};
-  await atomicWriteFile(
-    join(dir, SNAPSHOT_META_FILE),
-    `${JSON.stringify({ index: lsn, term, voters: [...voters], ...extra })}\n`,
-  );
+  await writeSnapshotMeta(dir, { index: lsn, term, voters }, stamps.stamp, stamps.whole);
   await writeConfState(dir, {
     voters: [...voters],
     learners: [],

@@ -695,6 +695,26 @@ export async function writeConfState(partitionDirPath: string, cs: ConfState): P
   await writeInPartition(confStatePath(partitionDirPath), encodeConfState(cs));
 }
 
+/**
+ * Writes `raft/snapshot`; `stamp`, when given, is the highest commit stamp of
+ * the entries compacted away (an extra field readers of `{index, term, voters}`
+ * ignore), and `whole: false` marks it a lower bound only (`"stamps": "partial"`:
+ * some entries it covers arrived in a snapshot without their stamps).
+ */
+export async function writeSnapshotMeta(
+  dir: string,
+  meta: { index: number; term: number; voters: readonly number[] },
+  stamp = 0,
+  whole = true,
+): Promise<void> {
+  await ensureDir(path.join(dir, 'raft'));
+  const extra = stamp > 0 ? { stamp, ...(whole ? {} : { stamps: 'partial' }) } : {};
+  await atomicWriteFile(
+    path.join(dir, 'raft', 'snapshot'),
+    `${JSON.stringify({ index: meta.index, term: meta.term, voters: [...meta.voters], ...extra })}\n`,
+  );
+}
+
 const LSN_FILE_PATTERN = /^(0|[1-9][0-9]{0,15})\n$/;
 
 /** The text of an LSN file: the LSN in decimal ASCII and one newline (`"42\n"`); 0 means "none yet". */
