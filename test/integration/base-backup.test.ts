@@ -263,18 +263,21 @@ describe.each([
     const s = await setup({ backend, port: port + 20 });
     await s.writeAndArchive(30, 'cut');
     const l = await s.leader();
-    for (const mode of ['reset', 'clean-end'] as const) {
-      const proxy = await cuttingProxy(l.url, mode);
-      cleanups.push(() => proxy.close());
-      const err = await takeBaseBackup({
+    const backup = (more: Partial<Parameters<typeof takeBaseBackup>[0]> = {}) =>
+      takeBaseBackup({
         store: s.store,
-        nodeUrl: proxy.url,
+        nodeUrl: l.url,
         partition: P,
         node: l.id,
         term: l.term,
         trigger: 'size',
         spoolDir: s.spoolDir,
-      }).catch((e: unknown) => e);
+        ...more,
+      });
+    for (const mode of ['reset', 'clean-end'] as const) {
+      const proxy = await cuttingProxy(l.url, mode);
+      cleanups.push(() => proxy.close());
+      const err = await backup({ nodeUrl: proxy.url }).catch((e: unknown) => e);
       expect(isWalArchiverError(err, 'UNAVAILABLE'), `${mode}: ${String(err)}`).toBe(true);
       expect(
         await objectKeys(s.store).then((k) => k.filter((x) => x.startsWith(baseBackupPrefix(P)))),
@@ -287,31 +290,10 @@ describe.each([
       if (typeof (body as NodeJS.ReadableStream).read === 'function') (body as NodeJS.ReadableStream).read();
       throw Object.assign(new Error('store went away'), { key });
     };
-    await expect(
-      takeBaseBackup({
-        store: failing,
-        nodeUrl: l.url,
-        partition: P,
-        node: l.id,
-        term: l.term,
-        trigger: 'size',
-        spoolDir: s.spoolDir,
-      }),
-    ).rejects.toThrow(/store went away/);
+    await expect(backup({ store: failing })).rejects.toThrow(/store went away/);
     const abort = new AbortController();
     abort.abort();
-    await expect(
-      takeBaseBackup({
-        store: s.store,
-        nodeUrl: l.url,
-        partition: P,
-        node: l.id,
-        term: l.term,
-        trigger: 'size',
-        spoolDir: s.spoolDir,
-        signal: abort.signal,
-      }),
-    ).rejects.toBeTruthy();
+    await expect(backup({ signal: abort.signal })).rejects.toBeTruthy();
     expect((await objectKeys(s.store)).filter((x) => x.startsWith(baseBackupPrefix(P)))).toEqual([]);
     expect(await readdir(s.spoolDir).catch(() => [])).toEqual([]);
     expect((await readPartitionManifest(s.store, P))!.value.backups).toEqual([]);
@@ -324,15 +306,7 @@ describe.each([
           });
       },
     });
-    const full = await takeBaseBackup({
-      store: s.store,
-      nodeUrl: l.url,
-      partition: P,
-      node: l.id,
-      term: l.term,
-      trigger: 'size',
-      spoolDir: s.spoolDir,
-    })
+    const full = await backup()
       .catch((e: unknown) => e)
       .finally(() => setDurableObserver(undefined));
     expect(isWalArchiverError(full, 'UNAVAILABLE'), String(full)).toBe(true);
