@@ -10,8 +10,10 @@ RUN apt-get update \
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 COPY bin ./bin
+COPY contract ./contract
 COPY src ./src
 COPY storage-node ./storage-node
+COPY quickstart ./quickstart
 # `npm ci` runs the `prepare` script, which compiles to dist/.
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 

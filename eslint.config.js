@@ -31,4 +31,25 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  // The house rule: the sidecar (src/) and the storage node (storage-node/) share only contract/, and
+  // never import each other; contract/ depends on neither; the quickstart (quickstart/) wires both.
+  // A dynamic import() is how the sidecar's `quickstart` command reaches it, and is not restricted.
+  ...[
+    { files: ['src/**'], banned: ['storage-node', 'quickstart'] },
+    { files: ['storage-node/**'], banned: ['src', 'quickstart'] },
+    { files: ['contract/**'], banned: ['src', 'storage-node', 'quickstart'] },
+  ].map(({ files, banned }) => ({
+    files,
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: banned.map((folder) => ({
+            regex: `^(\\.\\./)+${folder}/`,
+            message: `${files[0].split('/')[0]}/ may not import ${folder}/: share code through contract/`,
+          })),
+        },
+      ],
+    },
+  })),
 );

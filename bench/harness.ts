@@ -12,11 +12,11 @@ import {
   ListObjectsV2Command,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { contentDigest, encodeEntryInfo } from '../src/entry-info.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../src/wal/log-entry.js';
-import { formatLsn } from '../src/wal/lsn.js';
-import { EntryType, encodeHardState, encodeRaftEntry } from '../src/wal/raftpb.js';
-import { partitionDir } from '../src/wal/entry.js';
+import { contentDigest, encodeEntryInfo } from '../contract/wal/entry-info.js';
+import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../contract/wal/log-entry.js';
+import { formatLsn } from '../contract/wal/lsn.js';
+import { EntryType, encodeHardState, encodeRaftEntry } from '../contract/wal/raftpb.js';
+import { partitionDir } from '../contract/wal/entry.js';
 
 /** The repository root (this file runs from dist/bench/). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -12,11 +12,11 @@ import { readPartitionManifest, updatePartitionManifest } from '../src/manifest/
 import { DEFAULT_ARCHIVER_CONFIG } from '../src/pipeline/partition-archiver.js';
 import { HashingStream } from '../src/pipeline/segment.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition } from '../src/restore/restore.js';
-import { encodeKvState, KV_STATE_FILE } from '../src/state/apply.js';
-import { packState } from '../src/state/snapshot.js';
+import { encodeKvState, KV_STATE_FILE } from '../contract/state/apply.js';
+import { packState } from '../contract/state/snapshot.js';
 import { MetadataKeys, type ObjectStore } from '../src/store/object-store.js';
 import { openObjectStore } from '../src/store/open.js';
-import { formatLsn } from '../src/wal/lsn.js';
+import { formatLsn } from '../contract/wal/lsn.js';
 import {
   benchPartitionDir,
   commit,

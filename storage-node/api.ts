@@ -1,14 +1,14 @@
-import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import type { RaftRole, WalLeadershipEvent } from '../src/schemas.js';
-import { safeRelativePath } from '../src/state/apply.js';
+import { ErrorCodes, WalArchiverError } from '../contract/errors.js';
+import type { RaftRole, WalLeadershipEvent } from '../contract/events/schemas.js';
+import { safeRelativePath } from '../contract/state/apply.js';
 import {
   newLogEntry,
   operation,
   referenceChange,
   type LogEntry,
   type Operation,
-} from '../src/wal/log-entry.js';
-import { stagedFileName } from '../src/wal/lsn.js';
+} from '../contract/wal/log-entry.js';
+import { stagedFileName } from '../contract/wal/lsn.js';
 
 /**
  * The storage node's HTTP API (JSON unless said otherwise):

@@ -1,4 +1,4 @@
-import { runCli } from '../src/cli/runner.js';
+import { runCli } from '../contract/cli/runner.js';
 import { clusterCommand } from './cluster.js';
 import { loadCommand } from './load.js';
 import { runCommand } from './run.js';

@@ -4,9 +4,9 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../src/cli/flags.js';
-import { EXIT_FAILURE, EXIT_OK, type Command } from '../src/cli/runner.js';
-import { ErrorCodes, WalArchiverError } from '../src/errors.js';
+import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../contract/cli/flags.js';
+import { EXIT_FAILURE, EXIT_OK, type Command } from '../contract/cli/runner.js';
+import { ErrorCodes, WalArchiverError } from '../contract/errors.js';
 
 /**
  * `storage-node cluster`: a local cluster for trying things out, and the same

@@ -2,8 +2,8 @@ import { execFile, spawn } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { stagedFileName } from '../src/wal/lsn.js';
+import { ErrorCodes, WalArchiverError } from '../contract/errors.js';
+import { stagedFileName } from '../contract/wal/lsn.js';
 import type { OperationRequest, TransactionRequest } from './api.js';
 
 /**

@@ -4,10 +4,10 @@ import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../src/cli/flags.js';
-import { EXIT_FAILURE, EXIT_OK, type Command } from '../src/cli/runner.js';
-import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../src/errors.js';
-import { Backoff, sleep, type BackoffOptions } from '../src/retry.js';
+import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../contract/cli/flags.js';
+import { EXIT_FAILURE, EXIT_OK, type Command } from '../contract/cli/runner.js';
+import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../contract/errors.js';
+import { Backoff, sleep, type BackoffOptions } from '../contract/retry.js';
 import type { PartitionStatus, TransactionRequest, TransactionResponse } from './api.js';
 import { createWorkload, git, type RefState, type RepositoryWorkload } from './git-workload.js';
 

@@ -3,18 +3,18 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Counter, Gauge, Registry } from 'prom-client';
-import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../src/errors.js';
-import { Topics, type EventBus } from '../src/events/event-bus.js';
-import type { Logger } from '../src/log.js';
-import { Backoff, sleep } from '../src/retry.js';
-import { partitionDir, PARTITIONS_DIR } from '../src/wal/entry.js';
+import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../contract/errors.js';
+import { Topics, type EventBus } from '../contract/events/event-bus.js';
+import type { Logger } from '../contract/log.js';
+import { Backoff, sleep } from '../contract/retry.js';
+import { partitionDir, PARTITIONS_DIR } from '../contract/wal/entry.js';
 import {
   buildTransaction,
   MAX_TRANSACTION_BYTES,
   type LeadershipChange,
   type TransactionResponse,
 } from './api.js';
-import { encodeLogEntry } from '../src/wal/log-entry.js';
+import { encodeLogEntry } from '../contract/wal/log-entry.js';
 import { Replica } from './replica.js';
 import { decodeFrames, decodeMessage, HttpTransport } from './transport.js';
 

@@ -3,11 +3,11 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { setDurableObserver, type DurableEvent } from '../src/durable-fs.js';
-import { encodePayload, decodeEntryInfo, type EntryContent } from '../src/entry-info.js';
-import { createLogger } from '../src/log.js';
-import { linkTree, packState } from '../src/state/snapshot.js';
-import { decodeRaftEntry } from '../src/wal/raftpb.js';
+import { setDurableObserver, type DurableEvent } from '../contract/fs/durable-fs.js';
+import { encodePayload, decodeEntryInfo, type EntryContent } from '../contract/wal/entry-info.js';
+import { createLogger } from '../contract/log.js';
+import { linkTree, packState } from '../contract/state/snapshot.js';
+import { decodeRaftEntry } from '../contract/wal/raftpb.js';
 import {
   entryDir,
   listEntryLsns,
@@ -15,9 +15,9 @@ import {
   readAppliedLsn,
   writeAppliedLsn,
   writeArchiverPosition,
-} from '../src/wal/entry.js';
-import { encodeLogEntry } from '../src/wal/log-entry.js';
-import { formatLsn } from '../src/wal/lsn.js';
+} from '../contract/wal/entry.js';
+import { encodeLogEntry } from '../contract/wal/log-entry.js';
+import { formatLsn } from '../contract/wal/lsn.js';
 import { buildTransaction } from './api.js';
 import type { Entry, Message } from './raft/index.js';
 import { PRUNE_BATCH, Replica, type ReplicaOptions } from './replica.js';

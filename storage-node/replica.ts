@@ -2,14 +2,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { decodePayload, encodePayload, type EntryContent } from '../src/entry-info.js';
-import { describeError, ErrorCodes, WalArchiverError } from '../src/errors.js';
-import type { Logger } from '../src/log.js';
-import { applyEntry } from '../src/state/apply.js';
-import { ensureDir, syncTree } from '../src/fs-atomic.js';
-import { extractState, linkTree, packState, removeTree } from '../src/state/snapshot.js';
-import { formatLsn } from '../src/wal/lsn.js';
-import { decodeLogEntry } from '../src/wal/log-entry.js';
+import { decodePayload, encodePayload, type EntryContent } from '../contract/wal/entry-info.js';
+import { describeError, ErrorCodes, WalArchiverError } from '../contract/errors.js';
+import type { Logger } from '../contract/log.js';
+import { applyEntry } from '../contract/state/apply.js';
+import { ensureDir, syncTree } from '../contract/fs/fs-atomic.js';
+import { extractState, linkTree, packState, removeTree } from '../contract/state/snapshot.js';
+import { formatLsn } from '../contract/wal/lsn.js';
+import { decodeLogEntry } from '../contract/wal/log-entry.js';
 import {
   entryDir,
   listEntryLsns,
@@ -17,10 +17,18 @@ import {
   readArchiverPosition,
   stateDir as stateDirOf,
   writeAppliedLsn,
-} from '../src/wal/entry.js';
+} from '../contract/wal/entry.js';
 import type { LeadershipChange, PartitionStatus } from './api.js';
 import { Mutex } from './mutex.js';
-import { RaftNode, type Entry, type Message, type Ready, type SnapshotMeta } from './raft/index.js';
+import {
+  RaftErrorKinds,
+  RaftNode,
+  isRaftError,
+  type Entry,
+  type Message,
+  type Ready,
+  type SnapshotMeta,
+} from './raft/index.js';
 import { beginInstall, finishInstall, INCOMING_DIR, recoverInstall } from './snapshot-install.js';
 import { WalStorage } from './wal-storage.js';
 
@@ -265,7 +273,17 @@ export class Replica {
     // Never below a stamp in the log: a new leader whose clock is behind, or
     // that holds committed entries it has not applied yet, keeps stamps monotonic.
     const committedAt = Math.max(this.now(), this.lastStamp, this.storage.highestStamp);
-    const { index, term } = this.raft.propose(encodePayload(content, committedAt));
+    let proposed: { index: number; term: number };
+    try {
+      proposed = this.raft.propose(encodePayload(content, committedAt));
+    } catch (err) {
+      // The core's "not the leader" is the node's NOT_LEADER answer, with the leader it knows.
+      if (!isRaftError(err, RaftErrorKinds.NOT_LEADER)) throw err;
+      return Promise.reject(
+        new WalArchiverError(ErrorCodes.NOT_LEADER, err.message, { details: err.details }),
+      );
+    }
+    const { index, term } = proposed;
     this.lastStamp = committedAt;
     this.proposals++;
     const result = new Promise<ProposalResult>((resolve, reject) => {

@@ -1,9 +1,9 @@
 import { mkdir } from 'node:fs/promises';
-import { parseFlags, UsageError } from '../src/cli/flags.js';
-import type { Command } from '../src/cli/runner.js';
-import type { EventBus } from '../src/events/event-bus.js';
-import { openEventBus } from '../src/events/open.js';
-import { createLogger } from '../src/log.js';
+import { parseFlags, UsageError } from '../contract/cli/flags.js';
+import type { Command } from '../contract/cli/runner.js';
+import type { EventBus } from '../contract/events/event-bus.js';
+import { openEventBus } from '../contract/events/open.js';
+import { createLogger } from '../contract/log.js';
 import { DEFAULT_TICK_MS, splitHostPort, StorageNode } from './node.js';
 
 const flags = {

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import * as dfs from '../src/durable-fs.js';
-import { ErrorCodes, WalArchiverError } from '../src/errors.js';
+import * as dfs from '../contract/fs/durable-fs.js';
+import { ErrorCodes, WalArchiverError } from '../contract/errors.js';
 import {
   atomicWriteFile,
   ensureDir,
@@ -11,10 +11,10 @@ import {
   isNotFound,
   pathExists,
   syncTree,
-} from '../src/fs-atomic.js';
-import { SHIPPED_WAL_DIR } from '../src/state/snapshot.js';
-import { readAppliedLsn, STATE_DIR, writeAppliedLsn } from '../src/wal/entry.js';
-import { tryParseLsn } from '../src/wal/lsn.js';
+} from '../contract/fs/fs-atomic.js';
+import { SHIPPED_WAL_DIR } from '../contract/state/snapshot.js';
+import { readAppliedLsn, STATE_DIR, writeAppliedLsn } from '../contract/wal/entry.js';
+import { tryParseLsn } from '../contract/wal/lsn.js';
 import type { SnapshotMeta } from './raft/index.js';
 import { resetWalToSnapshot, writeSnapshotMeta } from './wal-storage.js';
 

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import type { Logger } from '../src/log.js';
+import { ErrorCodes, WalArchiverError } from '../contract/errors.js';
+import type { Logger } from '../contract/log.js';
 import type { Entry, Message, MessageType, SnapshotMeta } from './raft/index.js';
 import type { StateSnapshot } from './replica.js';
 

@@ -2,10 +2,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { entryDir, listEntryLsns } from '../src/wal/entry.js';
-import { formatLsn } from '../src/wal/lsn.js';
-import { encodePayload } from '../src/entry-info.js';
-import { linkTree } from '../src/state/snapshot.js';
+import { entryDir, listEntryLsns } from '../contract/wal/entry.js';
+import { formatLsn } from '../contract/wal/lsn.js';
+import { encodePayload } from '../contract/wal/entry-info.js';
+import { linkTree } from '../contract/state/snapshot.js';
 import type { Entry } from './raft/index.js';
 import { WalStorage } from './wal-storage.js';
 

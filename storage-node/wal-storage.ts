@@ -1,19 +1,19 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import * as dfs from '../src/durable-fs.js';
+import * as dfs from '../contract/fs/durable-fs.js';
 import {
   decodePayload,
   encodeEntryInfo,
   encodePayload,
   contentDigest,
   decodeEntryInfo,
-} from '../src/entry-info.js';
-import { ErrorCodes, WalArchiverError } from '../src/errors.js';
-import { ensureDir, fsError, fsyncDir, isNotFound, pathExists } from '../src/fs-atomic.js';
-import { decodeLogEntry } from '../src/wal/log-entry.js';
-import { formatLsn, parseStagedFileName, tryParseLsn } from '../src/wal/lsn.js';
-import { decodeRaftEntry, EntryType as PbEntryType, type RaftEntry } from '../src/wal/raftpb.js';
+} from '../contract/wal/entry-info.js';
+import { ErrorCodes, WalArchiverError } from '../contract/errors.js';
+import { ensureDir, fsError, fsyncDir, isNotFound, pathExists } from '../contract/fs/fs-atomic.js';
+import { decodeLogEntry } from '../contract/wal/log-entry.js';
+import { formatLsn, parseStagedFileName, tryParseLsn } from '../contract/wal/lsn.js';
+import { decodeRaftEntry, EntryType as PbEntryType, type RaftEntry } from '../contract/wal/raftpb.js';
 import {
   cleanStaging,
   entryDir,
@@ -29,8 +29,8 @@ import {
   writeHardState,
   MANIFEST_FILE,
   RAFT_FILE,
-} from '../src/wal/entry.js';
-import { writeSnapshotMeta } from '../src/wal/entry.js';
+} from '../contract/wal/entry.js';
+import { writeSnapshotMeta } from '../contract/wal/entry.js';
 import { limitSize } from './raft/storage.js';
 
 export { writeSnapshotMeta };

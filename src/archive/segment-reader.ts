@@ -5,10 +5,10 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { DecompressStream } from 'zstd-napi';
-import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
 import { HashingStream } from '../pipeline/segment.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import { parseStagedFileName, tryParseLsn } from '../wal/lsn.js';
+import { parseStagedFileName, tryParseLsn } from '../../contract/wal/lsn.js';
 
 /**
  * Reading segments back: download, verify the SHA-256, decompress and

@@ -1,14 +1,14 @@
-import { Topics } from '../events/event-bus.js';
-import { createLogger } from '../log.js';
+import { Topics } from '../../contract/events/event-bus.js';
+import { createLogger } from '../../contract/log.js';
 import { PARTITIONS_PREFIX, partitionOfKey } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { assertLeader, takeBaseBackup } from '../pipeline/base-backup.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../pipeline/retention.js';
-import { isValidPartitionId } from '../schemas.js';
+import { isValidPartitionId } from '../../contract/events/schemas.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
-import { parseFlags, UsageError, type ParsedFlags } from './flags.js';
+import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { openBusFlag, openStoreFlag } from './manifest.js';
-import { EXIT_FAILURE, EXIT_OK, type Command } from './runner.js';
+import { EXIT_FAILURE, EXIT_OK, type Command } from '../../contract/cli/runner.js';
 import type { ObjectStore } from '../store/object-store.js';
 
 /** Every partition with an object in the archive, in key order. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { describeError } from '../errors.js';
-import { Topics, type ConsumedEvent, type Subscription } from '../events/event-bus.js';
+import { describeError } from '../../contract/errors.js';
+import { Topics, type ConsumedEvent, type Subscription } from '../../contract/events/event-bus.js';
 import { formatBytes } from '../manifest/format.js';
 import {
   isValidPartitionId,
@@ -11,10 +11,10 @@ import {
   type WalBackupEvent,
   type WalEntryEvent,
   type WalLeadershipEvent,
-} from '../schemas.js';
-import { parseFlags, UsageError, type ParsedFlags } from './flags.js';
+} from '../../contract/events/schemas.js';
+import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { openBusFlag } from './manifest.js';
-import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from './runner.js';
+import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
  * `wal-archiver events`: follows a topic and prints its events, one a line.

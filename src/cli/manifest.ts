@@ -1,6 +1,6 @@
-import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../errors.js';
-import type { EventBus, SubscribeOptions } from '../events/event-bus.js';
-import { checkEventBus, openEventBus } from '../events/open.js';
+import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../../contract/errors.js';
+import type { EventBus, SubscribeOptions } from '../../contract/events/event-bus.js';
+import { checkEventBus, openEventBus } from '../../contract/events/open.js';
 import { encodeJson } from '../manifest/cas.js';
 import { formatGlobalManifest, formatPartitionManifest } from '../manifest/format.js';
 import {
@@ -15,12 +15,12 @@ import {
 } from '../manifest/global-manifest.js';
 import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { isValidPartitionId } from '../schemas.js';
+import { isValidPartitionId } from '../../contract/events/schemas.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
-import { parseFlags, UsageError, type ParsedFlags } from './flags.js';
-import { EXIT_OK, type Command, type CommandContext } from './runner.js';
+import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
+import { EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
  * `wal-archiver manifest`: shows the global manifest (every partition), one

@@ -4,10 +4,10 @@ import { parseTimeTarget, type RestoreTarget } from '../restore/plan.js';
 import { DEFAULT_NODES, restoreAll } from '../restore/restore-all.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition, type RestoreProgress } from '../restore/restore.js';
 import { verifyArchive } from '../restore/verify.js';
-import { isValidPartitionId } from '../schemas.js';
+import { isValidPartitionId } from '../../contract/events/schemas.js';
 import { openObjectStore } from '../store/open.js';
-import { parseFlags, UsageError } from './flags.js';
-import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from './runner.js';
+import { parseFlags, UsageError } from '../../contract/cli/flags.js';
+import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
  * `wal-archiver restore` and `wal-archiver verify` (Contract 5).

@@ -1,15 +1,15 @@
 import { join } from 'node:path';
-import { parseFlags, UsageError } from './flags.js';
+import { parseFlags, UsageError } from '../../contract/cli/flags.js';
 import {
   DEFAULT_BACKUP_SLOTS,
   DEFAULT_THRESHOLDS,
   resolveThresholds,
   type ThresholdOverrides,
 } from '../policy/index.js';
-import type { Command } from './runner.js';
-import type { EventBus } from '../events/event-bus.js';
-import { openEventBus } from '../events/open.js';
-import { createLogger } from '../log.js';
+import type { Command } from '../../contract/cli/runner.js';
+import type { EventBus } from '../../contract/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
+import { createLogger } from '../../contract/log.js';
 import { GlobalManifestProjector } from '../manifest/projector.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
 import { registerProjectorMetrics } from '../pipeline/metrics.js';

@@ -1,10 +1,19 @@
 import { backupCommand, retentionCommand } from './backup.js';
 import { eventsCommand } from './events.js';
 import { manifestCommand } from './manifest.js';
-import { quickstartCommand } from './quickstart.js';
 import { restoreCommand, verifyCommand } from './restore.js';
 import { runCommand } from './run.js';
-import { runCli } from './runner.js';
+import { runCli, type Command } from '../../contract/cli/runner.js';
+
+// The quickstart wires a local storage cluster to sidecars; it lives apart from both (quickstart/), and
+// the sidecar reaches it only when asked to, so nothing here depends on the storage node.
+const quickstartCommand: Command = {
+  summary: 'run a local cluster with sidecars and a workload, on local folders (npm start)',
+  async run(argv, ctx) {
+    const { quickstartCommand: command } = await import('../../quickstart/quickstart.js');
+    return command.run(argv, ctx);
+  },
+};
 
 await runCli(
   'wal-archiver',

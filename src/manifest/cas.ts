@@ -12,8 +12,8 @@
  */
 
 import type { Readable } from 'node:stream';
-import { ErrorCodes, WalArchiverError, isWalArchiverError, throwIfAborted } from '../errors.js';
-import { Backoff, sleep } from '../retry.js';
+import { ErrorCodes, WalArchiverError, isWalArchiverError, throwIfAborted } from '../../contract/errors.js';
+import { Backoff, sleep } from '../../contract/retry.js';
 import type { ObjectStore } from '../store/object-store.js';
 
 /** Attempts of a conditional update before giving up. */

@@ -39,9 +39,9 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { ErrorCodes, isWalArchiverError, throwIfAborted } from '../errors.js';
-import { Topics, type EventBus, type Subscription } from '../events/event-bus.js';
-import { sleep } from '../retry.js';
+import { ErrorCodes, isWalArchiverError, throwIfAborted } from '../../contract/errors.js';
+import { Topics, type EventBus, type Subscription } from '../../contract/events/event-bus.js';
+import { sleep } from '../../contract/retry.js';
 import {
   FieldReader,
   corrupt,
@@ -51,7 +51,7 @@ import {
   type WalArchivedEvent,
   type WalBackupEvent,
   type WalLeadershipEvent,
-} from '../schemas.js';
+} from '../../contract/events/schemas.js';
 import type { ObjectInfo, ObjectStore } from '../store/object-store.js';
 import { MetadataKeys } from '../store/object-store.js';
 import { readDocument, updateDocument, type CasOptions, type StoredDocument } from './cas.js';
@@ -63,7 +63,7 @@ import {
   tryParsePartitionManifestKey,
   tryParseSegmentKey,
 } from './keys.js';
-import { formatLsn } from '../wal/lsn.js';
+import { formatLsn } from '../../contract/wal/lsn.js';
 import { contiguousPrefix, readPartitionManifest, type PartitionManifest } from './partition-manifest.js';
 
 export const GLOBAL_MANIFEST_SCHEMA = 1;

@@ -11,9 +11,9 @@
  * segments or base backups is LSN order.
  */
 
-import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { isValidPartitionId } from '../schemas.js';
-import { LSN_NAME_LENGTH, formatLsn, tryParseLsn } from '../wal/lsn.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
+import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { LSN_NAME_LENGTH, formatLsn, tryParseLsn } from '../../contract/wal/lsn.js';
 
 export const GLOBAL_MANIFEST_KEY = 'manifest.json';
 export const PARTITIONS_PREFIX = 'partitions/';

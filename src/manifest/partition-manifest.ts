@@ -42,7 +42,7 @@
  * a safe lower bound; entry-exact resolution needs the entries' own times.
  */
 
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import {
   BACKUP_TRIGGERS,
   FieldReader,
@@ -51,7 +51,7 @@ import {
   type BackupTrigger,
   type WalArchivedEvent,
   type WalBackupEvent,
-} from '../schemas.js';
+} from '../../contract/events/schemas.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { readDocument, updateDocument, type StoredDocument, type UpdateOptions } from './cas.js';
 import { assertPartitionId, partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';

@@ -7,7 +7,7 @@
  * as rebuildFromEvents names them: members of one group subscribe to the same
  * topic), so the bus hands each event to one sidecar and the work is shared.
  *
- * A handler batch is parsed (src/schemas.ts), folded and written with
+ * A handler batch is parsed (contract/events/schemas.ts), folded and written with
  * `GlobalManifestWriter` (compare-and-swap) before the handler resolves, so
  * the bus commits a position only once the fold is durable. Delivery is at
  * least once and the fold is idempotent, so a redelivered batch changes
@@ -25,10 +25,10 @@
  *   position committed.
  */
 
-import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../errors.js';
-import type { ConsumedEvent, EventBus, Subscription } from '../events/event-bus.js';
-import { createLogger, type Logger } from '../log.js';
-import { sleep } from '../retry.js';
+import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../../contract/errors.js';
+import type { ConsumedEvent, EventBus, Subscription } from '../../contract/events/event-bus.js';
+import { createLogger, type Logger } from '../../contract/log.js';
+import { sleep } from '../../contract/retry.js';
 import type { ObjectStore } from '../store/object-store.js';
 import type { CasOptions } from './cas.js';
 import {

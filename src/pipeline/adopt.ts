@@ -3,12 +3,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DecompressStream } from 'zstd-napi';
 import { extractSegmentTar } from '../archive/segment-reader.js';
-import * as dfs from '../durable-fs.js';
-import { decodeEntryInfo } from '../entry-info.js';
-import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
+import * as dfs from '../../contract/fs/durable-fs.js';
+import { decodeEntryInfo } from '../../contract/wal/entry-info.js';
+import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../../contract/errors.js';
 import { verifyEntry } from '../restore/restore.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import { decodeRaftEntry } from '../wal/raftpb.js';
+import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
 import { HashingStream } from './segment.js';
 
 /**

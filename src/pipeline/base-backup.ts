@@ -7,9 +7,9 @@ import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import tar from 'tar-stream';
 import { CompressStream, DecompressStream } from 'zstd-napi';
-import * as dfs from '../durable-fs.js';
-import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
+import * as dfs from '../../contract/fs/durable-fs.js';
+import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../../contract/errors.js';
+import { silentLogger, type Logger } from '../../contract/log.js';
 import { baseBackupKey } from '../manifest/keys.js';
 import {
   updatePartitionManifest,
@@ -17,7 +17,7 @@ import {
   type PartitionManifest,
   type PartitionManifestOptions,
 } from '../manifest/partition-manifest.js';
-import type { BackupTrigger, WalBackupEvent } from '../schemas.js';
+import type { BackupTrigger, WalBackupEvent } from '../../contract/events/schemas.js';
 import { MetadataKeys, type ObjectStore, type Retention } from '../store/object-store.js';
 import { DEFAULT_ZSTD_LEVEL, HashingStream } from './segment.js';
 

@@ -1,10 +1,16 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import * as dfs from '../durable-fs.js';
-import { ContentDigest } from '../entry-info.js';
-import { describeError, ErrorCodes, isRetryable, isWalArchiverError, WalArchiverError } from '../errors.js';
-import { Topics, type EventBus } from '../events/event-bus.js';
-import type { Logger } from '../log.js';
+import * as dfs from '../../contract/fs/durable-fs.js';
+import { ContentDigest } from '../../contract/wal/entry-info.js';
+import {
+  describeError,
+  ErrorCodes,
+  isRetryable,
+  isWalArchiverError,
+  WalArchiverError,
+} from '../../contract/errors.js';
+import { Topics, type EventBus } from '../../contract/events/event-bus.js';
+import type { Logger } from '../../contract/log.js';
 import { segmentKey } from '../manifest/keys.js';
 import {
   readPartitionManifest,
@@ -15,7 +21,7 @@ import {
 import { decide, policyStateFromManifest, type BackupSlots, type Thresholds } from '../policy/index.js';
 import { takeBaseBackup, type BackupRetentionConfig } from './base-backup.js';
 import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
-import { Backoff, retry, sleep } from '../retry.js';
+import { Backoff, retry, sleep } from '../../contract/retry.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import {
   readCommitLsn,
@@ -30,7 +36,7 @@ import {
   RAFT_FILE,
   readArchiverPosition,
   writeArchiverPosition,
-} from '../wal/entry.js';
+} from '../../contract/wal/entry.js';
 import type { ArchiverMetrics } from './metrics.js';
 import { checkExistingSegment, type AdoptedSegment, type WalEntryDigest } from './adopt.js';
 import { isSpoolError, SegmentWriter, type SegmentInspector } from './segment.js';

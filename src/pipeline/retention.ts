@@ -1,5 +1,5 @@
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
+import { silentLogger, type Logger } from '../../contract/log.js';
 import { updateDocument, type CasOptions } from '../manifest/cas.js';
 import {
   baseBackupPrefix,

@@ -4,8 +4,8 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import binding from 'zstd-napi/binding.js';
-import * as dfs from '../durable-fs.js';
-import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
+import * as dfs from '../../contract/fs/durable-fs.js';
+import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../../contract/errors.js';
 
 /**
  * A segment: whole WAL entry directories, as a tar (`<LSN>/MANIFEST`,

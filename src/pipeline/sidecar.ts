@@ -1,12 +1,17 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import * as dfs from '../durable-fs.js';
-import type { EventBus } from '../events/event-bus.js';
-import type { Logger } from '../log.js';
+import * as dfs from '../../contract/fs/durable-fs.js';
+import type { EventBus } from '../../contract/events/event-bus.js';
+import type { Logger } from '../../contract/log.js';
 import { followLeadership, type LeadershipState } from '../tail/leadership.js';
 import { CommitWatcher } from '../tail/watch.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { listPartitionIds, partitionDir, readArchiverPosition, writeArchiverPosition } from '../wal/entry.js';
+import {
+  listPartitionIds,
+  partitionDir,
+  readArchiverPosition,
+  writeArchiverPosition,
+} from '../../contract/wal/entry.js';
 import { createArchiverMetrics, type ArchiverMetrics } from './metrics.js';
 import { PartitionArchiver, type ArchiverConfig } from './partition-archiver.js';
 import { Semaphore } from './semaphore.js';

@@ -1,5 +1,5 @@
-import { ErrorCodes, WalArchiverError } from '../errors.js';
-import type { BackupTrigger } from '../schemas.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
+import type { BackupTrigger } from '../../contract/events/schemas.js';
 
 /**
  * When to take a base backup of a partition: a pure function of the

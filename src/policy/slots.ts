@@ -1,4 +1,4 @@
-import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
 
 /** Base backups one sidecar runs at once, across all its partitions, by default. */
 export const DEFAULT_BACKUP_SLOTS = 2;

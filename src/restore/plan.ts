@@ -1,4 +1,4 @@
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { baseBackupPrefix, segmentPrefix, tryParseBaseKey, tryParseSegmentKey } from '../manifest/keys.js';
 import { readPartitionManifest, type PartitionManifest } from '../manifest/partition-manifest.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';

@@ -1,8 +1,8 @@
 import { setMaxListeners } from 'node:events';
 import { lstat, readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { chmod, copyFile, mkdir, rm } from '../durable-fs.js';
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
+import { chmod, copyFile, mkdir, rm } from '../../contract/fs/durable-fs.js';
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
 import {
   PARTITIONS_PREFIX,
@@ -13,7 +13,7 @@ import {
 } from '../manifest/keys.js';
 import { Semaphore } from '../pipeline/semaphore.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { PARTITIONS_DIR } from '../wal/entry.js';
+import { PARTITIONS_DIR } from '../../contract/wal/entry.js';
 import { BEFORE_ARCHIVE } from './plan.js';
 import {
   DEFAULT_RESTORE_CONCURRENCY,

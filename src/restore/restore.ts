@@ -6,14 +6,14 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { DecompressStream } from 'zstd-napi';
 import { fetchSegment, type ExtractedEntry } from '../archive/segment-reader.js';
-import { ContentDigest, decodeEntryInfo } from '../entry-info.js';
-import { mkdir, rename, rm, rmdir, writeFile } from '../durable-fs.js';
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
-import { fsyncDir, isNotFound, syncTree } from '../fs-atomic.js';
+import { ContentDigest, decodeEntryInfo } from '../../contract/wal/entry-info.js';
+import { mkdir, rename, rm, rmdir, writeFile } from '../../contract/fs/durable-fs.js';
+import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
+import { fsyncDir, isNotFound, syncTree } from '../../contract/fs/fs-atomic.js';
 import { HashingStream } from '../pipeline/segment.js';
 import type { Semaphore } from '../pipeline/semaphore.js';
-import { KV_STATE_FILE, applyEntry } from '../state/apply.js';
-import { extractState } from '../state/snapshot.js';
+import { KV_STATE_FILE, applyEntry } from '../../contract/state/apply.js';
+import { extractState } from '../../contract/state/snapshot.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import {
   writeAppliedLsn,
@@ -21,10 +21,10 @@ import {
   writeConfState,
   writeHardState,
   writeSnapshotMeta,
-} from '../wal/entry.js';
-import { decodeLogEntry, type LogEntry } from '../wal/log-entry.js';
-import { parseStagedFileName } from '../wal/lsn.js';
-import { decodeRaftEntry } from '../wal/raftpb.js';
+} from '../../contract/wal/entry.js';
+import { decodeLogEntry, type LogEntry } from '../../contract/wal/log-entry.js';
+import { parseStagedFileName } from '../../contract/wal/lsn.js';
+import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
 import {
   loadPartitionArchive,
   planObjects,

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { mkdir, rm } from '../durable-fs.js';
+import { mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { join } from 'node:path';
-import { ErrorCodes, describeError, isWalArchiverError } from '../errors.js';
+import { ErrorCodes, describeError, isWalArchiverError } from '../../contract/errors.js';
 import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
 import {
   PARTITIONS_PREFIX,

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { ErrorCodes, WalArchiverError, isRetryable, isWalArchiverError } from '../errors.js';
-import { Backoff, sleep } from '../retry.js';
+import { ErrorCodes, WalArchiverError, isRetryable, isWalArchiverError } from '../../contract/errors.js';
+import { Backoff, sleep } from '../../contract/retry.js';
 import type { CallOptions, ObjectStore } from './object-store.js';
 
 /**

@@ -2,14 +2,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import * as dfs from '../durable-fs.js';
-import type { DurableFileHandle } from '../durable-fs.js';
+import * as dfs from '../../contract/fs/durable-fs.js';
+import type { DurableFileHandle } from '../../contract/fs/durable-fs.js';
 import { hostname } from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
-import { maskUrl, parseServiceUrl } from '../url.js';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
+import { maskUrl, parseServiceUrl } from '../../contract/url.js';
 import {
   compareKeys,
   isRetained,

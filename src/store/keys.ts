@@ -1,4 +1,4 @@
-import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
 import type { CreateOptions, Retention } from './object-store.js';
 
 /** The longest key (in UTF-8 bytes) any store accepts; S3 allows 1024 including the prefix. */

@@ -1,5 +1,5 @@
-import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { maskUrl, parseServiceUrl, unsupportedScheme } from '../url.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
+import { maskUrl, parseServiceUrl, unsupportedScheme } from '../../contract/url.js';
 import { FolderStore } from './folder-store.js';
 import type { FolderStoreOptions } from './folder-store.js';
 import type { ObjectStore } from './object-store.js';

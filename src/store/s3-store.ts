@@ -13,10 +13,10 @@ import type { HeadObjectCommandOutput, PutObjectCommandInput } from '@aws-sdk/cl
 import { Upload } from '@aws-sdk/lib-storage';
 import { Readable, Transform, pipeline } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
-import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
-import type { ErrorCode } from '../errors.js';
-import { Backoff, sleep } from '../retry.js';
-import { boolParam, maskUrl, parseServiceUrl } from '../url.js';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
+import type { ErrorCode } from '../../contract/errors.js';
+import { Backoff, sleep } from '../../contract/retry.js';
+import { boolParam, maskUrl, parseServiceUrl } from '../../contract/url.js';
 import { isRetained, validateCreateOptions, validateKey, validatePrefix, validateRange } from './keys.js';
 import type {
   Body,

@@ -1,7 +1,7 @@
-import { decodeEntryInfo } from '../entry-info.js';
-import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { listReferenceChanges } from '../wal/log-entry.js';
-import { formatLsn } from '../wal/lsn.js';
+import { decodeEntryInfo } from '../../contract/wal/entry-info.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
+import { listReferenceChanges } from '../../contract/wal/log-entry.js';
+import { formatLsn } from '../../contract/wal/lsn.js';
 import {
   MANIFEST_FILE,
   RAFT_FILE,
@@ -10,7 +10,7 @@ import {
   readHardState,
   type EntryFileContent,
   type WalEntry,
-} from '../wal/entry.js';
+} from '../../contract/wal/entry.js';
 
 /**
  * Reading a partition's *committed* WAL entries (Contract 1): an entry is

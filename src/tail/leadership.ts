@@ -1,7 +1,7 @@
 import http from 'node:http';
 import { createInterface } from 'node:readline';
-import type { Logger } from '../log.js';
-import { Backoff, sleep } from '../retry.js';
+import type { Logger } from '../../contract/log.js';
+import { Backoff, sleep } from '../../contract/retry.js';
 
 /**
  * Follows the co-located storage node's leadership stream

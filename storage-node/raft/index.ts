@@ -30,10 +30,9 @@ export {
   isLogGapError,
   logCompactedError,
   logUnavailableError,
-  LOG_COMPACTED,
-  LOG_UNAVAILABLE,
   type RaftStorage,
 } from './storage.js';
+export { RaftError, RaftErrorKinds, isRaftError, type RaftErrorKind } from './errors.js';
 export {
   NONE,
   type Entry,

@@ -1,4 +1,4 @@
-import { ErrorCodes, WalArchiverError } from '../../src/errors.js';
+import { RaftError, RaftErrorKinds } from './errors.js';
 import { RaftLog } from './log.js';
 import { Progress } from './progress.js';
 import { invariantError, type RaftStorage } from './storage.js';
@@ -59,8 +59,8 @@ type CampaignKind = 'pre-election' | 'election' | 'transfer';
 
 const EMPTY = new Uint8Array(0);
 
-function invalid(message: string): WalArchiverError {
-  return new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, message, { retryable: false });
+function invalid(message: string): RaftError {
+  return new RaftError(RaftErrorKinds.INVALID, message);
 }
 
 function positiveInt(name: string, value: number): number {
@@ -183,15 +183,16 @@ export class RaftNode {
    */
   propose(data: Uint8Array): ProposeResult {
     if (this.role !== 'leader') {
-      throw new WalArchiverError(ErrorCodes.NOT_LEADER, `raft: node ${this.id} is not the leader`, {
-        details: { leader: this.lead, term: this.term },
+      throw new RaftError(RaftErrorKinds.NOT_LEADER, `raft: node ${this.id} is not the leader`, {
+        leader: this.lead,
+        term: this.term,
       });
     }
     if (this.leadTransferee !== NONE) {
-      throw new WalArchiverError(
-        ErrorCodes.NOT_LEADER,
+      throw new RaftError(
+        RaftErrorKinds.NOT_LEADER,
         `raft: node ${this.id} is handing leadership to ${this.leadTransferee}`,
-        { details: { leader: this.id, term: this.term, transferee: this.leadTransferee } },
+        { leader: this.id, term: this.term, transferee: this.leadTransferee },
       );
     }
     const index = this.appendEntry('normal', data);
@@ -202,8 +203,9 @@ export class RaftNode {
   /** Asks the leader to hand leadership to `to` once `to` has caught up (leader only). */
   transferLeadership(to: number): void {
     if (this.role !== 'leader') {
-      throw new WalArchiverError(ErrorCodes.NOT_LEADER, `raft: node ${this.id} is not the leader`, {
-        details: { leader: this.lead, term: this.term },
+      throw new RaftError(RaftErrorKinds.NOT_LEADER, `raft: node ${this.id} is not the leader`, {
+        leader: this.lead,
+        term: this.term,
       });
     }
     if (to === this.id || !this.prs.has(to)) throw invalid(`raft: cannot transfer leadership to ${to}`);

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { WalArchiverError } from '../../src/errors.js';
+import { RaftError } from './errors.js';
 import { RaftNode, type RaftConfig } from './node.js';
 import {
   Cluster,
@@ -57,13 +57,13 @@ function replaceWithOlderCopy(c: Cluster, id: number, upTo: number): void {
   c.restart(id);
 }
 
-function notLeaderError(fn: () => unknown): WalArchiverError {
+function notLeaderError(fn: () => unknown): RaftError {
   try {
     fn();
   } catch (err) {
-    expect(err).toBeInstanceOf(WalArchiverError);
-    expect((err as WalArchiverError).code).toBe('NOT_LEADER');
-    return err as WalArchiverError;
+    expect(err).toBeInstanceOf(RaftError);
+    expect((err as RaftError).kind).toBe('not-leader');
+    return err as RaftError;
   }
   throw new Error('expected NOT_LEADER');
 }
@@ -523,12 +523,12 @@ describe('etcd practice', () => {
     expect(c.node(1).status().role).toBe('leader');
   });
 
-  test('propose on a follower throws NOT_LEADER naming the leader', () => {
+  test('propose on a follower throws a not-leader RaftError naming the leader', () => {
     const c = cluster();
     elect(c, 1);
     const err = notLeaderError(() => c.node(2).propose(new Uint8Array([1])));
     expect(err.details).toMatchObject({ leader: 1 });
-    expect(err.retryable).toBe(false);
+    expect(err.message).toBe('raft: node 2 is not the leader');
   });
 
   test('snapshot: a follower whose entries were compacted away catches up from a snapshot', () => {

@@ -1,4 +1,4 @@
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../src/errors.js';
+import { RaftError, RaftErrorKinds, isRaftError } from './errors.js';
 import type { Entry, HardState, SnapshotMeta } from './types.js';
 
 /**
@@ -30,35 +30,21 @@ export interface RaftStorage {
   snapshotMeta(): SnapshotMeta;
 }
 
-export const LOG_COMPACTED = 'compacted';
-export const LOG_UNAVAILABLE = 'unavailable';
-
-export function logCompactedError(index: number): WalArchiverError {
-  return new WalArchiverError(ErrorCodes.NOT_FOUND, `raft log entry ${index} is compacted`, {
-    retryable: false,
-    details: { reason: LOG_COMPACTED, index },
-  });
+export function logCompactedError(index: number): RaftError {
+  return new RaftError(RaftErrorKinds.COMPACTED, `raft log entry ${index} is compacted`, { index });
 }
 
-export function logUnavailableError(index: number): WalArchiverError {
-  return new WalArchiverError(ErrorCodes.NOT_FOUND, `raft log entry ${index} is not in the log`, {
-    retryable: false,
-    details: { reason: LOG_UNAVAILABLE, index },
-  });
+export function logUnavailableError(index: number): RaftError {
+  return new RaftError(RaftErrorKinds.UNAVAILABLE, `raft log entry ${index} is not in the log`, { index });
 }
 
 /** True for the two errors above, which mean "not there" rather than "something broke". */
 export function isLogGapError(err: unknown): boolean {
-  if (!isWalArchiverError(err, ErrorCodes.NOT_FOUND)) return false;
-  const reason = err.details['reason'];
-  return reason === LOG_COMPACTED || reason === LOG_UNAVAILABLE;
+  return isRaftError(err, RaftErrorKinds.COMPACTED) || isRaftError(err, RaftErrorKinds.UNAVAILABLE);
 }
 
-export function invariantError(message: string, details: Record<string, unknown> = {}): WalArchiverError {
-  return new WalArchiverError(ErrorCodes.INTERNAL, `raft invariant violated: ${message}`, {
-    retryable: false,
-    details,
-  });
+export function invariantError(message: string, details: Record<string, unknown> = {}): RaftError {
+  return new RaftError(RaftErrorKinds.INVARIANT, `raft invariant violated: ${message}`, details);
 }
 
 export function entryBytes(entry: Entry): number {

@@ -21,7 +21,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { setDurableObserver, type DurableEvent, type DurableObserver } from '../../src/durable-fs.js';
+import { setDurableObserver, type DurableEvent, type DurableObserver } from '../../contract/fs/durable-fs.js';
 
 /** What every durable operation throws once the controller has crashed. */
 export class SimulatedCrash extends Error {

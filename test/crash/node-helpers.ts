@@ -3,8 +3,8 @@ import { readFileSync, readdirSync, lstatSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
-import { encodePayload } from '../../src/entry-info.js';
-import { encodeLogEntry, newLogEntry, operation, type Operation } from '../../src/wal/log-entry.js';
+import { encodePayload } from '../../contract/wal/entry-info.js';
+import { encodeLogEntry, newLogEntry, operation, type Operation } from '../../contract/wal/log-entry.js';
 import type { Entry } from '../../storage-node/raft/index.js';
 
 export const VOTERS = [1, 2, 3] as const;

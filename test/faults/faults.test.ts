@@ -17,7 +17,7 @@ import {
   listEntryLsns,
   partitionDir,
   readAppliedLsn,
-} from '../../src/wal/entry.js';
+} from '../../contract/wal/entry.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
 import { createTestBucket, type TestBucket } from '../integration/object-store.s3-helpers.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';

@@ -3,10 +3,10 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import { fetchSegment, type ExtractedEntry } from '../../src/archive/segment-reader.js';
 import { tryParseSegmentKey, segmentPrefix } from '../../src/manifest/keys.js';
-import { applyEntry } from '../../src/state/apply.js';
+import { applyEntry } from '../../contract/state/apply.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
-import { decodeLogEntry } from '../../src/wal/log-entry.js';
-import { decodeRaftEntry } from '../../src/wal/raftpb.js';
+import { decodeLogEntry } from '../../contract/wal/log-entry.js';
+import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
 
 /** What an archive holds for one partition, checked for coverage and consistency of overlapping copies. */
 export interface ArchiveView {

@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../src/errors.js';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
 import { compareKeys, validateCreateOptions, validateKey, validatePrefix } from '../../src/store/keys.js';
 import type {
   Body,

@@ -12,7 +12,7 @@ import {
   partitionDir,
   readHardState,
   writeArchiverPosition,
-} from '../../src/wal/entry.js';
+} from '../../contract/wal/entry.js';
 import { startLocalCluster } from '../../storage-node/cluster.js';
 import { leaderOf, statusOf, waitFor, writeMany } from '../helpers/node-cluster.js';
 import { S3_ENDPOINT } from '../helpers/services.js';

@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { backupCommand, retentionCommand } from '../../src/cli/backup.js';
-import { setDurableObserver } from '../../src/durable-fs.js';
-import { isWalArchiverError } from '../../src/errors.js';
+import { setDurableObserver } from '../../contract/fs/durable-fs.js';
+import { isWalArchiverError } from '../../contract/errors.js';
 import { readAll } from '../../src/manifest/cas.js';
 import { baseBackupPrefix, segmentPrefix } from '../../src/manifest/keys.js';
 import {
@@ -18,7 +18,7 @@ import {
 import { takeBaseBackup, verifyBaseBackup, type BaseBackupResult } from '../../src/pipeline/base-backup.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../../src/pipeline/retention.js';
 import { decide, policyStateFromManifest } from '../../src/policy/index.js';
-import { parseWalBackupEvent } from '../../src/schemas.js';
+import { parseWalBackupEvent } from '../../contract/events/schemas.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';

@@ -2,8 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { EventBus } from '../../src/events/event-bus.js';
-import { openEventBus } from '../../src/events/open.js';
+import type { EventBus } from '../../contract/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
 import {
   GlobalManifestProjector,
   emptyGlobalManifest,
@@ -13,7 +13,7 @@ import {
   type GlobalManifest,
   type ManifestEvent,
 } from '../../src/manifest/index.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../../contract/log.js';
 import { kafkaUrl, uniqueName } from '../helpers/services.js';
 import { archivedEvent, at, backupEvent, leadershipEvent, segment } from '../unit/manifest/fixtures.js';
 import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';

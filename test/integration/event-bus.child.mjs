@@ -5,7 +5,7 @@ import { register } from 'node:module';
 register('./event-bus.child-hooks.mjs', import.meta.url);
 
 const { url, topic, writer, keys, perKey, batch } = JSON.parse(process.argv[2]);
-const { openEventBus } = await import('../../src/events/open.ts');
+const { openEventBus } = await import('../../contract/events/open.ts');
 const bus = await openEventBus(url);
 // Start together with the other writers: say ready, wait for a line on stdin.
 process.stdout.write('ready\n');

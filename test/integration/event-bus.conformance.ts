@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { ErrorCodes, isWalArchiverError } from '../../src/errors.js';
-import type { ConsumedEvent, EventBus, PublishEvent, Subscription } from '../../src/events/event-bus.js';
-import { partitionForKey } from '../../src/events/partitioner.js';
+import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
+import type { ConsumedEvent, EventBus, PublishEvent, Subscription } from '../../contract/events/event-bus.js';
+import { partitionForKey } from '../../contract/events/partitioner.js';
 
 /**
  * One namespace on one backend (a random topic prefix, or a fresh folder):

@@ -4,9 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ErrorCodes, isWalArchiverError } from '../../src/errors.js';
-import type { ConsumedEvent, EventBus, Subscription } from '../../src/events/event-bus.js';
-import { openEventBus } from '../../src/events/open.js';
+import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
+import type { ConsumedEvent, EventBus, Subscription } from '../../contract/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
 import { waitFor } from './event-bus.conformance.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));

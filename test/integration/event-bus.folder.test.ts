@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { openEventBus } from '../../src/events/open.js';
+import { openEventBus } from '../../contract/events/open.js';
 import { eventBusConformance } from './event-bus.conformance.js';
 
 eventBusConformance('folder', async () => {

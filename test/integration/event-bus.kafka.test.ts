@@ -1,6 +1,6 @@
 import { Kafka, logLevel } from 'kafkajs';
 import { afterAll } from 'vitest';
-import { openEventBus } from '../../src/events/open.js';
+import { openEventBus } from '../../contract/events/open.js';
 import { KAFKA_BROKERS, kafkaUrl, uniqueName } from '../helpers/services.js';
 import { eventBusConformance } from './event-bus.conformance.js';
 

@@ -5,9 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ErrorCodes, isWalArchiverError } from '../../src/errors.js';
-import type { EventBus } from '../../src/events/event-bus.js';
-import { openEventBus } from '../../src/events/open.js';
+import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
+import type { EventBus } from '../../contract/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
 import {
   GLOBAL_MANIFEST_KEY,
   GlobalManifestWriter,

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isWalArchiverError } from '../../src/errors.js';
+import { isWalArchiverError } from '../../contract/errors.js';
 import { PROBE_PREFIX, verifyConditionalWrites } from '../../src/store/conditional-check.js';
 import { openObjectStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/object-store.js';

@@ -3,8 +3,8 @@ import { Readable } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { isWalArchiverError } from '../../src/errors.js';
-import type { ErrorCode } from '../../src/errors.js';
+import { isWalArchiverError } from '../../contract/errors.js';
+import type { ErrorCode } from '../../contract/errors.js';
 import { compareKeys } from '../../src/store/keys.js';
 import type { ObjectInfo, ObjectStore } from '../../src/store/object-store.js';
 

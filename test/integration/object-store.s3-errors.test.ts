@@ -5,7 +5,7 @@ import {
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isWalArchiverError } from '../../src/errors.js';
+import { isWalArchiverError } from '../../contract/errors.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { s3Url, uniqueName } from '../helpers/services.js';
 import { expectCode, generatedBody, readAll } from './object-store.conformance.js';

@@ -3,10 +3,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ErrorCodes, WalArchiverError } from '../../src/errors.js';
-import type { EventBus } from '../../src/events/event-bus.js';
-import { openEventBus } from '../../src/events/open.js';
-import { createLogger, type Logger } from '../../src/log.js';
+import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
+import type { EventBus } from '../../contract/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
+import { createLogger, type Logger } from '../../contract/log.js';
 import {
   GlobalManifestProjector,
   emptyGlobalManifest,

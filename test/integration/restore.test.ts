@@ -10,9 +10,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compress } from 'zstd-napi';
 import { retentionCommand } from '../../src/cli/backup.js';
 import { restoreCommand, verifyCommand } from '../../src/cli/restore.js';
-import { contentDigest, encodeEntryInfo } from '../../src/entry-info.js';
+import { contentDigest, encodeEntryInfo } from '../../contract/wal/entry-info.js';
 import { emptyGlobalManifest, entryFromPartitionManifest } from '../../src/manifest/global-manifest.js';
-import { reportError, type Command } from '../../src/cli/runner.js';
+import { reportError, type Command } from '../../contract/cli/runner.js';
 import {
   GLOBAL_MANIFEST_KEY,
   baseBackupKey,
@@ -24,18 +24,18 @@ import { spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
 import { readPartitionManifest, updatePartitionManifest } from '../../src/manifest/partition-manifest.js';
 import { copyTree } from '../../src/restore/restore-all.js';
 import { INCOMPLETE_MARKER } from '../../src/restore/restore.js';
-import { applyEntry } from '../../src/state/apply.js';
-import { packState } from '../../src/state/snapshot.js';
+import { applyEntry } from '../../contract/state/apply.js';
+import { packState } from '../../contract/state/snapshot.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
-import { entryDir, readConfState, readHardState, writeEntry } from '../../src/wal/entry.js';
+import { entryDir, readConfState, readHardState, writeEntry } from '../../contract/wal/entry.js';
 import {
   encodeLogEntry,
   newLogEntry,
   operation,
   referenceChange,
   type LogEntry,
-} from '../../src/wal/log-entry.js';
+} from '../../contract/wal/log-entry.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
 import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
 import { readArchive, replay, type ArchiveView } from '../helpers/archive-check.js';

@@ -2,8 +2,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { openEventBus } from '../../src/events/open.js';
-import type { ConsumedEvent, EventBus, Subscription } from '../../src/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
+import type { ConsumedEvent, EventBus, Subscription } from '../../contract/events/event-bus.js';
 import {
   entryDir,
   listEntryLsns,
@@ -11,8 +11,8 @@ import {
   RAFT_FILE,
   readHardState,
   writeArchiverPosition,
-} from '../../src/wal/entry.js';
-import { decodeRaftEntry } from '../../src/wal/raftpb.js';
+} from '../../contract/wal/entry.js';
+import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
 import { DEFAULT_ELECTION_TICK, DEFAULT_TICK_MS } from '../../storage-node/node.js';
 import { kafkaUrl, uniqueName } from '../helpers/services.js';

@@ -13,11 +13,11 @@ import {
   formatEventLine,
   parseEventsFlags,
 } from '../../src/cli/events.js';
-import { HelpRequested } from '../../src/cli/flags.js';
-import { reportError, type Command, type CommandContext } from '../../src/cli/runner.js';
-import type { ConsumedEvent, EventBus } from '../../src/events/event-bus.js';
-import { openEventBus } from '../../src/events/open.js';
-import type { WalEntryEvent } from '../../src/schemas.js';
+import { HelpRequested } from '../../contract/cli/flags.js';
+import { reportError, type Command, type CommandContext } from '../../contract/cli/runner.js';
+import type { ConsumedEvent, EventBus } from '../../contract/events/event-bus.js';
+import { openEventBus } from '../../contract/events/open.js';
+import type { WalEntryEvent } from '../../contract/events/schemas.js';
 import { archivedEvent, at, backupEvent, leadershipEvent } from './manifest/fixtures.js';
 
 interface Captured {

@@ -4,10 +4,10 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { HelpRequested } from '../../src/cli/flags.js';
+import { HelpRequested } from '../../contract/cli/flags.js';
 import { manifestCommand, parseManifestFlags } from '../../src/cli/manifest.js';
-import { reportError, type Command, type CommandContext } from '../../src/cli/runner.js';
-import { openEventBus } from '../../src/events/open.js';
+import { reportError, type Command, type CommandContext } from '../../contract/cli/runner.js';
+import { openEventBus } from '../../contract/events/open.js';
 import {
   GLOBAL_MANIFEST_KEY,
   GlobalManifestWriter,

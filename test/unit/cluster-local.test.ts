@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { UsageError } from '../../src/cli/flags.js';
-import type { CommandContext } from '../../src/cli/runner.js';
+import { UsageError } from '../../contract/cli/flags.js';
+import type { CommandContext } from '../../contract/cli/runner.js';
 import {
   clusterCommand,
   defaultStorageNodeBin,

@@ -7,7 +7,7 @@ import {
   decodePayload,
   encodeEntryInfo,
   encodePayload,
-} from '../../src/entry-info.js';
+} from '../../contract/wal/entry-info.js';
 
 const content = {
   manifest: randomBytes(40),

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { describeError, ErrorCodes, isRetryable, WalArchiverError } from '../../src/errors.js';
-import { Backoff, retry } from '../../src/retry.js';
-import { maskUrl, parseServiceUrl } from '../../src/url.js';
+import { describeError, ErrorCodes, isRetryable, WalArchiverError } from '../../contract/errors.js';
+import { Backoff, retry } from '../../contract/retry.js';
+import { maskUrl, parseServiceUrl } from '../../contract/url.js';
 
 describe('errors', () => {
   it('retries only when nothing in the cause chain forbids it', () => {

@@ -5,9 +5,9 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Partitioners } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
-import { ErrorCodes, isRetryable, isWalArchiverError } from '../../src/errors.js';
-import { checkEventBus, openEventBus } from '../../src/events/open.js';
-import { partitionForKey } from '../../src/events/partitioner.js';
+import { ErrorCodes, isRetryable, isWalArchiverError } from '../../contract/errors.js';
+import { checkEventBus, openEventBus } from '../../contract/events/open.js';
+import { partitionForKey } from '../../contract/events/partitioner.js';
 
 async function failure(p: Promise<unknown>): Promise<unknown> {
   return p.then(

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { HelpRequested, parseBytes, parseDuration, parseFlags, UsageError } from '../../src/cli/flags.js';
+import {
+  HelpRequested,
+  parseBytes,
+  parseDuration,
+  parseFlags,
+  UsageError,
+} from '../../contract/cli/flags.js';
 
 const specs = {
   'data-dir': { type: 'string', help: 'data directory', required: true },

@@ -1,6 +1,6 @@
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { HelpRequested, UsageError } from '../../src/cli/flags.js';
+import { HelpRequested, UsageError } from '../../contract/cli/flags.js';
 import { loadCommand, parseLoadFlags } from '../../storage-node/load.js';
 
 const base = ['--node-url', 'http://127.0.0.1:7101', '--rate', '50', '--size', '4KiB'];

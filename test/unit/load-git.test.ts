@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { applyEntry, readKvState } from '../../src/state/apply.js';
+import { applyEntry, readKvState } from '../../contract/state/apply.js';
 import { buildTransaction, type TransactionRequest } from '../../storage-node/api.js';
 import {
   BARE_CONFIG,

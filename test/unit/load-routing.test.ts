@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { applyEntry } from '../../src/state/apply.js';
+import { applyEntry } from '../../contract/state/apply.js';
 import { buildTransaction } from '../../storage-node/api.js';
 import { MAIN_REF } from '../../storage-node/git-workload.js';
 import {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { abortError } from '../../src/errors.js';
+import { abortError } from '../../contract/errors.js';
 import { FixedRateSchedule, runFixedRate, type Clock } from '../../storage-node/load.js';
 
 /** A clock that moves only when the test says so; sleepers wake in due-time order. */

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { isWalArchiverError } from '../../src/errors.js';
-import type { ErrorCode } from '../../src/errors.js';
+import { isWalArchiverError } from '../../contract/errors.js';
+import type { ErrorCode } from '../../contract/errors.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { parseS3Url } from '../../src/store/s3-store.js';
 

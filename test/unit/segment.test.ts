@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CompressStream, decompress } from 'zstd-napi';
-import { ErrorCodes } from '../../src/errors.js';
+import { ErrorCodes } from '../../contract/errors.js';
 import { SegmentWriter, spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
 
 let root: string;

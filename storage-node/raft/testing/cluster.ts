@@ -1,4 +1,4 @@
-import { isWalArchiverError } from '../../../src/errors.js';
+import { isRaftError, RaftErrorKinds } from '../errors.js';
 import { RaftNode, type RaftConfig } from '../node.js';
 import { MemoryStorage } from '../storage.js';
 import type { Entry, Message, Ready, Role } from '../types.js';
@@ -250,7 +250,7 @@ export class Cluster {
       this.process(id);
       return index;
     } catch (err) {
-      if (isWalArchiverError(err, 'NOT_LEADER')) return undefined;
+      if (isRaftError(err, RaftErrorKinds.NOT_LEADER)) return undefined;
       throw err;
     }
   }

@@ -19,7 +19,7 @@ import { DecompressStream } from 'zstd-napi';
 
 import { verifyBaseBackup } from '../../../src/pipeline/base-backup.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
-import { extractState } from '../../../src/state/snapshot.js';
+import { extractState } from '../../../contract/state/snapshot.js';
 import type { CrashProtocol } from '../runner.js';
 import { archiveThrough } from '../sidecar-helpers/archiver.js';
 import {

@@ -1,5 +1,5 @@
 /**
- * The folder event log (src/events/folder-bus.ts), the event bus of `file://`
+ * The folder event log (contract/events/folder-bus.ts), the event bus of `file://`
  * URLs: a run appends a batch to a topic partition, then a consumer group
  * member reads it and commits its offset.
  *
@@ -20,8 +20,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import type { ConsumedEvent } from '../../../src/events/event-bus.js';
-import { FolderEventBus } from '../../../src/events/folder-bus.js';
+import type { ConsumedEvent } from '../../../contract/events/event-bus.js';
+import { FolderEventBus } from '../../../contract/events/folder-bus.js';
 import type { CrashOutcome, CrashProtocol } from '../runner.js';
 
 const TOPIC = 'entries';

@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { WalArchiverError } from '../../../src/errors.js';
+import { WalArchiverError } from '../../../contract/errors.js';
 import { FolderStore } from '../../../src/store/folder-store.js';
 import type { CrashOutcome, CrashProtocol } from '../runner.js';
 

@@ -9,10 +9,10 @@ import { cp, mkdir, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 
-import { decodePayload } from '../../../src/entry-info.js';
-import { silentLogger } from '../../../src/log.js';
-import { applyEntry } from '../../../src/state/apply.js';
-import { linkTree, SHIPPED_WAL_DIR } from '../../../src/state/snapshot.js';
+import { decodePayload } from '../../../contract/wal/entry-info.js';
+import { silentLogger } from '../../../contract/log.js';
+import { applyEntry } from '../../../contract/state/apply.js';
+import { linkTree, SHIPPED_WAL_DIR } from '../../../contract/state/snapshot.js';
 import {
   entryDir,
   listEntryLsns,
@@ -21,9 +21,9 @@ import {
   stateDir,
   writeAppliedLsn,
   writeArchiverPosition,
-} from '../../../src/wal/entry.js';
-import { decodeLogEntry } from '../../../src/wal/log-entry.js';
-import { formatLsn } from '../../../src/wal/lsn.js';
+} from '../../../contract/wal/entry.js';
+import { decodeLogEntry } from '../../../contract/wal/log-entry.js';
+import { formatLsn } from '../../../contract/wal/lsn.js';
 import type { Entry, SnapshotMeta } from '../../../storage-node/raft/index.js';
 import { Replica, type ReplicaTransport } from '../../../storage-node/replica.js';
 import { WalStorage } from '../../../storage-node/wal-storage.js';

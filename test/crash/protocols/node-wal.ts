@@ -1,9 +1,9 @@
 /**
- * The node's WAL steps (storage-node/wal-storage.ts over src/wal/entry.ts):
+ * The node's WAL steps (storage-node/wal-storage.ts over contract/wal/entry.ts):
  * appending and committing an entry, replacing an uncommitted suffix, and
  * writing raft/hard_state.
  */
-import { readHardState, writeHardState } from '../../../src/wal/entry.js';
+import { readHardState, writeHardState } from '../../../contract/wal/entry.js';
 import type { HardState } from '../../../storage-node/raft/index.js';
 import { WalStorage } from '../../../storage-node/wal-storage.js';
 import type { Entry } from '../../../storage-node/raft/index.js';

@@ -16,7 +16,7 @@
 
 import { join } from 'node:path';
 
-import { readArchiverPosition } from '../../../src/wal/entry.js';
+import { readArchiverPosition } from '../../../contract/wal/entry.js';
 import type { CrashOutcome, CrashProtocol } from '../runner.js';
 import { archiveThrough } from '../sidecar-helpers/archiver.js';
 import {

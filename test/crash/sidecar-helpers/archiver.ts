@@ -1,9 +1,9 @@
-import { silentLogger } from '../../../src/log.js';
+import { silentLogger } from '../../../contract/log.js';
 import { createArchiverMetrics } from '../../../src/pipeline/metrics.js';
 import { DEFAULT_ARCHIVER_CONFIG, PartitionArchiver } from '../../../src/pipeline/partition-archiver.js';
 import { Semaphore } from '../../../src/pipeline/semaphore.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
-import { readArchiverPosition } from '../../../src/wal/entry.js';
+import { readArchiverPosition } from '../../../contract/wal/entry.js';
 import { CrashWatcher, NODE, PARTITION, TERM, waitUntil, type Rig } from './fixtures.js';
 
 /** One partition's archiver with its loops on, against the real data dir and the folder store (no node API needed). */

@@ -12,15 +12,19 @@ import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { extractSegmentTar } from '../../../src/archive/segment-reader.js';
-import { setDurableObserver, type DurableEvent, type DurableObserver } from '../../../src/durable-fs.js';
-import { contentDigest, encodeEntryInfo } from '../../../src/entry-info.js';
+import {
+  setDurableObserver,
+  type DurableEvent,
+  type DurableObserver,
+} from '../../../contract/fs/durable-fs.js';
+import { contentDigest, encodeEntryInfo } from '../../../contract/wal/entry-info.js';
 import { readPartitionManifest, type PartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { openObjectStore } from '../../../src/store/open.js';
 import { MetadataKeys, type ObjectStore } from '../../../src/store/object-store.js';
-import { partitionDir, writeEntry, writeHardState } from '../../../src/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../src/wal/log-entry.js';
-import { formatLsn, parseLsn } from '../../../src/wal/lsn.js';
-import { EntryType } from '../../../src/wal/raftpb.js';
+import { partitionDir, writeEntry, writeHardState } from '../../../contract/wal/entry.js';
+import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../contract/wal/log-entry.js';
+import { formatLsn, parseLsn } from '../../../contract/wal/lsn.js';
+import { EntryType } from '../../../contract/wal/raftpb.js';
 import { DecompressStream } from 'zstd-napi';
 import { Readable } from 'node:stream';
 

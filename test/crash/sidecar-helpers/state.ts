@@ -9,10 +9,10 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
 import { takeBaseBackup } from '../../../src/pipeline/base-backup.js';
-import { applyEntry } from '../../../src/state/apply.js';
-import { packState } from '../../../src/state/snapshot.js';
+import { applyEntry } from '../../../contract/state/apply.js';
+import { packState } from '../../../contract/state/snapshot.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
-import { entryDir, readEntry } from '../../../src/wal/entry.js';
+import { entryDir, readEntry } from '../../../contract/wal/entry.js';
 import { NODE, PARTITION, TERM, type Rig } from './fixtures.js';
 
 /** Applies WAL entries `from..to` to `stateDir` with the node's apply path. */

@@ -4,8 +4,8 @@ import path from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import * as dfs from '../../../src/durable-fs.js';
-import { atomicWriteFile, fsyncDir, writeNewFileSynced } from '../../../src/fs-atomic.js';
+import * as dfs from '../../../contract/fs/durable-fs.js';
+import { atomicWriteFile, fsyncDir, writeNewFileSynced } from '../../../contract/fs/fs-atomic.js';
 import { CrashController, SimulatedCrash } from '../../crash/controller.js';
 
 const roots: string[] = [];

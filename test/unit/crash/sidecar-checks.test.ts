@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
-import { writeArchiverPosition } from '../../../src/wal/entry.js';
+import { writeArchiverPosition } from '../../../contract/wal/entry.js';
 import { checkBackups } from '../../crash/protocols/backup.js';
 import { checkWindowRestorable } from '../../crash/protocols/retention.js';
 import { checkArchivedState } from '../../crash/protocols/sidecar-archive.js';

@@ -1,7 +1,11 @@
 import { createHash } from 'node:crypto';
 import { baseBackupKey, segmentKey } from '../../../src/manifest/keys.js';
 import type { BackupRecord, SegmentRecord } from '../../../src/manifest/partition-manifest.js';
-import type { WalArchivedEvent, WalBackupEvent, WalLeadershipEvent } from '../../../src/schemas.js';
+import type {
+  WalArchivedEvent,
+  WalBackupEvent,
+  WalLeadershipEvent,
+} from '../../../contract/events/schemas.js';
 
 /** Commit time of an LSN in the fixtures: LSN n is committed n seconds after T0. */
 export const T0 = Date.parse('2025-01-01T00:00:00.000Z');

@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCodes, isWalArchiverError } from '../../../src/errors.js';
+import { ErrorCodes, isWalArchiverError } from '../../../contract/errors.js';
 import type {
   ConsumedEvent,
   EventBus,
   PublishEvent,
   SubscribeOptions,
   Subscription,
-} from '../../../src/events/event-bus.js';
+} from '../../../contract/events/event-bus.js';
 import {
   GlobalManifestWriter,
   comparePartitionIds,

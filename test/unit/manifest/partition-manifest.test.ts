@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCodes, isWalArchiverError } from '../../../src/errors.js';
+import { ErrorCodes, isWalArchiverError } from '../../../contract/errors.js';
 import { partitionManifestKey } from '../../../src/manifest/keys.js';
 import {
   applyPartitionUpdate,

@@ -5,8 +5,8 @@ import type {
   PublishEvent,
   SubscribeOptions,
   Subscription,
-} from '../../../src/events/event-bus.js';
-import { silentLogger } from '../../../src/log.js';
+} from '../../../contract/events/event-bus.js';
+import { silentLogger } from '../../../contract/log.js';
 import { readGlobalManifest } from '../../../src/manifest/global-manifest.js';
 import { GlobalManifestProjector } from '../../../src/manifest/projector.js';
 import { MemoryStore } from '../../helpers/memory-store.js';

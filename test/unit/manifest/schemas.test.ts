@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCodes, isWalArchiverError } from '../../../src/errors.js';
+import { ErrorCodes, isWalArchiverError } from '../../../contract/errors.js';
 import {
   parseTopicEvent,
   parseWalArchivedEvent,
   parseWalBackupEvent,
   parseWalEntryEvent,
   parseWalLeadershipEvent,
-} from '../../../src/schemas.js';
+} from '../../../contract/events/schemas.js';
 import { archivedEvent, backupEvent, leadershipEvent, sha } from './fixtures.js';
 
 function expectCorrupt(fn: () => unknown, field?: string): void {

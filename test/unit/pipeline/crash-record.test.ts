@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { setDurableObserver, type DurableEvent } from '../../../src/durable-fs.js';
-import { ErrorCodes, WalArchiverError } from '../../../src/errors.js';
+import { setDurableObserver, type DurableEvent } from '../../../contract/fs/durable-fs.js';
+import { ErrorCodes, WalArchiverError } from '../../../contract/errors.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
-import { archiverPositionPath, readArchiverPosition } from '../../../src/wal/entry.js';
+import { archiverPositionPath, readArchiverPosition } from '../../../contract/wal/entry.js';
 import { archiverRig, eventually, writeEntries } from './rig.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];

@@ -8,8 +8,8 @@ import { segmentKey } from '../../../src/manifest/keys.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { spoolSegment, type SegmentEntry } from '../../../src/pipeline/segment.js';
 import { MetadataKeys, type ObjectStore } from '../../../src/store/object-store.js';
-import { entryDir } from '../../../src/wal/entry.js';
-import { formatLsn } from '../../../src/wal/lsn.js';
+import { entryDir } from '../../../contract/wal/entry.js';
+import { formatLsn } from '../../../contract/wal/lsn.js';
 import { archivedThrough, archiverRig, counterValue, eventually, writeEntries } from './rig.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];

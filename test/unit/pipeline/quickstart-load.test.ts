@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { quickstartLoadOptions } from '../../../src/cli/quickstart.js';
+import { quickstartLoadOptions } from '../../../quickstart/quickstart.js';
 import { LOAD_DEFAULTS } from '../../../storage-node/load.js';
 
 describe('quickstart workload', () => {

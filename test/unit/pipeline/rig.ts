@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { commit, makeEntry, writeWalEntry } from '../../../bench/harness.js';
-import { silentLogger } from '../../../src/log.js';
+import { silentLogger } from '../../../contract/log.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { createArchiverMetrics, type ArchiverMetrics } from '../../../src/pipeline/metrics.js';
 import {
@@ -14,7 +14,7 @@ import {
 import { Semaphore } from '../../../src/pipeline/semaphore.js';
 import { openObjectStore } from '../../../src/store/open.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
-import { partitionDir } from '../../../src/wal/entry.js';
+import { partitionDir } from '../../../contract/wal/entry.js';
 
 /** A partition directory, a folder object store and a factory of archivers for partition 1 (term 1). */
 export async function archiverRig(cleanups: Array<() => Promise<unknown>>, label: string) {

@@ -4,14 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { commit, makeEntry, writeWalEntry } from '../../../bench/harness.js';
-import { silentLogger } from '../../../src/log.js';
+import { silentLogger } from '../../../contract/log.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { createArchiverMetrics } from '../../../src/pipeline/metrics.js';
 import { DEFAULT_ARCHIVER_CONFIG, PartitionArchiver } from '../../../src/pipeline/partition-archiver.js';
 import { Semaphore } from '../../../src/pipeline/semaphore.js';
 import { openObjectStore } from '../../../src/store/open.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
-import { partitionDir } from '../../../src/wal/entry.js';
+import { partitionDir } from '../../../contract/wal/entry.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { setDurableObserver } from '../../../src/durable-fs.js';
+import { setDurableObserver } from '../../../contract/fs/durable-fs.js';
 import { archivedThrough, archiverRig, counterValue, eventually, writeEntries } from './rig.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isWalArchiverError } from '../../../src/errors.js';
+import { isWalArchiverError } from '../../../contract/errors.js';
 import { applyPartitionUpdate, type PartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import {
   BackupSlots,

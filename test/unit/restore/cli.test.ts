@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { progressRenderer, restoreCommand, verifyCommand } from '../../../src/cli/restore.js';
-import { reportError } from '../../../src/cli/runner.js';
+import { reportError } from '../../../contract/cli/runner.js';
 import type { RestoreProgress } from '../../../src/restore/restore.js';
 
 function sink(): { stream: Writable; text: () => string } {

@@ -2,15 +2,15 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { setDurableObserver, type DurableEvent } from '../../../src/durable-fs.js';
-import { contentDigest, encodeEntryInfo } from '../../../src/entry-info.js';
+import { setDurableObserver, type DurableEvent } from '../../../contract/fs/durable-fs.js';
+import { contentDigest, encodeEntryInfo } from '../../../contract/wal/entry-info.js';
 import { segmentKey } from '../../../src/manifest/keys.js';
 import { spoolSegment, type SegmentEntry } from '../../../src/pipeline/segment.js';
 import { INCOMPLETE_MARKER, restorePartition } from '../../../src/restore/restore.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
 import { openObjectStore } from '../../../src/store/open.js';
-import { entryDir, writeEntry } from '../../../src/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../src/wal/log-entry.js';
+import { entryDir, writeEntry } from '../../../contract/wal/entry.js';
+import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../contract/wal/log-entry.js';
 
 /**
  * Restore's build-and-publish crashed at every durable step: after the crash

@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { applyEntry, decodeKvState, encodeKvState, readKvState } from '../../../src/state/apply.js';
-import { extractState, linkTree, packState } from '../../../src/state/snapshot.js';
-import { syncTree } from '../../../src/fs-atomic.js';
-import { newLogEntry, operation, referenceChange } from '../../../src/wal/log-entry.js';
+import { applyEntry, decodeKvState, encodeKvState, readKvState } from '../../../contract/state/apply.js';
+import { extractState, linkTree, packState } from '../../../contract/state/snapshot.js';
+import { syncTree } from '../../../contract/fs/fs-atomic.js';
+import { newLogEntry, operation, referenceChange } from '../../../contract/wal/log-entry.js';
 
 let root: string;
 beforeEach(async () => {

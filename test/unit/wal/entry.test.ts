@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { WalArchiverError } from '../../../src/errors.js';
+import { WalArchiverError } from '../../../contract/errors.js';
 import {
   appliedLsnPath,
   archiverPositionPath,
@@ -32,9 +32,9 @@ import {
   writeEntry,
   writeHardState,
   writeLsnFile,
-} from '../../../src/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../src/wal/log-entry.js';
-import { encodeHardState, encodeRaftEntry, type RaftEntry } from '../../../src/wal/raftpb.js';
+} from '../../../contract/wal/entry.js';
+import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../contract/wal/log-entry.js';
+import { encodeHardState, encodeRaftEntry, type RaftEntry } from '../../../contract/wal/raftpb.js';
 
 let root: string;
 let pdir: string;

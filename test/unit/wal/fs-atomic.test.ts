@@ -4,8 +4,8 @@ import path from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { isWalArchiverError } from '../../../src/errors.js';
-import { atomicWriteFile, ensureDir, fsyncDir, writeNewFileSynced } from '../../../src/fs-atomic.js';
+import { isWalArchiverError } from '../../../contract/errors.js';
+import { atomicWriteFile, ensureDir, fsyncDir, writeNewFileSynced } from '../../../contract/fs/fs-atomic.js';
 
 let root: string;
 

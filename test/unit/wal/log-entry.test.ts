@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { WalArchiverError } from '../../../src/errors.js';
+import { WalArchiverError } from '../../../contract/errors.js';
 import {
   decodeLogEntry,
   encodeLogEntry,
@@ -9,8 +9,8 @@ import {
   operation,
   referenceChange,
   type LogEntry,
-} from '../../../src/wal/log-entry.js';
-import { ProtoWriter } from '../../../src/wal/protobuf.js';
+} from '../../../contract/wal/log-entry.js';
+import { ProtoWriter } from '../../../contract/wal/protobuf.js';
 
 function hex(s: string): Buffer {
   return Buffer.from(s.replace(/\s+/g, ''), 'hex');

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { isWalArchiverError } from '../../../src/errors.js';
+import { isWalArchiverError } from '../../../contract/errors.js';
 import {
   MAX_LSN,
   formatLsn,
@@ -9,7 +9,7 @@ import {
   stagedFileName,
   stagedFileNames,
   tryParseLsn,
-} from '../../../src/wal/lsn.js';
+} from '../../../contract/wal/lsn.js';
 
 describe('LSN directory names', () => {
   it('formats base 36, lower case, zero-padded to 13 characters', () => {

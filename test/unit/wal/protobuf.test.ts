@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
-import { WalArchiverError, isWalArchiverError } from '../../../src/errors.js';
-import { ProtoReader, ProtoWriter, WireType, varintSize } from '../../../src/wal/protobuf.js';
+import { WalArchiverError, isWalArchiverError } from '../../../contract/errors.js';
+import { ProtoReader, ProtoWriter, WireType, varintSize } from '../../../contract/wal/protobuf.js';
 
 function hex(s: string): Buffer {
   return Buffer.from(s.replace(/\s+/g, ''), 'hex');

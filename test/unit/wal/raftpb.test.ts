@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
-import { WalArchiverError } from '../../../src/errors.js';
-import { ProtoWriter } from '../../../src/wal/protobuf.js';
+import { WalArchiverError } from '../../../contract/errors.js';
+import { ProtoWriter } from '../../../contract/wal/protobuf.js';
 import {
   ConfChangeTransition,
   ConfChangeType,
@@ -17,7 +17,7 @@ import {
   encodeConfState,
   encodeHardState,
   encodeRaftEntry,
-} from '../../../src/wal/raftpb.js';
+} from '../../../contract/wal/raftpb.js';
 
 function hex(s: string): Buffer {
   return Buffer.from(s.replace(/\s+/g, ''), 'hex');

@@ -32,7 +32,7 @@ import { randomBytes } from 'node:crypto';
 import fs, { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 
-import * as dfs from '../durable-fs.js';
+import * as dfs from '../fs/durable-fs.js';
 import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
 import {
   atomicWriteFile,
@@ -42,7 +42,7 @@ import {
   fsyncFile,
   isNotFound,
   writeNewFileSynced,
-} from '../fs-atomic.js';
+} from '../fs/fs-atomic.js';
 import { decodeLogEntry, encodeLogEntry, type LogEntry } from './log-entry.js';
 import { assertLsn, formatLsn, MAX_LSN, parseStagedFileName, stagedFileName, tryParseLsn } from './lsn.js';
 import {

@@ -17,9 +17,9 @@ import {
   writeFileSync,
   writeSync,
   ftruncateSync,
-} from '../durable-fs.js';
+} from '../fs/durable-fs.js';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { fsyncDir, isNotFound, writeNewFileSynced } from '../fs-atomic.js';
+import { fsyncDir, isNotFound, writeNewFileSynced } from '../fs/fs-atomic.js';
 import type { LogEntry } from '../wal/log-entry.js';
 
 /**

@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
-import { ErrorCodes, WalArchiverError } from './errors.js';
-import { ProtoReader, ProtoWriter, WireType } from './wal/protobuf.js';
+import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { ProtoReader, ProtoWriter, WireType } from './protobuf.js';
 
 /**
  * What the storage node puts in the `Data` of every entry's RAFT file, and

@@ -5,8 +5,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { chmod, createWriteStream, link, mkdir, rm } from '../durable-fs.js';
-import { fsyncDir, isNotFound } from '../fs-atomic.js';
+import { chmod, createWriteStream, link, mkdir, rm } from '../fs/durable-fs.js';
+import { fsyncDir, isNotFound } from '../fs/fs-atomic.js';
 import { KV_STATE_FILE, REPOSITORIES_DIR } from './apply.js';
 
 /**

@@ -2,19 +2,19 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseFlags } from './flags.js';
-import type { Command } from './runner.js';
-import { openEventBus } from '../events/open.js';
-import { createLogger } from '../log.js';
-import { GlobalManifestProjector } from '../manifest/projector.js';
-import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
-import { DEFAULT_THRESHOLDS } from '../policy/index.js';
-import { Sidecar } from '../pipeline/sidecar.js';
-import { openObjectStore } from '../store/open.js';
-import { startLocalCluster } from '../../storage-node/cluster.js';
-import { runLoad, LOAD_DEFAULTS, type LoadOptions } from '../../storage-node/load.js';
-import { sleep } from '../retry.js';
-import type { PartitionStatus } from '../../storage-node/api.js';
+import { parseFlags } from '../contract/cli/flags.js';
+import type { Command } from '../contract/cli/runner.js';
+import { openEventBus } from '../contract/events/open.js';
+import { createLogger } from '../contract/log.js';
+import { GlobalManifestProjector } from '../src/manifest/projector.js';
+import { DEFAULT_ARCHIVER_CONFIG } from '../src/pipeline/partition-archiver.js';
+import { DEFAULT_THRESHOLDS } from '../src/policy/index.js';
+import { Sidecar } from '../src/pipeline/sidecar.js';
+import { openObjectStore } from '../src/store/open.js';
+import { startLocalCluster } from '../storage-node/cluster.js';
+import { runLoad, LOAD_DEFAULTS, type LoadOptions } from '../storage-node/load.js';
+import { sleep } from '../contract/retry.js';
+import type { PartitionStatus } from '../storage-node/api.js';
 
 const flags = {
   dir: {

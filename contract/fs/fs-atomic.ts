@@ -18,7 +18,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 
 import * as dfs from './durable-fs.js';
-import { ErrorCodes, WalArchiverError, type ErrorCode } from './errors.js';
+import { ErrorCodes, WalArchiverError, type ErrorCode } from '../errors.js';
 
 export interface AtomicWriteOptions {
   /** File mode of the new file (default 0o644, before the umask). */

@@ -9,8 +9,8 @@
  * such an event, it never crashes on one.
  */
 
-import { ErrorCodes, WalArchiverError } from './errors.js';
-import { Topics } from './events/event-bus.js';
+import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { Topics } from './event-bus.js';
 
 /** The schema version every event value carries. */
 export const EVENT_SCHEMA_VERSION = 1;
