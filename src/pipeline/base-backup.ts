@@ -19,7 +19,8 @@ import {
 } from '../manifest/partition-manifest.js';
 import type { BackupTrigger, WalBackupEvent } from '../schemas.js';
 import { MetadataKeys, type ObjectStore, type Retention } from '../store/object-store.js';
-import { DEFAULT_ZSTD_LEVEL, HashingStream } from './segment.js';
+import { HashingStream } from '../archive/hashing-stream.js';
+import { DEFAULT_ZSTD_LEVEL } from '../archive/segment-writer.js';
 
 /**
  * Taking one base backup of a partition:

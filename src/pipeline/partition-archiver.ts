@@ -33,7 +33,7 @@ import {
 } from '../wal/entry.js';
 import type { ArchiverMetrics } from './metrics.js';
 import { checkExistingSegment, type AdoptedSegment, type WalEntryDigest } from './adopt.js';
-import { isSpoolError, SegmentWriter, type SegmentInspector } from './segment.js';
+import { isSpoolError, SegmentWriter, type SegmentInspector } from '../archive/segment-writer.js';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Semaphore } from './semaphore.js';
 

@@ -10,7 +10,7 @@ import { ContentDigest, decodeEntryInfo } from '../entry-info.js';
 import { mkdir, rename, rm, rmdir, writeFile } from '../durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../errors.js';
 import { fsyncDir, isNotFound, syncTree } from '../fs-atomic.js';
-import { HashingStream } from '../pipeline/segment.js';
+import { HashingStream } from '../archive/hashing-stream.js';
 import type { Semaphore } from '../pipeline/semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../state/apply.js';
 import { extractState } from '../state/snapshot.js';
