@@ -13,8 +13,8 @@ import {
   type SegmentRecord,
 } from '../manifest/partition-manifest.js';
 import { decide, policyStateFromManifest, type BackupSlots, type Thresholds } from '../policy/index.js';
-import { takeBaseBackup, type BackupRetentionConfig } from './base-backup.js';
-import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
+import { takeBaseBackup, type BackupRetentionConfig } from '../backup/take.js';
+import { applyRetention, planRetention, type RetentionPolicy } from '../backup/retention.js';
 import { Backoff, retry, sleep } from '../retry.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import {
