@@ -11,7 +11,7 @@ import {
   type PartitionManifest,
   type PartitionManifestOptions,
 } from '../manifest/partition-manifest.js';
-import type { BackupTrigger, WalBackupEvent } from '../schemas.js';
+import { walBackupEvent, type BackupTrigger, type WalBackupEvent } from '../schemas.js';
 import { MetadataKeys, type ObjectStore, type Retention } from '../store/object-store.js';
 import { assertLeader } from './node-api.js';
 import { spoolSnapshot } from './snapshot.js';
@@ -183,8 +183,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
     throw err;
   }
   const recorded = write.manifest.backups.find((b) => b.key === key) ?? record;
-  const event: WalBackupEvent = {
-    schema: 1,
+  const event = walBackupEvent({
     partition: o.partition,
     lsn: recorded.lsn,
     key,
@@ -195,7 +194,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
     node: recorded.node,
     started_at: startedAt.toISOString(),
     finished_at: recorded.taken_at < startedAt.toISOString() ? startedAt.toISOString() : recorded.taken_at,
-  };
+  });
   const durationMs = Math.max(0, finishedAt.getTime() - startedAt.getTime());
   log.info('base backup taken', {
     lsn: recorded.lsn,
