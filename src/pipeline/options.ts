@@ -5,8 +5,7 @@ import type { ObjectStore } from '../store/object-store.js';
 import type { ArchiverMetrics } from './metrics.js';
 import type { Semaphore } from './semaphore.js';
 
-/** What one partition's archiver is given: its limits, its services, and where it works. */
-
+/** The limits of a partition's archiving: when a segment is sealed, how many upload at once. */
 export interface ArchiverConfig {
   segmentMaxBytes: number;
   segmentMaxEntries: number;
@@ -26,6 +25,7 @@ export const DEFAULT_ARCHIVER_CONFIG: ArchiverConfig = {
   idlePollMs: 60_000,
 };
 
+/** What one partition's archiver is given: its limits, its services, and where it works. */
 export interface PartitionArchiverOptions {
   backup?: BackupOptions;
   partition: string;
