@@ -10,7 +10,7 @@ import { compress, CompressStream } from 'zstd-napi';
 import { baseBackupKey } from '../src/manifest/keys.js';
 import { readPartitionManifest, updatePartitionManifest } from '../src/manifest/partition-manifest.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../src/pipeline/partition-archiver.js';
-import { HashingStream } from '../src/pipeline/segment.js';
+import { HashingStream } from '../src/archive/hashing-stream.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition } from '../src/restore/restore.js';
 import { encodeKvState, KV_STATE_FILE } from '../contract/state/apply.js';
 import { packState } from '../contract/state/snapshot.js';

@@ -97,6 +97,64 @@ export interface WalLeadershipEvent {
   at: string;
 }
 
+/**
+ * The builders: the one place each topic's value is made, so what is
+ * published has the type its parser returns, `schema` set, and its fields in
+ * one order (the JSON on the wire), whatever object the fields came from.
+ */
+
+/** A `wal.entries` value. */
+export function walEntryEvent(f: Omit<WalEntryEvent, 'schema'>): WalEntryEvent {
+  return {
+    schema: EVENT_SCHEMA_VERSION,
+    partition: f.partition,
+    lsn: f.lsn,
+    term: f.term,
+    node: f.node,
+    bytes: f.bytes,
+    refs: f.refs,
+    committed_at: f.committed_at,
+  };
+}
+
+/** A `wal.archived` value. */
+export function walArchivedEvent(f: Omit<WalArchivedEvent, 'schema'>): WalArchivedEvent {
+  return {
+    schema: EVENT_SCHEMA_VERSION,
+    partition: f.partition,
+    first_lsn: f.first_lsn,
+    last_lsn: f.last_lsn,
+    key: f.key,
+    bytes: f.bytes,
+    raw_bytes: f.raw_bytes,
+    entries: f.entries,
+    sha256: f.sha256,
+    term: f.term,
+    node: f.node,
+    committed_lsn: f.committed_lsn,
+    first_committed_at: f.first_committed_at,
+    last_committed_at: f.last_committed_at,
+    archived_at: f.archived_at,
+  };
+}
+
+/** A `wal.backups` value. */
+export function walBackupEvent(f: Omit<WalBackupEvent, 'schema'>): WalBackupEvent {
+  return {
+    schema: EVENT_SCHEMA_VERSION,
+    partition: f.partition,
+    lsn: f.lsn,
+    key: f.key,
+    bytes: f.bytes,
+    sha256: f.sha256,
+    trigger: f.trigger,
+    term: f.term,
+    node: f.node,
+    started_at: f.started_at,
+    finished_at: f.finished_at,
+  };
+}
+
 /** A parsed event together with its logical topic. */
 export type TopicEvent =
   | { topic: typeof Topics.ENTRIES; value: WalEntryEvent }

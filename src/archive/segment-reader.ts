@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { DecompressStream } from 'zstd-napi';
 import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
-import { HashingStream } from '../pipeline/segment.js';
+import { HashingStream } from './hashing-stream.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import { parseStagedFileName, tryParseLsn } from '../../contract/wal/lsn.js';
 

@@ -9,7 +9,7 @@ import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../../contract
 import { verifyEntry } from '../restore/restore.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
-import { HashingStream } from './segment.js';
+import { HashingStream } from '../archive/hashing-stream.js';
 
 /**
  * A segment key that exists already with other bytes than this sidecar packed

@@ -170,3 +170,31 @@ export function registerProjectorMetrics(
     });
   }
 }
+
+/** The lag gauges of a partition: committed LSN, entries not yet archived, and the age of the oldest. */
+export function reportLag(
+  m: ArchiverMetrics,
+  labels: { partition: string },
+  committedLsn: number,
+  archivedLsn: number,
+  oldestPendingTime: number,
+  now: number,
+): void {
+  m.committedLsn.set(labels, committedLsn);
+  m.lagEntries.set(labels, Math.max(0, committedLsn - archivedLsn));
+  m.lagSeconds.set(labels, oldestPendingTime ? Math.max(0, (now - oldestPendingTime) / 1000) : 0);
+}
+
+/** Counts one archived segment. */
+export function reportSegment(
+  m: ArchiverMetrics,
+  labels: { partition: string },
+  record: { last_lsn: number; entries: number; raw_bytes: number; bytes: number },
+): void {
+  m.archivedLsn.set(labels, record.last_lsn);
+  m.segments.inc(labels);
+  m.entries.inc(labels, record.entries);
+  m.bytesIn.inc(labels, record.raw_bytes);
+  m.bytesOut.inc(labels, record.bytes);
+  if (record.bytes > 0) m.compressionRatio.set(labels, record.raw_bytes / record.bytes);
+}

@@ -16,8 +16,8 @@ import { createArchiverMetrics, type ArchiverMetrics } from './metrics.js';
 import { PartitionArchiver, type ArchiverConfig } from './partition-archiver.js';
 import { Semaphore } from './semaphore.js';
 import { BackupSlots, resolveThresholds, type ThresholdOverrides, type Thresholds } from '../policy/index.js';
-import type { BackupRetentionConfig } from './base-backup.js';
-import type { RetentionPolicy } from './retention.js';
+import type { BackupRetentionConfig } from '../backup/take.js';
+import type { RetentionPolicy } from '../backup/retention.js';
 
 /**
  * The sidecar: runs beside one storage node (same data directory), follows

@@ -10,7 +10,7 @@ import { ContentDigest, decodeEntryInfo } from '../../contract/wal/entry-info.js
 import { mkdir, rename, rm, rmdir, writeFile } from '../../contract/fs/durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { fsyncDir, isNotFound, syncTree } from '../../contract/fs/fs-atomic.js';
-import { HashingStream } from '../pipeline/segment.js';
+import { HashingStream } from '../archive/hashing-stream.js';
 import type { Semaphore } from '../pipeline/semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../../contract/state/apply.js';
 import { extractState } from '../../contract/state/snapshot.js';

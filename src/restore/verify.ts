@@ -13,7 +13,7 @@ import {
   tryParseSegmentKey,
 } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { HashingStream } from '../pipeline/segment.js';
+import { HashingStream } from '../archive/hashing-stream.js';
 import { MetadataKeys, type ObjectInfo, type ObjectStore } from '../store/object-store.js';
 import {
   archiveFromManifest,

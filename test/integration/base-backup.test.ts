@@ -15,8 +15,9 @@ import {
   readPartitionManifest,
   type PartitionManifest,
 } from '../../src/manifest/partition-manifest.js';
-import { takeBaseBackup, verifyBaseBackup, type BaseBackupResult } from '../../src/pipeline/base-backup.js';
-import { applyRetention, listPartitionObjects, planRetention } from '../../src/pipeline/retention.js';
+import { takeBaseBackup, type BaseBackupResult } from '../../src/backup/take.js';
+import { verifyBaseBackup } from '../../src/backup/verify.js';
+import { applyRetention, listPartitionObjects, planRetention } from '../../src/backup/retention.js';
 import { decide, policyStateFromManifest } from '../../src/policy/index.js';
 import { parseWalBackupEvent } from '../../contract/events/schemas.js';
 import type { ObjectStore } from '../../src/store/object-store.js';

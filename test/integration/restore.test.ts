@@ -20,7 +20,7 @@ import {
   segmentKey,
   segmentPrefix,
 } from '../../src/manifest/keys.js';
-import { spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
+import { spoolSegment, type SegmentEntry } from '../../src/archive/segment-writer.js';
 import { readPartitionManifest, updatePartitionManifest } from '../../src/manifest/partition-manifest.js';
 import { copyTree } from '../../src/restore/restore-all.js';
 import { INCOMPLETE_MARKER } from '../../src/restore/restore.js';

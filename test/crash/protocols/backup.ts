@@ -1,5 +1,5 @@
 /**
- * A base backup upload and record (src/pipeline/base-backup.ts): the node's
+ * A base backup upload and record (src/backup/take.ts): the node's
  * snapshot (a real `packState` tar of a state dir built by applying the WAL
  * with the node's apply path) is streamed, spooled under the root, created
  * in the folder store under the root and recorded in the partition manifest,
@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { DecompressStream } from 'zstd-napi';
 
-import { verifyBaseBackup } from '../../../src/pipeline/base-backup.js';
+import { verifyBaseBackup } from '../../../src/backup/verify.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { extractState } from '../../../contract/state/snapshot.js';
 import type { CrashProtocol } from '../runner.js';

@@ -1,5 +1,5 @@
 /**
- * Retention (src/pipeline/retention.ts: planRetention + applyRetention) on a
+ * Retention (src/backup/retention.ts: planRetention + applyRetention) on a
  * real archive: entries 1..12 in six segments, base backups at 4, 8 and 12,
  * keep the newest 2 (the window starts at the backup at 8).
  *
@@ -16,7 +16,7 @@
 import { join } from 'node:path';
 
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
-import { applyRetention, listPartitionObjects, planRetention } from '../../../src/pipeline/retention.js';
+import { applyRetention, listPartitionObjects, planRetention } from '../../../src/backup/retention.js';
 import { planObjects } from '../../../src/restore/plan.js';
 import { planPartitionRestore } from '../../../src/restore/restore.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';

@@ -8,7 +8,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-import { takeBaseBackup } from '../../../src/pipeline/base-backup.js';
+import { takeBaseBackup } from '../../../src/backup/take.js';
 import { applyEntry } from '../../../contract/state/apply.js';
 import { packState } from '../../../contract/state/snapshot.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';

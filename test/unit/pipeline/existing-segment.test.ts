@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { makeEntry } from '../../../bench/harness.js';
 import { segmentKey } from '../../../src/manifest/keys.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
-import { spoolSegment, type SegmentEntry } from '../../../src/pipeline/segment.js';
+import { spoolSegment, type SegmentEntry } from '../../../src/archive/segment-writer.js';
 import { MetadataKeys, type ObjectStore } from '../../../src/store/object-store.js';
 import { entryDir } from '../../../contract/wal/entry.js';
 import { formatLsn } from '../../../contract/wal/lsn.js';

@@ -8,7 +8,7 @@ import {
   updatePartitionManifest,
   type PartitionManifest,
 } from '../../../src/manifest/partition-manifest.js';
-import { applyRetention, planRetention, type RetentionPolicy } from '../../../src/pipeline/retention.js';
+import { applyRetention, planRetention, type RetentionPolicy } from '../../../src/backup/retention.js';
 import { MemoryStore } from '../../helpers/memory-store.js';
 import { T0, backup, segment } from '../manifest/fixtures.js';
 

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setDurableObserver, type DurableEvent } from '../../../contract/fs/durable-fs.js';
 import { contentDigest, encodeEntryInfo } from '../../../contract/wal/entry-info.js';
 import { segmentKey } from '../../../src/manifest/keys.js';
-import { spoolSegment, type SegmentEntry } from '../../../src/pipeline/segment.js';
+import { spoolSegment, type SegmentEntry } from '../../../src/archive/segment-writer.js';
 import { INCOMPLETE_MARKER, restorePartition } from '../../../src/restore/restore.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
 import { openObjectStore } from '../../../src/store/open.js';

@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CompressStream, decompress } from 'zstd-napi';
-import { ErrorCodes } from '../../contract/errors.js';
-import { SegmentWriter, spoolSegment, type SegmentEntry } from '../../src/pipeline/segment.js';
+import { ErrorCodes } from '../../../contract/errors.js';
+import { SegmentWriter, spoolSegment, type SegmentEntry } from '../../../src/archive/segment-writer.js';
 
 let root: string;
 beforeEach(async () => {
