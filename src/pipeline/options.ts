@@ -3,7 +3,7 @@ import type { EventBus } from '../../contract/events/event-bus.js';
 import type { Logger } from '../../contract/log.js';
 import type { ObjectStore } from '../store/object-store.js';
 import type { ArchiverMetrics } from './metrics.js';
-import type { Semaphore } from './semaphore.js';
+import type { Semaphore } from '../semaphore.js';
 
 /** The limits of a partition's archiving: when a segment is sealed, how many upload at once. */
 export interface ArchiverConfig {

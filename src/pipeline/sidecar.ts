@@ -14,7 +14,7 @@ import {
 } from '../../contract/wal/entry.js';
 import { createArchiverMetrics, type ArchiverMetrics } from './metrics.js';
 import { PartitionArchiver, type ArchiverConfig } from './partition-archiver.js';
-import { Semaphore } from './semaphore.js';
+import { Semaphore } from '../semaphore.js';
 import { BackupSlots, resolveThresholds, type ThresholdOverrides, type Thresholds } from '../policy/index.js';
 import type { BackupRetentionConfig } from '../backup/take.js';
 import type { RetentionPolicy } from '../backup/retention.js';

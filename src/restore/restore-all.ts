@@ -11,7 +11,7 @@ import {
   tryParsePartitionManifestKey,
   tryParseSegmentKey,
 } from '../manifest/keys.js';
-import { Semaphore } from '../pipeline/semaphore.js';
+import { Semaphore } from '../semaphore.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { PARTITIONS_DIR } from '../../contract/wal/entry.js';
 import { BEFORE_ARCHIVE } from './plan.js';

@@ -11,7 +11,7 @@ import { mkdir, rename, rm, rmdir, writeFile } from '../../contract/fs/durable-f
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { fsyncDir, isNotFound, syncTree } from '../../contract/fs/fs-atomic.js';
 import { HashingStream } from '../archive/hashing-stream.js';
-import type { Semaphore } from '../pipeline/semaphore.js';
+import type { Semaphore } from '../semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../../contract/state/apply.js';
 import { extractState } from '../../contract/state/snapshot.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';

@@ -1,7 +1,7 @@
 import { silentLogger } from '../../../contract/log.js';
 import { createArchiverMetrics } from '../../../src/pipeline/metrics.js';
 import { DEFAULT_ARCHIVER_CONFIG, PartitionArchiver } from '../../../src/pipeline/partition-archiver.js';
-import { Semaphore } from '../../../src/pipeline/semaphore.js';
+import { Semaphore } from '../../../src/semaphore.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
 import { readArchiverPosition } from '../../../contract/wal/entry.js';
 import { CrashWatcher, NODE, PARTITION, TERM, waitUntil, type Rig } from './fixtures.js';

@@ -11,7 +11,7 @@ import {
   PartitionArchiver,
   type ArchiverConfig,
 } from '../../../src/pipeline/partition-archiver.js';
-import { Semaphore } from '../../../src/pipeline/semaphore.js';
+import { Semaphore } from '../../../src/semaphore.js';
 import { openObjectStore } from '../../../src/store/open.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
 import { partitionDir } from '../../../contract/wal/entry.js';

@@ -8,7 +8,7 @@ import { silentLogger } from '../../../contract/log.js';
 import { readPartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { createArchiverMetrics } from '../../../src/pipeline/metrics.js';
 import { DEFAULT_ARCHIVER_CONFIG, PartitionArchiver } from '../../../src/pipeline/partition-archiver.js';
-import { Semaphore } from '../../../src/pipeline/semaphore.js';
+import { Semaphore } from '../../../src/semaphore.js';
 import { openObjectStore } from '../../../src/store/open.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
 import { partitionDir } from '../../../contract/wal/entry.js';
