@@ -1,4 +1,4 @@
-import { abortError } from '../../contract/errors.js';
+import { abortError } from '../contract/errors.js';
 
 /** Bounds how many of something run at once (uploads across partitions). FIFO. */
 export class Semaphore {
