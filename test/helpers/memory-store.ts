@@ -1,13 +1,6 @@
 import { Readable } from 'node:stream';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../src/errors.js';
-import {
-  compareKeys,
-  isRetained,
-  validateCreateOptions,
-  validateKey,
-  validatePrefix,
-  validateRange,
-} from '../../src/store/keys.js';
+import * as keys from '../../src/store/keys.js';
 import type * as api from '../../src/store/object-store.js';
 
 interface Stored {
@@ -72,15 +65,15 @@ export class MemoryStore implements api.ObjectStore {
   async *list(prefix: string, options: api.ListOptions = {}): AsyncIterable<api.ObjectInfo> {
     this.calls.list++;
     this.check(options.signal);
-    validatePrefix(prefix, this.url);
-    const keys = [...this.objects.keys()]
+    keys.validatePrefix(prefix, this.url);
+    const listed = [...this.objects.keys()]
       .filter(
         (k) =>
           k.startsWith(prefix) &&
-          (options.startAfter === undefined || compareKeys(k, options.startAfter) > 0),
+          (options.startAfter === undefined || keys.compareKeys(k, options.startAfter) > 0),
       )
-      .sort(compareKeys);
-    for (const key of keys) {
+      .sort(keys.compareKeys);
+    for (const key of listed) {
       const stored = this.objects.get(key);
       if (stored) yield { ...stored.info, metadata: {} };
     }
@@ -90,7 +83,7 @@ export class MemoryStore implements api.ObjectStore {
     this.calls.head++;
     await this.latency?.();
     this.check(options.signal);
-    validateKey(key, this.url);
+    keys.validateKey(key, this.url);
     const stored = this.objects.get(key);
     return stored && { ...stored.info, metadata: { ...stored.info.metadata } };
   }
@@ -99,8 +92,8 @@ export class MemoryStore implements api.ObjectStore {
     this.calls.get++;
     await this.latency?.();
     this.check(options.signal);
-    validateKey(key, this.url);
-    validateRange(options.offset, options.length, this.url);
+    keys.validateKey(key, this.url);
+    keys.validateRange(options.offset, options.length, this.url);
     const stored = this.objects.get(key);
     if (!stored)
       throw new WalArchiverError(ErrorCodes.NOT_FOUND, `${this.url} ${key}: not found`, { retryable: false });
@@ -112,8 +105,8 @@ export class MemoryStore implements api.ObjectStore {
   async create(key: string, body: api.Body, options: api.CreateOptions = {}): Promise<api.ObjectInfo> {
     this.calls.create++;
     this.check(options.signal);
-    validateKey(key, this.url);
-    validateCreateOptions(options, this.url);
+    keys.validateKey(key, this.url);
+    keys.validateCreateOptions(options, this.url);
     const data = await toBuffer(body, options.signal);
     if (options.size !== undefined && options.size !== data.length) {
       throw new WalArchiverError(
@@ -134,8 +127,8 @@ export class MemoryStore implements api.ObjectStore {
     this.calls.replace++;
     await this.latency?.();
     this.check(options.signal);
-    validateKey(key, this.url);
-    validateCreateOptions(options, this.url);
+    keys.validateKey(key, this.url);
+    keys.validateCreateOptions(options, this.url);
     await this.beforeReplace?.(key);
     const current = this.objects.get(key);
     if ((current?.info.etag ?? undefined) !== options.ifMatch) {
@@ -147,16 +140,16 @@ export class MemoryStore implements api.ObjectStore {
         },
       );
     }
-    if (isRetained(current?.info.retention, new Date())) throw locked(this.url, key);
+    if (keys.isRetained(current?.info.retention, new Date())) throw locked(this.url, key);
     return this.put(key, Buffer.from(body), options);
   }
 
   async delete(key: string, options: api.CallOptions = {}): Promise<void> {
     this.calls.delete++;
     this.check(options.signal);
-    validateKey(key, this.url);
+    keys.validateKey(key, this.url);
     const current = this.objects.get(key);
-    if (isRetained(current?.info.retention, new Date())) throw locked(this.url, key);
+    if (keys.isRetained(current?.info.retention, new Date())) throw locked(this.url, key);
     this.objects.delete(key);
   }
 
