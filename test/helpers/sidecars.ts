@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PartitionReport } from '../../src/pipeline/sidecar.js';
 import { getJson, waitFor } from './node-cluster.js';
@@ -78,4 +79,38 @@ export class SidecarProcess {
   problems(): string[] {
     return this.output.filter((l) => /"level":"(warn|error)"/.test(l) || !l.startsWith('{')).slice(-20);
   }
+}
+
+export interface ClusterSidecarsOptions {
+  /** The node URLs of a local cluster; node n keeps its data in `<dataDir>/node-n`. */
+  urls: readonly string[];
+  dataDir: string;
+  objectStore: string;
+  events?: string;
+  /** Node n's sidecar serves its metrics on port `metricsBase + n`. */
+  metricsBase: number;
+  extraArgs?: string[];
+}
+
+/** Starts a sidecar beside each node of a local cluster, in node order; each one's stop goes on `cleanups`. */
+export async function startSidecars(
+  o: ClusterSidecarsOptions,
+  cleanups: Array<() => Promise<unknown>>,
+): Promise<SidecarProcess[]> {
+  const sidecars = o.urls.map(
+    (url, i) =>
+      new SidecarProcess({
+        dataDir: join(o.dataDir, `node-${i + 1}`),
+        nodeUrl: url,
+        objectStore: o.objectStore,
+        ...(o.events ? { events: o.events } : {}),
+        metricsPort: o.metricsBase + i + 1,
+        ...(o.extraArgs ? { extraArgs: o.extraArgs } : {}),
+      }),
+  );
+  for (const s of sidecars) {
+    await s.start();
+    cleanups.push(() => s.stop());
+  }
+  return sidecars;
 }
