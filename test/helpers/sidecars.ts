@@ -2,6 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PartitionReport } from '../../src/pipeline/sidecar.js';
+import type { StartedCluster } from '../../storage-node/cluster.js';
+import type { TestBucket } from '../integration/object-store.s3-helpers.js';
 import { getJson, waitFor } from './node-cluster.js';
 
 const BIN = fileURLToPath(new URL('../../bin/wal-archiver.js', import.meta.url));
@@ -113,4 +115,15 @@ export async function startSidecars(
     cleanups.push(() => s.stop());
   }
   return sidecars;
+}
+
+/** A local cluster with a sidecar beside each node archiving to a test bucket, as the integration tests set one up. */
+export interface ArchivingCluster {
+  cluster: StartedCluster;
+  /** The nodes' data directories, `node-n` below it. */
+  dataDir: string;
+  sidecars: SidecarProcess[];
+  bucket: TestBucket;
+  /** The test's scratch folder. */
+  work: string;
 }

@@ -35,23 +35,18 @@ import {
   referenceChange,
   type LogEntry,
 } from '../../src/wal/log-entry.js';
-import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
+import { startLocalCluster } from '../../storage-node/cluster.js';
 import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
 import { readArchive, replay, type ArchiveView } from '../helpers/archive-check.js';
 import { captureContext, runCommand } from '../helpers/cli-context.js';
 import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
 import { s3Url, uniqueName } from '../helpers/services.js';
-import { startSidecars, type SidecarProcess } from '../helpers/sidecars.js';
+import { startSidecars, type ArchivingCluster } from '../helpers/sidecars.js';
 import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';
 
 const run = promisify(execFile);
 
-interface Setup {
-  cluster: StartedCluster;
-  dataDir: string;
-  sidecars: SidecarProcess[];
-  bucket: TestBucket;
-  work: string;
+interface Setup extends ArchivingCluster {
   cleanups: Array<() => Promise<unknown>>;
 }
 
