@@ -17,37 +17,25 @@ import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../cont
 import { formatLsn } from '../contract/wal/lsn.js';
 import { EntryType, encodeHardState, encodeRaftEntry } from '../contract/wal/raftpb.js';
 import { partitionDir } from '../contract/wal/entry.js';
+import { plainS3ClientConfig, uniqueName } from '../test/helpers/services.js';
 
 /** The repository root (this file runs from dist/bench/). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export const S3_ENDPOINT = process.env.WAL_TEST_S3_ENDPOINT ?? 'http://127.0.0.1:9000';
-export const S3_REGION = process.env.WAL_TEST_S3_REGION ?? 'us-east-1';
-export const KAFKA_BROKERS = process.env.WAL_TEST_KAFKA_BROKERS ?? '127.0.0.1:9092';
-process.env.AWS_ACCESS_KEY_ID ??= 'walarchiver';
-process.env.AWS_SECRET_ACCESS_KEY ??= 'walarchiver-secret';
-
-export function uniqueName(label: string): string {
-  return `${label}-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`.toLowerCase();
-}
-
-export function s3Url(bucket: string, prefix = ''): string {
-  const path = prefix ? `/${prefix}` : '';
-  return `s3://${bucket}${path}?endpoint=${encodeURIComponent(S3_ENDPOINT)}&region=${S3_REGION}&forcePathStyle=true`;
-}
-
-export function kafkaUrl(topicPrefix: string): string {
-  return `kafka://${KAFKA_BROKERS}?topicPrefix=${topicPrefix}`;
-}
+// Where the services are, and their names and URLs: the same as the integration tests'.
+export {
+  KAFKA_BROKERS,
+  S3_ENDPOINT,
+  S3_REGION,
+  kafkaUrl,
+  s3Url,
+  uniqueName,
+} from '../test/helpers/services.js';
 
 /** A plain S3 client: what the baselines and ceilings use (no tar, no zstd, no conditional writes). */
 export function rawClient(): S3Client {
   return new S3Client({
-    endpoint: S3_ENDPOINT,
-    region: S3_REGION,
-    forcePathStyle: true,
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
+    ...plainS3ClientConfig(),
     requestHandler: { httpAgent: { keepAlive: true, maxSockets: 32 } },
   });
 }

@@ -143,6 +143,44 @@ async function waitArchived(
   );
 }
 
+/** How long a sidecar took over a backlog, and what the process used meanwhile. */
+interface BacklogRun {
+  elapsed: number;
+  proc: Awaited<ReturnType<typeof sampleProcess>>;
+}
+
+/** The sidecar's peak memory over a run, held to the 256 MiB the design allows. */
+function peakRssFigure(workload: string, proc: BacklogRun['proc']): FigureInput {
+  return {
+    workload,
+    name: 'sidecar peak RSS',
+    value: proc.peakRssBytes / MiB,
+    unit: 'MiB',
+    better: 'lower',
+    target: { of: 'value', op: '<=', value: 256 },
+  };
+}
+
+/** The details of a backlog workload: the backlog, the sidecar's run over it, what only it measured (`own`). */
+function backlogDetails(
+  ctx: BenchContext,
+  backlog: { entries: number; partitions: readonly string[]; entryBytes: number; walBytes: number },
+  run: BacklogRun,
+  own: Record<string, unknown>,
+): Record<string, unknown> {
+  return {
+    entries: backlog.entries,
+    partitions: backlog.partitions.length,
+    entryBytes: backlog.entryBytes,
+    walBytes: backlog.walBytes,
+    sidecarSeconds: run.elapsed,
+    sidecarCpuSeconds: run.proc.cpuSeconds,
+    sidecarPeakRssBytes: run.proc.peakRssBytes,
+    ...own,
+    events: ctx.kafka ? 'kafka' : 'none',
+  };
+}
+
 /** Starts a sidecar over a written backlog, leads every partition, and times it until all is archived. */
 async function archiveBacklog(
   ctx: BenchContext,
@@ -151,7 +189,7 @@ async function archiveBacklog(
   partitions: readonly string[],
   perPartition: number,
   timeoutMs: number,
-): Promise<{ elapsed: number; proc: Awaited<ReturnType<typeof sampleProcess>> }> {
+): Promise<BacklogRun> {
   const run = await launch(ctx, dataDir, name);
   try {
     const t = performance.now();
@@ -220,8 +258,8 @@ export async function small(ctx: BenchContext): Promise<WorkloadResult> {
   const baseRate = base.entries / base.seconds;
 
   ctx.log('small: sidecar');
-  const { elapsed, proc } = await archiveBacklog(ctx, dataDir, 'small', partitions, perPartition, 600_000);
-  const rate = total / elapsed;
+  const sidecar = await archiveBacklog(ctx, dataDir, 'small', partitions, perPartition, 600_000);
+  const rate = total / sidecar.elapsed;
   return {
     figures: [
       {
@@ -234,27 +272,12 @@ export async function small(ctx: BenchContext): Promise<WorkloadResult> {
         target: { of: 'ratio', op: '>=', value: 20 },
         note: `baseline timed over its first ${base.entries} entries`,
       },
-      {
-        workload: 'small',
-        name: 'sidecar peak RSS',
-        value: proc.peakRssBytes / MiB,
-        unit: 'MiB',
-        better: 'lower',
-        target: { of: 'value', op: '<=', value: 256 },
-      },
+      peakRssFigure('small', sidecar.proc),
     ],
-    details: {
-      entries: total,
-      partitions: partitions.length,
-      entryBytes: 4096,
-      walBytes: bytes,
-      sidecarSeconds: elapsed,
-      sidecarCpuSeconds: proc.cpuSeconds,
-      sidecarPeakRssBytes: proc.peakRssBytes,
+    details: backlogDetails(ctx, { entries: total, partitions, entryBytes: 4096, walBytes: bytes }, sidecar, {
       baselineEntries: base.entries,
       baselineSeconds: base.seconds,
-      events: ctx.kafka ? 'kafka' : 'none',
-    },
+    }),
   };
 }
 
@@ -275,7 +298,7 @@ export async function large(ctx: BenchContext): Promise<WorkloadResult> {
   );
 
   ctx.log('large: sidecar');
-  const { elapsed, proc } = await archiveBacklog(ctx, dataDir, 'large', partitions, perPartition, 900_000);
+  const sidecar = await archiveBacklog(ctx, dataDir, 'large', partitions, perPartition, 900_000);
 
   // The same bytes in segment-sized objects (two entries each), plain PUT, the sidecar's concurrency.
   ctx.log('large: raw PUT ceiling');
@@ -299,7 +322,7 @@ export async function large(ctx: BenchContext): Promise<WorkloadResult> {
   }
 
   const mb = bytes / 1e6;
-  const rate = mb / elapsed;
+  const rate = mb / sidecar.elapsed;
   return {
     figures: [
       {
@@ -319,29 +342,14 @@ export async function large(ctx: BenchContext): Promise<WorkloadResult> {
         better: 'higher',
         baseline: { name: 'zstd ceiling (1 core)', value: (size * total) / 1e6 / zstdSeconds },
       },
-      {
-        workload: 'large',
-        name: 'sidecar peak RSS',
-        value: proc.peakRssBytes / MiB,
-        unit: 'MiB',
-        better: 'lower',
-        target: { of: 'value', op: '<=', value: 256 },
-      },
+      peakRssFigure('large', sidecar.proc),
     ],
-    details: {
-      entries: total,
-      partitions: partitions.length,
-      entryBytes: size,
-      walBytes: bytes,
-      sidecarSeconds: elapsed,
-      sidecarCpuSeconds: proc.cpuSeconds,
-      sidecarPeakRssBytes: proc.peakRssBytes,
+    details: backlogDetails(ctx, { entries: total, partitions, entryBytes: size, walBytes: bytes }, sidecar, {
       putCeilingSeconds: putSeconds,
       putCeilingObjectBytes: perObject * size,
       putCeilingConcurrency: SIDECAR_UPLOAD_CONCURRENCY,
       zstdCeilingSeconds: zstdSeconds,
-      events: ctx.kafka ? 'kafka' : 'none',
-    },
+    }),
   };
 }
 

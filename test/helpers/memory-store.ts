@@ -1,37 +1,37 @@
 import { Readable } from 'node:stream';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
-import { compareKeys, validateCreateOptions, validateKey, validatePrefix } from '../../src/store/keys.js';
-import type {
-  Body,
-  CallOptions,
-  CreateOptions,
-  GetOptions,
-  ListOptions,
-  ObjectInfo,
-  ObjectStore,
-  ReplaceOptions,
-} from '../../src/store/object-store.js';
+import * as keys from '../../src/store/keys.js';
+import type * as api from '../../src/store/object-store.js';
 
 interface Stored {
   data: Buffer;
-  info: ObjectInfo;
+  info: api.ObjectInfo;
 }
 
-async function toBuffer(body: Body): Promise<Buffer> {
-  if (Buffer.isBuffer(body)) return Buffer.from(body);
+async function toBuffer(body: api.Body, signal: AbortSignal | undefined): Promise<Buffer> {
   if (body instanceof Uint8Array) return Buffer.from(body);
   const chunks: Buffer[] = [];
-  for await (const chunk of body)
+  for await (const chunk of body) {
+    throwIfAborted(signal);
     chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array));
+  }
   return Buffer.concat(chunks);
+}
+
+function locked(url: string, key: string): WalArchiverError {
+  return new WalArchiverError(ErrorCodes.OBJECT_LOCKED, `${url} ${key}: under retention`, {
+    retryable: false,
+  });
 }
 
 /**
  * An ObjectStore in memory, for unit tests: conditional create, CAS replace
- * on an ETag that changes with every write, byte-ordered listing. `hooks`
- * lets a test run code between the steps of an operation (to force races).
+ * on an ETag that changes with every write, byte-ordered listing, retention.
+ * It passes the same conformance suite as the folder and S3 stores
+ * (test/unit/store/memory-store.conformance.test.ts). `beforeReplace` and
+ * `latency` let a test run code between the steps of an operation (to force races).
  */
-export class MemoryStore implements ObjectStore {
+export class MemoryStore implements api.ObjectStore {
   readonly url = 'memory://test';
   readonly objects = new Map<string, Stored>();
   private counter = 0;
@@ -49,8 +49,8 @@ export class MemoryStore implements ObjectStore {
     throwIfAborted(signal);
   }
 
-  private put(key: string, data: Buffer, options: CreateOptions | undefined): ObjectInfo {
-    const info: ObjectInfo = {
+  private put(key: string, data: Buffer, options: api.CreateOptions | undefined): api.ObjectInfo {
+    const info: api.ObjectInfo = {
       key,
       size: data.length,
       etag: `"m${++this.counter}"`,
@@ -62,37 +62,38 @@ export class MemoryStore implements ObjectStore {
     return { ...info, metadata: { ...info.metadata } };
   }
 
-  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+  async *list(prefix: string, options: api.ListOptions = {}): AsyncIterable<api.ObjectInfo> {
     this.calls.list++;
     this.check(options.signal);
-    validatePrefix(prefix, this.url);
-    const keys = [...this.objects.keys()]
+    keys.validatePrefix(prefix, this.url);
+    const listed = [...this.objects.keys()]
       .filter(
         (k) =>
           k.startsWith(prefix) &&
-          (options.startAfter === undefined || compareKeys(k, options.startAfter) > 0),
+          (options.startAfter === undefined || keys.compareKeys(k, options.startAfter) > 0),
       )
-      .sort(compareKeys);
-    for (const key of keys) {
+      .sort(keys.compareKeys);
+    for (const key of listed) {
       const stored = this.objects.get(key);
       if (stored) yield { ...stored.info, metadata: {} };
     }
   }
 
-  async head(key: string, options: CallOptions = {}): Promise<ObjectInfo | undefined> {
+  async head(key: string, options: api.CallOptions = {}): Promise<api.ObjectInfo | undefined> {
     this.calls.head++;
     await this.latency?.();
     this.check(options.signal);
-    validateKey(key, this.url);
+    keys.validateKey(key, this.url);
     const stored = this.objects.get(key);
     return stored && { ...stored.info, metadata: { ...stored.info.metadata } };
   }
 
-  async get(key: string, options: GetOptions = {}): Promise<Readable> {
+  async get(key: string, options: api.GetOptions = {}): Promise<Readable> {
     this.calls.get++;
     await this.latency?.();
     this.check(options.signal);
-    validateKey(key, this.url);
+    keys.validateKey(key, this.url);
+    keys.validateRange(options.offset, options.length, this.url);
     const stored = this.objects.get(key);
     if (!stored)
       throw new WalArchiverError(ErrorCodes.NOT_FOUND, `${this.url} ${key}: not found`, { retryable: false });
@@ -101,12 +102,19 @@ export class MemoryStore implements ObjectStore {
     return Readable.from([stored.data.subarray(offset, end)]);
   }
 
-  async create(key: string, body: Body, options: CreateOptions = {}): Promise<ObjectInfo> {
+  async create(key: string, body: api.Body, options: api.CreateOptions = {}): Promise<api.ObjectInfo> {
     this.calls.create++;
     this.check(options.signal);
-    validateKey(key, this.url);
-    validateCreateOptions(options, this.url);
-    const data = await toBuffer(body);
+    keys.validateKey(key, this.url);
+    keys.validateCreateOptions(options, this.url);
+    const data = await toBuffer(body, options.signal);
+    if (options.size !== undefined && options.size !== data.length) {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `${this.url} ${key}: the body has ${data.length} bytes, not the ${options.size} announced`,
+        { retryable: false },
+      );
+    }
     if (this.objects.has(key)) {
       throw new WalArchiverError(ErrorCodes.ALREADY_EXISTS, `${this.url} ${key}: already exists`, {
         retryable: false,
@@ -115,12 +123,12 @@ export class MemoryStore implements ObjectStore {
     return this.put(key, data, options);
   }
 
-  async replace(key: string, body: Buffer, options: ReplaceOptions): Promise<ObjectInfo> {
+  async replace(key: string, body: Buffer, options: api.ReplaceOptions): Promise<api.ObjectInfo> {
     this.calls.replace++;
     await this.latency?.();
     this.check(options.signal);
-    validateKey(key, this.url);
-    validateCreateOptions(options, this.url);
+    keys.validateKey(key, this.url);
+    keys.validateCreateOptions(options, this.url);
     await this.beforeReplace?.(key);
     const current = this.objects.get(key);
     if ((current?.info.etag ?? undefined) !== options.ifMatch) {
@@ -132,24 +140,16 @@ export class MemoryStore implements ObjectStore {
         },
       );
     }
-    if (current?.info.retention && current.info.retention.retainUntil.getTime() > Date.now()) {
-      throw new WalArchiverError(ErrorCodes.OBJECT_LOCKED, `${this.url} ${key}: under retention`, {
-        retryable: false,
-      });
-    }
+    if (keys.isRetained(current?.info.retention, new Date())) throw locked(this.url, key);
     return this.put(key, Buffer.from(body), options);
   }
 
-  async delete(key: string, options: CallOptions = {}): Promise<void> {
+  async delete(key: string, options: api.CallOptions = {}): Promise<void> {
     this.calls.delete++;
     this.check(options.signal);
-    validateKey(key, this.url);
+    keys.validateKey(key, this.url);
     const current = this.objects.get(key);
-    if (current?.info.retention && current.info.retention.retainUntil.getTime() > Date.now()) {
-      throw new WalArchiverError(ErrorCodes.OBJECT_LOCKED, `${this.url} ${key}: under retention`, {
-        retryable: false,
-      });
-    }
+    if (keys.isRetained(current?.info.retention, new Date())) throw locked(this.url, key);
     this.objects.delete(key);
   }
 

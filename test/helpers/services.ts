@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { S3ClientConfig } from '@aws-sdk/client-s3';
 
 /**
  * Where the real services of the integration tests are. scripts/test.mjs
@@ -29,4 +30,18 @@ export function s3Url(bucket: string, prefix = ''): string {
 /** A kafka:// URL for the test broker with a topic prefix of its own. */
 export function kafkaUrl(topicPrefix: string): string {
   return `kafka://${KAFKA_BROKERS}?topicPrefix=${topicPrefix}`;
+}
+
+/**
+ * The options of a plain S3 client of the test MinIO: for setting up and tearing down buckets and for
+ * the bench's baselines, not the code under test (checksums only where S3 requires them).
+ */
+export function plainS3ClientConfig(): S3ClientConfig {
+  return {
+    endpoint: S3_ENDPOINT,
+    region: S3_REGION,
+    forcePathStyle: true,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  };
 }

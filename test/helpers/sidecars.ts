@@ -1,6 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PartitionReport } from '../../src/pipeline/sidecar.js';
+import type { StartedCluster } from '../../storage-node/cluster.js';
+import type { TestBucket } from '../integration/object-store.s3-helpers.js';
 import { getJson, waitFor } from './node-cluster.js';
 
 const BIN = fileURLToPath(new URL('../../bin/wal-archiver.js', import.meta.url));
@@ -78,4 +81,49 @@ export class SidecarProcess {
   problems(): string[] {
     return this.output.filter((l) => /"level":"(warn|error)"/.test(l) || !l.startsWith('{')).slice(-20);
   }
+}
+
+export interface ClusterSidecarsOptions {
+  /** The node URLs of a local cluster; node n keeps its data in `<dataDir>/node-n`. */
+  urls: readonly string[];
+  dataDir: string;
+  objectStore: string;
+  events?: string;
+  /** Node n's sidecar serves its metrics on port `metricsBase + n`. */
+  metricsBase: number;
+  extraArgs?: string[];
+}
+
+/** Starts a sidecar beside each node of a local cluster, in node order; each one's stop goes on `cleanups`. */
+export async function startSidecars(
+  o: ClusterSidecarsOptions,
+  cleanups: Array<() => Promise<unknown>>,
+): Promise<SidecarProcess[]> {
+  const sidecars = o.urls.map(
+    (url, i) =>
+      new SidecarProcess({
+        dataDir: join(o.dataDir, `node-${i + 1}`),
+        nodeUrl: url,
+        objectStore: o.objectStore,
+        ...(o.events ? { events: o.events } : {}),
+        metricsPort: o.metricsBase + i + 1,
+        ...(o.extraArgs ? { extraArgs: o.extraArgs } : {}),
+      }),
+  );
+  for (const s of sidecars) {
+    await s.start();
+    cleanups.push(() => s.stop());
+  }
+  return sidecars;
+}
+
+/** A local cluster with a sidecar beside each node archiving to a test bucket, as the integration tests set one up. */
+export interface ArchivingCluster {
+  cluster: StartedCluster;
+  /** The nodes' data directories, `node-n` below it. */
+  dataDir: string;
+  sidecars: SidecarProcess[];
+  bucket: TestBucket;
+  /** The test's scratch folder. */
+  work: string;
 }

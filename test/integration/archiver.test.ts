@@ -9,12 +9,12 @@ import { readPartitionManifest } from '../../src/manifest/partition-manifest.js'
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { entryDir, partitionDir } from '../../contract/wal/entry.js';
 import { WriteClient } from '../../storage-node/load.js';
-import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
+import { startLocalCluster } from '../../storage-node/cluster.js';
 import { readArchive, replay } from '../helpers/archive-check.js';
 import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
 import { kafkaUrl, S3_ENDPOINT, uniqueName } from '../helpers/services.js';
-import { SidecarProcess } from '../helpers/sidecars.js';
-import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';
+import { startSidecars, type ArchivingCluster, type SidecarProcess } from '../helpers/sidecars.js';
+import { createTestBucket } from './object-store.s3-helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 const nodeLines: string[] = [];
@@ -22,13 +22,7 @@ afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
 });
 
-interface Setup {
-  cluster: StartedCluster;
-  dataDir: string;
-  sidecars: SidecarProcess[];
-  bucket: TestBucket;
-  work: string;
-}
+type Setup = ArchivingCluster;
 
 async function setup(o: {
   partitions: number;
@@ -54,21 +48,17 @@ async function setup(o: {
     ...(o.events ? { events: o.events } : {}),
   });
   cleanups.push(() => cluster.stop());
-  const sidecars = cluster.urls.map(
-    (url, i) =>
-      new SidecarProcess({
-        dataDir: join(dataDir, `node-${i + 1}`),
-        nodeUrl: url,
-        objectStore: bucket.url,
-        ...(o.events ? { events: o.events } : {}),
-        metricsPort: o.metricsBase + i + 1,
-        extraArgs: ['--segment-age', '200ms', ...(o.sidecarArgs ?? [])],
-      }),
+  const sidecars = await startSidecars(
+    {
+      urls: cluster.urls,
+      dataDir,
+      objectStore: bucket.url,
+      ...(o.events ? { events: o.events } : {}),
+      metricsBase: o.metricsBase,
+      extraArgs: ['--segment-age', '200ms', ...(o.sidecarArgs ?? [])],
+    },
+    cleanups,
   );
-  for (const s of sidecars) {
-    await s.start();
-    cleanups.push(() => s.stop());
-  }
   return { cluster, dataDir, sidecars, bucket, work };
 }
 

@@ -6,7 +6,7 @@ import { readPartitionManifest } from '../../src/manifest/partition-manifest.js'
 import { archiveFromManifest, lastRestorableLsn, planRestore } from '../../src/restore/plan.js';
 import { startLocalCluster } from '../../storage-node/cluster.js';
 import { leaderOf, statusOf, waitFor, writeMany } from '../helpers/node-cluster.js';
-import { SidecarProcess } from '../helpers/sidecars.js';
+import { startSidecars } from '../helpers/sidecars.js';
 import { createTestBucket } from './object-store.s3-helpers.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -23,21 +23,17 @@ describe('base backups by policy, inside wal-archiver run', () => {
     const dataDir = join(work, 'nodes');
     const c = await startLocalCluster({ nodes: 3, partitions: 1, dataDir, basePort: 7860 });
     cleanups.push(() => c.stop());
-    const sidecars = c.urls.map(
-      (url, i) =>
-        new SidecarProcess({
-          dataDir: join(dataDir, `node-${i + 1}`),
-          nodeUrl: url,
-          objectStore: bucket.url,
-          metricsPort: 9860 + i + 1,
-          // A tiny size threshold, no minimum interval: a backup after every ~8 KiB of WAL.
-          extraArgs: ['--segment-age', '100ms', '--backup-size', '8KiB', '--backup-min-interval', '0ms'],
-        }),
+    const sidecars = await startSidecars(
+      {
+        urls: c.urls,
+        dataDir,
+        objectStore: bucket.url,
+        metricsBase: 9860,
+        // A tiny size threshold, no minimum interval: a backup after every ~8 KiB of WAL.
+        extraArgs: ['--segment-age', '100ms', '--backup-size', '8KiB', '--backup-min-interval', '0ms'],
+      },
+      cleanups,
     );
-    for (const s of sidecars) {
-      await s.start();
-      cleanups.push(() => s.stop());
-    }
 
     // Steady writes in rounds; each round adds well over the threshold.
     for (let round = 0; round < 3; round++) {

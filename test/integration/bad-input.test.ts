@@ -16,8 +16,8 @@ import {
 import { startLocalCluster } from '../../storage-node/cluster.js';
 import { leaderOf, statusOf, waitFor, writeMany } from '../helpers/node-cluster.js';
 import { S3_ENDPOINT } from '../helpers/services.js';
-import { SidecarProcess } from '../helpers/sidecars.js';
-import { TcpProxy } from '../helpers/tcp-proxy.js';
+import { startSidecars } from '../helpers/sidecars.js';
+import { FaultProxy } from '../helpers/fault-proxy.js';
 import { createTestBucket } from './object-store.s3-helpers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -46,97 +46,37 @@ async function metric(url: string, name: string, labels: string): Promise<number
   return line ? Number(line.split(' ').pop()) : 0;
 }
 
+/** `storage-node run` of node 1 of a one-node cluster, with the given flags changed. */
+function nodeRun(changed: Partial<Record<'id' | 'listen' | 'peers', string>>): ['storage-node', ...string[]] {
+  const flags = {
+    id: '1',
+    'data-dir': '/tmp/x',
+    listen: '127.0.0.1:0',
+    peers: '1=http://127.0.0.1:1',
+    ...changed,
+  };
+  return ['storage-node', 'run', ...Object.entries(flags).flatMap(([name, value]) => [`--${name}`, value])];
+}
+
+/** `wal-archiver run` beside an unreachable node, archiving to `objectStore`. */
+function sidecarRun(objectStore: string, ...more: string[]): ['wal-archiver', ...string[]] {
+  return [
+    'wal-archiver',
+    'run',
+    ...['--data-dir', '/tmp/x', '--node-url', 'http://127.0.0.1:1', '--object-store', objectStore],
+    ...more,
+  ];
+}
+
 describe('bad input', () => {
   it.each([
+    [nodeRun({ id: '4' }), 2, /--id 4 is not one of the nodes in --peers/],
+    [nodeRun({ peers: 'one=two' }), 2, /--peers: "one=two" is not ID=URL/],
+    [nodeRun({ listen: 'nowhere' }), 2, /--listen must be HOST:PORT/],
+    [sidecarRun('file:///tmp/x', '--metrics-port', 'lots'), 2, /--metrics-port: must be a whole number/],
+    [sidecarRun('ftp://host/x'), 2, /unsupported scheme "ftp:"/],
     [
-      [
-        'storage-node',
-        'run',
-        '--id',
-        '4',
-        '--data-dir',
-        '/tmp/x',
-        '--listen',
-        '127.0.0.1:0',
-        '--peers',
-        '1=http://127.0.0.1:1',
-      ],
-      2,
-      /--id 4 is not one of the nodes in --peers/,
-    ],
-    [
-      [
-        'storage-node',
-        'run',
-        '--id',
-        '1',
-        '--data-dir',
-        '/tmp/x',
-        '--listen',
-        '127.0.0.1:0',
-        '--peers',
-        'one=two',
-      ],
-      2,
-      /--peers: "one=two" is not ID=URL/,
-    ],
-    [
-      [
-        'storage-node',
-        'run',
-        '--id',
-        '1',
-        '--data-dir',
-        '/tmp/x',
-        '--listen',
-        'nowhere',
-        '--peers',
-        '1=http://127.0.0.1:1',
-      ],
-      2,
-      /--listen must be HOST:PORT/,
-    ],
-    [
-      [
-        'wal-archiver',
-        'run',
-        '--data-dir',
-        '/tmp/x',
-        '--node-url',
-        'http://127.0.0.1:1',
-        '--object-store',
-        'file:///tmp/x',
-        '--metrics-port',
-        'lots',
-      ],
-      2,
-      /--metrics-port: must be a whole number/,
-    ],
-    [
-      [
-        'wal-archiver',
-        'run',
-        '--data-dir',
-        '/tmp/x',
-        '--node-url',
-        'http://127.0.0.1:1',
-        '--object-store',
-        'ftp://host/x',
-      ],
-      2,
-      /unsupported scheme "ftp:"/,
-    ],
-    [
-      [
-        'wal-archiver',
-        'run',
-        '--data-dir',
-        '/tmp/x',
-        '--node-url',
-        'http://127.0.0.1:1',
-        '--object-store',
-        's3://no-such-host-bucket?endpoint=http://127.0.0.1:1&region=us-east-1&forcePathStyle=true',
-      ],
+      sidecarRun('s3://no-such-host-bucket?endpoint=http://127.0.0.1:1&region=us-east-1&forcePathStyle=true'),
       1,
       /object store s3:\/\/no-such-host-bucket.*(unreachable|ECONNREFUSED|connect)/i,
     ],
@@ -205,7 +145,7 @@ describe('bad input', () => {
     const work = await tempDir('sc-bad');
     const bucket = await createTestBucket({ objectLock: false, prefix: 'bad' });
     cleanups.push(() => bucket.cleanup());
-    const proxy = new TcpProxy('127.0.0.1', Number(new URL(S3_ENDPOINT).port));
+    const proxy = new FaultProxy('127.0.0.1', Number(new URL(S3_ENDPOINT).port));
     await proxy.start();
     cleanups.push(() => proxy.stop());
     const storeUrl = `s3://${bucket.bucket}/bad?endpoint=${encodeURIComponent(`http://127.0.0.1:${proxy.port}`)}&region=us-east-1&forcePathStyle=true`;
@@ -226,20 +166,16 @@ describe('bad input', () => {
     bytes[0]! ^= 0xff;
     await writeFile(file, bytes);
 
-    const sidecars = c.urls.map(
-      (url, i) =>
-        new SidecarProcess({
-          dataDir: join(dataDir, `node-${i + 1}`),
-          nodeUrl: url,
-          objectStore: storeUrl,
-          metricsPort: 9820 + i + 1,
-          extraArgs: ['--segment-age', '100ms', '--segment-entries', '4'],
-        }),
+    const sidecars = await startSidecars(
+      {
+        urls: c.urls,
+        dataDir,
+        objectStore: storeUrl,
+        metricsBase: 9820,
+        extraArgs: ['--segment-age', '100ms', '--segment-entries', '4'],
+      },
+      cleanups,
     );
-    for (const s of sidecars) {
-      await s.start();
-      cleanups.push(() => s.stop());
-    }
     const mine = sidecars[leader - 1]!;
     const stopped = await waitFor('partition 1 to stop', async () =>
       (await mine.status()).find((p) => p.partition === '1' && p.state === 'failed'),

@@ -24,6 +24,7 @@ import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
 import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
+import { captureContext, lines } from '../helpers/cli-context.js';
 import { SidecarProcess } from '../helpers/sidecars.js';
 import { createTestBucket } from './object-store.s3-helpers.js';
 
@@ -330,26 +331,33 @@ describe.each([
     ).rejects.toThrow(new RegExp(`not the leader.*${l.url.replace(/[.]/g, '\\.')}`));
 
     // The commands: refused on a follower with the leader named, then one manual backup from the leader.
-    const out: string[] = [];
-    const sink = { write: (t: string) => (out.push(t), true) } as unknown as NodeJS.WritableStream;
-    const ctx = { signal: new AbortController().signal, stdout: sink, stderr: sink, env: {} };
+    const backupRun = captureContext();
     await expect(
-      backupCommand.run(['--object-store', s.storeUrl, '--node-url', follower, '--partition', P], ctx),
+      backupCommand.run(
+        ['--object-store', s.storeUrl, '--node-url', follower, '--partition', P],
+        backupRun.ctx,
+      ),
     ).rejects.toMatchObject({ code: 'NOT_LEADER', message: expect.stringContaining(l.url) });
     expect(
-      await backupCommand.run(['--object-store', s.storeUrl, '--node-url', l.url, '--partition', P], ctx),
+      await backupCommand.run(
+        ['--object-store', s.storeUrl, '--node-url', l.url, '--partition', P],
+        backupRun.ctx,
+      ),
     ).toBe(0);
-    const taken = JSON.parse(out.pop()!) as { trigger: string; key: string };
+    // The backup's record is the last line it prints.
+    const taken = JSON.parse(lines(backupRun.stdout()).at(-1)!) as { trigger: string; key: string };
     expect(taken.trigger).toBe('manual');
     expect((await readPartitionManifest(s.store, P))!.value.backups.map((b) => b.key)).toEqual([taken.key]);
-    out.length = 0;
+    const dryRun = captureContext();
     expect(
       await retentionCommand.run(
         ['--object-store', s.storeUrl, '--all', '--keep-count', '1', '--dry-run'],
-        ctx,
+        dryRun.ctx,
       ),
     ).toBe(0);
-    expect(out.join('')).toMatch(new RegExp(`partition ${P}: would delete \\d+ objects`));
+    expect(dryRun.stdout() + dryRun.stderr()).toMatch(
+      new RegExp(`partition ${P}: would delete \\d+ objects`),
+    );
     expect((await readPartitionManifest(s.store, P))!.value.segments.length).toBeGreaterThan(0);
   });
 });

@@ -30,7 +30,7 @@ import {
   backupEvent,
   leadershipEvent,
   segment,
-  sha,
+  segmentObject,
 } from '../unit/manifest/fixtures.js';
 
 /** A backend: `open()` gives a new client of one fresh, empty store (several clients share it). */
@@ -280,14 +280,7 @@ for (const backend of backends) {
           backups: [backup('1', 10)],
         },
       );
-      const meta = (first: number, last: number) => ({
-        metadata: {
-          sha256: sha(`${first}-${last}`),
-          'first-lsn': String(first),
-          'last-lsn': String(last),
-          partition: '2',
-        },
-      });
+      const meta = (first: number, last: number) => segmentObject('2', first, last, `${first}-${last}`);
       await store.create(segmentKey('2', 11, 20), Buffer.alloc(30), meta(11, 20));
       await store.create(segmentKey('2', 1, 10), Buffer.alloc(20), meta(1, 10));
       await store.create(segmentKey('2', 25, 30), Buffer.alloc(5), meta(25, 30));

@@ -74,6 +74,21 @@ function cli(
 
 const REFUSAL = /does not honour conditional writes/;
 
+/** `wal-archiver run` archiving to `url`, beside a node that is never reached. */
+function sidecarRun(dataDir: string, url: string): string[] {
+  return [
+    'run',
+    '--data-dir',
+    dataDir,
+    '--node-url',
+    'http://127.0.0.1:9',
+    '--object-store',
+    url,
+    '--metrics-port',
+    '0',
+  ];
+}
+
 describe('S3 store: conditional writes proven at start', () => {
   it('a server honouring If-None-Match and If-Match passes the probe, which leaves nothing behind', async () => {
     const { bucket, proxy, url } = await setup();
@@ -121,17 +136,7 @@ describe('S3 store: conditional writes proven at start', () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'wal-cond-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
     const runs = [
-      [
-        'run',
-        '--data-dir',
-        dataDir,
-        '--node-url',
-        'http://127.0.0.1:9',
-        '--object-store',
-        url,
-        '--metrics-port',
-        '0',
-      ],
+      sidecarRun(dataDir, url),
       ['backup', '--object-store', url, '--node-url', 'http://127.0.0.1:9', '--partition', '1'],
       ['retention', '--object-store', url, '--all', '--keep-count', '1'],
       ['manifest', '--object-store', url, '--rebuild'],
@@ -151,20 +156,7 @@ describe('S3 store: conditional writes proven at start', () => {
     const { url } = await setup();
     const dataDir = await mkdtemp(join(tmpdir(), 'wal-cond-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
-    const r = await cli(
-      [
-        'run',
-        '--data-dir',
-        dataDir,
-        '--node-url',
-        'http://127.0.0.1:9',
-        '--object-store',
-        url,
-        '--metrics-port',
-        '0',
-      ],
-      /archiving to s3:/,
-    );
+    const r = await cli(sidecarRun(dataDir, url), /archiving to s3:/);
     expect(r.matched, r.stderr).toBe(true);
     expect(r.code).toBe(0);
   });

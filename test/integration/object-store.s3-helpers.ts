@@ -7,17 +7,11 @@ import {
 } from '@aws-sdk/client-s3';
 import { openObjectStore } from '../../src/store/open.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
-import { S3_ENDPOINT, S3_REGION, s3Url, uniqueName } from '../helpers/services.js';
+import { plainS3ClientConfig, s3Url, uniqueName } from '../helpers/services.js';
 
 /** A client of its own for setting up and tearing down test buckets (not the code under test). */
 export function adminClient(): S3Client {
-  return new S3Client({
-    endpoint: S3_ENDPOINT,
-    region: S3_REGION,
-    forcePathStyle: true,
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  return new S3Client(plainS3ClientConfig());
 }
 
 /** Deletes every version of every object (bypassing GOVERNANCE retention), then the bucket. */

@@ -9,7 +9,7 @@ import { openEventBus } from '../../contract/events/open.js';
 import { parseTopicEvent } from '../../contract/events/schemas.js';
 import { startLocalCluster } from '../../storage-node/cluster.js';
 import { waitFor, writeMany } from '../helpers/node-cluster.js';
-import { SidecarProcess } from '../helpers/sidecars.js';
+import { startSidecars } from '../helpers/sidecars.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -37,21 +37,17 @@ describe('published events', () => {
       events: eventsUrl,
     });
     cleanups.push(() => cluster.stop());
-    const sidecars = cluster.urls.map(
-      (url, i) =>
-        new SidecarProcess({
-          dataDir: join(dataDir, `node-${i + 1}`),
-          nodeUrl: url,
-          objectStore: storeUrl,
-          events: eventsUrl,
-          metricsPort: 9380 + i + 1,
-          extraArgs: ['--segment-age', '200ms', '--backup-entries', '10', '--backup-min-interval', '0s'],
-        }),
+    const sidecars = await startSidecars(
+      {
+        urls: cluster.urls,
+        dataDir,
+        objectStore: storeUrl,
+        events: eventsUrl,
+        metricsBase: 9380,
+        extraArgs: ['--segment-age', '200ms', '--backup-entries', '10', '--backup-min-interval', '0s'],
+      },
+      cleanups,
     );
-    for (const s of sidecars) {
-      await s.start();
-      cleanups.push(() => s.stop());
-    }
     await writeMany(cluster.urls, partitions, 30);
 
     const bus = await openEventBus(eventsUrl, { folder: { heartbeatMs: 100, pollMs: 50 } });

@@ -3,7 +3,6 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import tar from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,7 +11,7 @@ import { retentionCommand } from '../../src/cli/backup.js';
 import { restoreCommand, verifyCommand } from '../../src/cli/restore.js';
 import { contentDigest, encodeEntryInfo } from '../../contract/wal/entry-info.js';
 import { emptyGlobalManifest, entryFromPartitionManifest } from '../../src/manifest/global-manifest.js';
-import { reportError, type Command } from '../../contract/cli/runner.js';
+import type { Command } from '../../contract/cli/runner.js';
 import {
   GLOBAL_MANIFEST_KEY,
   baseBackupKey,
@@ -36,22 +35,18 @@ import {
   referenceChange,
   type LogEntry,
 } from '../../contract/wal/log-entry.js';
-import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
+import { startLocalCluster } from '../../storage-node/cluster.js';
 import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
 import { readArchive, replay, type ArchiveView } from '../helpers/archive-check.js';
+import { captureContext, runCommand } from '../helpers/cli-context.js';
 import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
 import { s3Url, uniqueName } from '../helpers/services.js';
-import { SidecarProcess } from '../helpers/sidecars.js';
+import { startSidecars, type ArchivingCluster } from '../helpers/sidecars.js';
 import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';
 
 const run = promisify(execFile);
 
-interface Setup {
-  cluster: StartedCluster;
-  dataDir: string;
-  sidecars: SidecarProcess[];
-  bucket: TestBucket;
-  work: string;
+interface Setup extends ArchivingCluster {
   cleanups: Array<() => Promise<unknown>>;
 }
 
@@ -64,20 +59,16 @@ async function setup(partitions: number, basePort: number, metricsBase: number):
   const dataDir = join(work, 'nodes');
   const cluster = await startLocalCluster({ nodes: 3, partitions, dataDir, basePort });
   cleanups.push(() => cluster.stop());
-  const sidecars = cluster.urls.map(
-    (url, i) =>
-      new SidecarProcess({
-        dataDir: join(dataDir, `node-${i + 1}`),
-        nodeUrl: url,
-        objectStore: bucket.url,
-        metricsPort: metricsBase + i + 1,
-        extraArgs: ['--segment-age', '200ms', '--segment-entries', '6', '--backups=false'],
-      }),
+  const sidecars = await startSidecars(
+    {
+      urls: cluster.urls,
+      dataDir,
+      objectStore: bucket.url,
+      metricsBase: metricsBase,
+      extraArgs: ['--segment-age', '200ms', '--segment-entries', '6', '--backups=false'],
+    },
+    cleanups,
   );
-  for (const s of sidecars) {
-    await s.start();
-    cleanups.push(() => s.stop());
-  }
   return { cluster, dataDir, sidecars, bucket, work, cleanups };
 }
 
@@ -139,29 +130,14 @@ interface CliResult {
 
 /** Runs a command as the wal-archiver CLI does (one error line on stderr, the exit code). */
 async function cli(command: Command, argv: string[]): Promise<CliResult> {
-  let stdout = '';
-  let stderr = '';
-  const sink = (to: (s: string) => void) =>
-    new Writable({
-      write(chunk: Buffer, _enc, done) {
-        to(chunk.toString());
-        done();
-      },
-    });
-  const out = sink((t) => (stdout += t));
-  const err = sink((t) => (stderr += t));
-  let code: number;
-  try {
-    code = await command.run(argv, {
-      signal: new AbortController().signal,
-      stdout: out,
-      stderr: err,
-      env: {},
-    });
-  } catch (e) {
-    code = reportError('wal-archiver', e, err);
-  }
-  return { code, stdout, stderr };
+  const c = captureContext();
+  const code = await runCommand(command, argv, c);
+  return { code, stdout: c.stdout(), stderr: c.stderr() };
+}
+
+/** `restore` of one partition of the archive at `url` to a point (`--latest`, `--to-lsn N`, `--to-time T`). */
+function restoreOne(url: string, partition: string, point: string[], target: string): Promise<CliResult> {
+  return cli(restoreCommand, ['--object-store', url, '--partition', partition, ...point, '--target', target]);
 }
 
 /** The refs of every repository in a restored state: relative path → ref name → value. */
@@ -234,6 +210,30 @@ async function segmentKeys(store: ObjectStore, partition: string): Promise<strin
   return keys;
 }
 
+/**
+ * Stores the packed state of `stateDir` as partition p's base backup at `lsn`, as the sidecar stores one,
+ * and records it (taken by `leader` at `takenAt`) in the partition manifest. Returns its key.
+ */
+async function storeBaseBackup(
+  store: ObjectStore,
+  p: string,
+  lsn: number,
+  stateDir: string,
+  leader: { node: number; term: number },
+  takenAt: Date,
+): Promise<string> {
+  // A git workload sets no key; the node's packed state then holds an empty kv-state.
+  await writeFile(join(stateDir, 'kv-state'), '', { flag: 'a' });
+  const body = compress(await readAll(packState(stateDir) as unknown as NodeJS.ReadableStream));
+  const key = baseBackupKey(p, lsn);
+  await store.create(key, body, { metadata: { sha256: sha256(body), partition: p } });
+  const record = { key, lsn, taken_at: takenAt.toISOString(), bytes: body.length, sha256: sha256(body) };
+  await updatePartitionManifest(store, p, leader, {
+    backups: [{ ...record, trigger: 'manual', term: leader.term, node: leader.node }],
+  });
+  return key;
+}
+
 /** Replaces an object (same key, so restore plans it) by other bytes carrying their own SHA-256. */
 async function replaceObject(store: ObjectStore, key: string, body: Buffer, keepSha = false): Promise<void> {
   const info = await store.head(key);
@@ -272,6 +272,18 @@ function oneErrorLine(r: CliResult, pattern: RegExp): void {
   expect(lines[0]).toMatch(pattern);
 }
 
+/**
+ * A restore of partition 1 from a damaged copy of the archive fails with one line and leaves nothing
+ * behind; verify then reports a fault. Returns verify's result, for the fault it names.
+ */
+async function refusedThenFaulted(url: string, point: string[], target: string, error: RegExp) {
+  oneErrorLine(await restoreOne(url, '1', point, target), error);
+  await expectNothingAt(target);
+  const v = await cli(verifyCommand, ['--object-store', url, '--partition', '1']);
+  expect(v.code).toBe(1);
+  return v;
+}
+
 describe('restore a partition from the archive of a live cluster', () => {
   let s: Setup;
   let writes: WriteRecord[];
@@ -306,16 +318,7 @@ describe('restore a partition from the archive of a live cluster', () => {
     const lsns = [mine[0]!.lsn, mine[Math.floor(mine.length / 2)]!.lsn, mine.at(-1)!.lsn];
     for (const lsn of lsns) {
       const target = join(s.work, 'lsn', String(lsn), 'partitions', '1');
-      const r = await cli(restoreCommand, [
-        '--object-store',
-        s.bucket.url,
-        '--partition',
-        '1',
-        '--to-lsn',
-        String(lsn),
-        '--target',
-        target,
-      ]);
+      const r = await restoreOne(s.bucket.url, '1', ['--to-lsn', String(lsn)], target);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`restored partition 1 to LSN ${lsn} \\(term \\d+\\)`));
       expect(r.stderr).toMatch(/^restore: partition 1: /m);
@@ -339,15 +342,7 @@ describe('restore a partition from the archive of a live cluster', () => {
     }
     // At the latest LSN the restored state is the node's own, byte for byte.
     const latest = join(s.work, 'latest', 'partitions', '1');
-    const r = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      '1',
-      '--latest',
-      '--target',
-      latest,
-    ]);
+    const r = await restoreOne(s.bucket.url, '1', ['--latest'], latest);
     expect(r.code, r.stderr).toBe(0);
     const leader = await leaderOf(s.cluster.urls, '1');
     const status = await statusOf(s.cluster.urls[leader - 1]!, '1');
@@ -368,16 +363,7 @@ describe('restore a partition from the archive of a live cluster', () => {
     for (const { w, next } of [gaps[0]!, gaps[Math.floor(gaps.length / 2)]!]) {
       const time = new Date(Date.parse(w.committedAt) + 1).toISOString();
       const target = join(s.work, 'time', time.replace(/[:.]/g, '-'));
-      const r = await cli(restoreCommand, [
-        '--object-store',
-        s.bucket.url,
-        '--partition',
-        '2',
-        '--to-time',
-        time,
-        '--target',
-        target,
-      ]);
+      const r = await restoreOne(s.bucket.url, '2', ['--to-time', time], target);
       expect(r.code, r.stderr).toBe(0);
       const applied = Number(await readFile(join(target, 'applied_lsn'), 'utf8'));
       expect(applied).toBeGreaterThanOrEqual(w.lsn);
@@ -396,38 +382,12 @@ describe('restore a partition from the archive of a live cluster', () => {
     await reference(p, b);
     const packed = join(s.work, 'packed', String(b));
     await copyTree(refDir(p, b), packed);
-    // A git workload sets no key; the node's packed state then holds an empty kv-state.
-    await writeFile(join(packed, 'kv-state'), '', { flag: 'a' });
-    const body = compress(await readAll(packState(packed) as unknown as NodeJS.ReadableStream));
-    const key = baseBackupKey(p, b);
-    await s.bucket.store.create(key, body, { metadata: { sha256: sha256(body), partition: p } });
     const m = (await readPartitionManifest(s.bucket.store, p))!.value;
-    await updatePartitionManifest(s.bucket.store, p, m.leader!, {
-      backups: [
-        {
-          key,
-          lsn: b,
-          taken_at: new Date().toISOString(),
-          bytes: body.length,
-          sha256: sha256(body),
-          trigger: 'manual',
-          term: m.leader!.term,
-          node: m.leader!.node,
-        },
-      ],
-    });
+    const key = await storeBaseBackup(s.bucket.store, p, b, packed, m.leader!, new Date());
 
     const latest = commits.get(p)!;
     const target = join(s.work, 'backup', 'latest');
-    const r = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      p,
-      '--latest',
-      '--target',
-      target,
-    ]);
+    const r = await restoreOne(s.bucket.url, p, ['--latest'], target);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(`base backup ${key} + `);
     expect(await treeDigest(join(target, 'state'))).toEqual(await reference(p, latest));
@@ -435,16 +395,7 @@ describe('restore a partition from the archive of a live cluster', () => {
 
     // Exactly at the backup: nothing replayed, the term still that of the entry at b.
     const at = join(s.work, 'backup', 'at');
-    const r2 = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      p,
-      '--to-lsn',
-      String(b),
-      '--target',
-      at,
-    ]);
+    const r2 = await restoreOne(s.bucket.url, p, ['--to-lsn', String(b)], at);
     expect(r2.code, r2.stderr).toBe(0);
     expect(r2.stdout).toContain('0 segments, 0 entries replayed');
     expect(await treeDigest(join(at, 'state'))).toEqual(await reference(p, b));
@@ -452,16 +403,7 @@ describe('restore a partition from the archive of a live cluster', () => {
 
     // Before the backup: replayed from LSN 1.
     const before = join(s.work, 'backup', 'before');
-    const r3 = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      p,
-      '--to-lsn',
-      String(b - 1),
-      '--target',
-      before,
-    ]);
+    const r3 = await restoreOne(s.bucket.url, p, ['--to-lsn', String(b - 1)], before);
     expect(r3.code, r3.stderr).toBe(0);
     expect(r3.stdout).not.toContain('base backup');
     expect(await treeDigest(join(before, 'state'))).toEqual(await reference(p, b - 1));
@@ -528,22 +470,12 @@ describe('restore a partition from the archive of a live cluster', () => {
     const victim = keys[1]!;
     await copy.store.delete(victim);
     const target = join(s.work, 'bad', 'missing');
-    const r = await cli(restoreCommand, [
-      '--object-store',
+    const v = await refusedThenFaulted(
       copy.url,
-      '--partition',
-      '1',
-      '--latest',
-      '--target',
+      ['--latest'],
       target,
-    ]);
-    oneErrorLine(
-      r,
       new RegExp(`^wal-archiver: partition 1: segment of LSNs \\d+-\\d+: object ${victim} is missing`),
     );
-    await expectNothingAt(target);
-    const v = await cli(verifyCommand, ['--object-store', copy.url, '--partition', '1']);
-    expect(v.code).toBe(1);
     expect(v.stdout).toContain(`FAULT partition 1 ${victim}: segment of LSNs`);
     expect(v.stdout).toMatch(/the object is missing/);
   });
@@ -555,25 +487,14 @@ describe('restore a partition from the archive of a live cluster', () => {
     bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
     await replaceObject(copy.store, victim, bytes, true);
     const target = join(s.work, 'bad', 'checksum');
-    const r = await cli(restoreCommand, [
-      '--object-store',
+    const v = await refusedThenFaulted(
       copy.url,
-      '--partition',
-      '1',
-      '--to-lsn',
-      '2',
-      '--target',
+      ['--to-lsn', '2'],
       target,
-    ]);
-    oneErrorLine(
-      r,
       new RegExp(
         `^wal-archiver: partition 1: segment ${victim}: checksum mismatch \\(expected [0-9a-f]{64}, read [0-9a-f]{64}\\)`,
       ),
     );
-    await expectNothingAt(target);
-    const v = await cli(verifyCommand, ['--object-store', copy.url, '--partition', '1']);
-    expect(v.code).toBe(1);
     expect(v.stdout).toMatch(new RegExp(`FAULT partition 1 ${victim}: segment of LSNs .*checksum mismatch`));
   });
 
@@ -584,70 +505,32 @@ describe('restore a partition from the archive of a live cluster', () => {
     const victim = keys[2]!;
     await copy.store.delete(victim);
     const target = join(s.work, 'bad', 'gap');
-    const r = await cli(restoreCommand, [
-      '--object-store',
+    const v = await refusedThenFaulted(
       copy.url,
-      '--partition',
-      '1',
-      '--latest',
-      '--target',
+      ['--latest'],
       target,
-    ]);
-    oneErrorLine(
-      r,
       new RegExp(
         `^wal-archiver: partition 1: gap in the archive: no segment holds LSN \\d+, needed for .*the segment before ends at LSN \\d+ \\(${keys[1]}\\)`,
       ),
     );
-    await expectNothingAt(target);
-    const v = await cli(verifyCommand, ['--object-store', copy.url, '--partition', '1']);
-    expect(v.code).toBe(1);
     expect(v.stdout).toContain('the partition manifest is missing');
     expect(v.stdout).toMatch(/FAULT partition 1 .*gap in the archive: no segment holds LSN/);
   });
 
   it('bad input: an LSN beyond the archive, and a time before its first entry', async () => {
     const target = join(s.work, 'bad', 'range');
-    const beyond = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      '1',
-      '--to-lsn',
-      '100000',
-      '--target',
-      target,
-    ]);
+    const beyond = await restoreOne(s.bucket.url, '1', ['--to-lsn', '100000'], target);
     oneErrorLine(
       beyond,
       /^wal-archiver: partition 1: LSN 100000 is beyond the archive, which ends at LSN \d+ \(last segment partitions\/1\/wal\/.*\)$/,
     );
-    const early = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      '1',
-      '--to-time',
-      '2001-01-01T00:00:00Z',
-      '--target',
-      target,
-    ]);
+    const early = await restoreOne(s.bucket.url, '1', ['--to-time', '2001-01-01T00:00:00Z'], target);
     oneErrorLine(
       early,
       /^wal-archiver: partition 1: 2001-01-01T00:00:00\.000Z is before the first archived entry \(LSN 1; the first commit time is .*, at LSN \d+; in partitions\/1\/wal\/0000000000001-/,
     );
     await expectNothingAt(target);
-    const usage = await cli(restoreCommand, [
-      '--object-store',
-      s.bucket.url,
-      '--partition',
-      '1',
-      '--to-lsn',
-      '3',
-      '--latest',
-      '--target',
-      target,
-    ]);
+    const usage = await restoreOne(s.bucket.url, '1', ['--to-lsn', '3', '--latest'], target);
     expect(usage.code).toBe(2);
     expect(usage.stderr).toBe('wal-archiver: give exactly one of --to-lsn N, --to-time T or --latest\n');
   });
@@ -686,15 +569,7 @@ describe('restore a partition from the archive of a live cluster', () => {
       );
       const root = join(s.work, 'malicious', label);
       const target = join(root, 'a', 'b', 'c', 'target');
-      const r = await cli(restoreCommand, [
-        '--object-store',
-        copy.url,
-        '--partition',
-        '1',
-        '--latest',
-        '--target',
-        target,
-      ]);
+      const r = await restoreOne(copy.url, '1', ['--latest'], target);
       oneErrorLine(
         r,
         new RegExp(
@@ -882,16 +757,7 @@ describe('restore of an archive whose commit stamps go backwards, after retentio
   }
 
   async function restoreTo(p: string, time: number, dir: string): Promise<CliResult> {
-    return cli(restoreCommand, [
-      '--object-store',
-      bucket!.url,
-      '--partition',
-      p,
-      '--to-time',
-      new Date(T0 + time).toISOString(),
-      '--target',
-      dir,
-    ]);
+    return restoreOne(bucket!.url, p, ['--to-time', new Date(T0 + time).toISOString()], dir);
   }
 
   beforeAll(async () => {
@@ -954,29 +820,7 @@ describe('restore of an archive whose commit stamps go backwards, after retentio
       for (let l = 1; l <= lsn; l++)
         if (STAMPS[l - 1] !== 0)
           await applyEntry(entryAt(l), { stateDir, entryDir: entryDir(wal, l), lsn: l });
-      await writeFile(join(stateDir, 'kv-state'), '', { flag: 'a' });
-      const body = compress(await readAll(packState(stateDir) as unknown as NodeJS.ReadableStream));
-      const key = baseBackupKey(p, lsn);
-      await bucket!.store.create(key, body, { metadata: { sha256: sha256(body), partition: p } });
-      await updatePartitionManifest(
-        bucket!.store,
-        p,
-        { node: 1, term: 1 },
-        {
-          backups: [
-            {
-              key,
-              lsn,
-              taken_at: new Date(T0 + taken).toISOString(),
-              bytes: body.length,
-              sha256: sha256(body),
-              trigger: 'manual',
-              term: 1,
-              node: 1,
-            },
-          ],
-        },
-      );
+      await storeBaseBackup(bucket!.store, p, lsn, stateDir, { node: 1, term: 1 }, new Date(T0 + taken));
     }
     const ret = await cli(retentionCommand, [
       '--object-store',

@@ -10,6 +10,29 @@ import {
   targetScore,
 } from '../../bench/report.js';
 
+/** The small workload's throughput against a per-entry baseline of 100, held to 20 times it. */
+const smallThroughput = (value: number) =>
+  figure({
+    workload: 'small',
+    name: 'throughput',
+    value,
+    unit: 'entries/s',
+    better: 'higher',
+    baseline: { name: 'per-entry', value: 100 },
+    target: { of: 'ratio', op: '>=', value: 20 },
+  });
+
+/** The many workload's idle CPU, held to 2 % of a core. */
+const idleCpu = (value: number) =>
+  figure({
+    workload: 'many',
+    name: 'idle CPU',
+    value,
+    unit: '% of a core',
+    better: 'lower',
+    target: { of: 'value', op: '<=', value: 2 },
+  });
+
 describe('ratioOf', () => {
   it('is value over baseline when higher is better', () => {
     expect(ratioOf(2000, 100, 'higher')).toBe(20);
@@ -30,15 +53,7 @@ describe('ratioOf', () => {
 
 describe('targets', () => {
   it('judges a ratio target on the ratio, not on the value', () => {
-    const f = figure({
-      workload: 'small',
-      name: 'throughput',
-      value: 1900,
-      unit: 'entries/s',
-      better: 'higher',
-      baseline: { name: 'per-entry', value: 100 },
-      target: { of: 'ratio', op: '>=', value: 20 },
-    });
+    const f = smallThroughput(1900);
     expect(f.ratio).toBe(19);
     expect(f.met).toBe(false);
     expect(targetScore(f)).toBeCloseTo(0.95);
@@ -96,14 +111,7 @@ describe('the table', () => {
         baseline: { name: 'raw PUT ceiling', value: 100 },
         target: { of: 'ratio', op: '>=', value: 0.8 },
       }),
-      figure({
-        workload: 'many',
-        name: 'idle CPU',
-        value: 3,
-        unit: '% of a core',
-        better: 'lower',
-        target: { of: 'value', op: '<=', value: 2 },
-      }),
+      idleCpu(3),
     ]);
     const lines = out.trimEnd().split('\n');
     expect(lines).toHaveLength(4);
@@ -118,23 +126,8 @@ describe('the table', () => {
 
 describe('the chart', () => {
   const figures = [
-    figure({
-      workload: 'small',
-      name: 'throughput',
-      value: 3000,
-      unit: 'entries/s',
-      better: 'higher',
-      baseline: { name: 'per-entry', value: 100 },
-      target: { of: 'ratio', op: '>=', value: 20 },
-    }),
-    figure({
-      workload: 'many',
-      name: 'idle CPU',
-      value: 4,
-      unit: '% of a core',
-      better: 'lower',
-      target: { of: 'value', op: '<=', value: 2 },
-    }),
+    smallThroughput(3000),
+    idleCpu(4),
     figure({ workload: 'many', name: 'no target, no baseline', value: 1, unit: 's', better: 'lower' }),
   ];
 

@@ -2,7 +2,6 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   EntryDeduplicator,
@@ -13,51 +12,11 @@ import {
   formatEventLine,
   parseEventsFlags,
 } from '../../src/cli/events.js';
-import { HelpRequested } from '../../contract/cli/flags.js';
-import { reportError, type Command, type CommandContext } from '../../contract/cli/runner.js';
 import type { ConsumedEvent, EventBus } from '../../contract/events/event-bus.js';
 import { openEventBus } from '../../contract/events/open.js';
 import type { WalEntryEvent } from '../../contract/events/schemas.js';
 import { archivedEvent, at, backupEvent, leadershipEvent } from './manifest/fixtures.js';
-
-interface Captured {
-  ctx: CommandContext;
-  stdout: () => string;
-  stderr: () => string;
-}
-
-function capture(signal: AbortSignal = new AbortController().signal): Captured {
-  const out: string[] = [];
-  const err: string[] = [];
-  const sink = (into: string[]) =>
-    new Writable({
-      write(chunk: Buffer | string, _encoding, callback) {
-        into.push(chunk.toString());
-        callback();
-      },
-    });
-  return {
-    ctx: { signal, stdout: sink(out), stderr: sink(err), env: {} },
-    stdout: () => out.join(''),
-    stderr: () => err.join(''),
-  };
-}
-
-async function run(command: Command, argv: string[], c: Captured = capture()): Promise<number> {
-  try {
-    return await command.run(argv, c.ctx);
-  } catch (err) {
-    if (err instanceof HelpRequested) {
-      c.ctx.stdout.write(err.text);
-      return 0;
-    }
-    return reportError('wal-archiver', err, c.ctx.stderr);
-  }
-}
-
-function lines(text: string): string[] {
-  return text.split('\n').filter((l) => l !== '');
-}
+import { captureContext, lines, runCommand } from '../helpers/cli-context.js';
 
 function entry(partition: string, lsn: number, extra: Partial<WalEntryEvent> = {}): WalEntryEvent {
   return {
@@ -115,16 +74,16 @@ describe('events flags', () => {
     [['--events', 'mqtt://broker'], /flag --events: event bus URL has unsupported scheme/],
     [['--events', 'kafka://'], /flag --events: event bus URL names no broker/],
   ])('refuses %j with one line and exit 2', async (argv, message) => {
-    const c = capture();
-    expect(await run(eventsCommand, argv, c)).toBe(2);
+    const c = captureContext();
+    expect(await runCommand(eventsCommand, argv, c)).toBe(2);
     expect(lines(c.stderr())).toHaveLength(1);
     expect(c.stderr()).toMatch(message);
     expect(c.stdout()).toBe('');
   });
 
   it('documents the fresh consumer group and the deduplication in its help', async () => {
-    const c = capture();
-    expect(await run(eventsCommand, ['--help'], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(eventsCommand, ['--help'], c)).toBe(0);
     const text = c.stdout();
     expect(text).toMatch(/^Usage: wal-archiver events --events URL/);
     expect(text).toMatch(/fresh consumer group/);
@@ -257,8 +216,8 @@ describe('events command on a folder bus', () => {
 
   it('prints N events from the beginning, deduplicated, and exits', async () => {
     await publishSample();
-    const c = capture();
-    expect(await run(eventsCommand, ['--events', url, '--from-beginning', '--count', '5'], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(eventsCommand, ['--events', url, '--from-beginning', '--count', '5'], c)).toBe(0);
     const out = lines(c.stdout());
     expect(out).toHaveLength(5);
     const lsns = out.map((l) => /partition (\S+) (?:lsn (\d+)|MALFORMED)/.exec(l)!.slice(1).join(':'));
@@ -273,15 +232,19 @@ describe('events command on a folder bus', () => {
 
   it('shows redeliveries with --duplicates, JSON lines with --json, one partition with --partition', async () => {
     await publishSample();
-    const dup = capture();
+    const dup = captureContext();
     expect(
-      await run(eventsCommand, ['--events', url, '--from-beginning', '--count', '6', '--duplicates'], dup),
+      await runCommand(
+        eventsCommand,
+        ['--events', url, '--from-beginning', '--count', '6', '--duplicates'],
+        dup,
+      ),
     ).toBe(0);
     expect(lines(dup.stdout()).filter((l) => / partition 1 lsn 2 /.test(l))).toHaveLength(2);
 
-    const json = capture();
+    const json = captureContext();
     expect(
-      await run(
+      await runCommand(
         eventsCommand,
         ['--events', url, '--from-beginning', '--count', '3', '--json', '--partition', '1'],
         json,
@@ -297,9 +260,13 @@ describe('events command on a folder bus', () => {
 
   it('follows every topic with --topic all', async () => {
     await publishSample();
-    const c = capture();
+    const c = captureContext();
     expect(
-      await run(eventsCommand, ['--events', url, '--from-beginning', '--topic', 'all', '--count', '7'], c),
+      await runCommand(
+        eventsCommand,
+        ['--events', url, '--from-beginning', '--topic', 'all', '--count', '7'],
+        c,
+      ),
     ).toBe(0);
     const topics = lines(c.stdout()).map((l) => l.split(/\s+/)[1]);
     expect(topics.filter((t) => t === 'entries')).toHaveLength(5);
@@ -320,8 +287,10 @@ describe('events command on a folder bus', () => {
     });
     try {
       for (let i = 0; i < 2; i++) {
-        const c = capture();
-        expect(await run(eventsCommand, ['--events', url, '--from-beginning', '--count', '5'], c)).toBe(0);
+        const c = captureContext();
+        expect(
+          await runCommand(eventsCommand, ['--events', url, '--from-beginning', '--count', '5'], c),
+        ).toBe(0);
         expect(lines(c.stdout())).toHaveLength(5);
       }
       const deadline = Date.now() + 10_000;
@@ -337,8 +306,8 @@ describe('events command on a folder bus', () => {
   it('follows new events from now on until interrupted, then exits 0', async () => {
     await publishSample();
     const controller = new AbortController();
-    const c = capture(controller.signal);
-    const running = run(eventsCommand, ['--events', url], c);
+    const c = captureContext({ signal: controller.signal });
+    const running = runCommand(eventsCommand, ['--events', url], c);
     const deadline = Date.now() + 10_000;
     while (!c.stderr().includes('following') && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 20));
@@ -354,8 +323,8 @@ describe('events command on a folder bus', () => {
   it('exits 1 with one line when interrupted before --count events arrived', async () => {
     await bus.publish('entries', [{ key: '1', value: { ...entry('1', 1) } }]);
     const controller = new AbortController();
-    const c = capture(controller.signal);
-    const running = run(eventsCommand, ['--events', url, '--from-beginning', '--count', '3'], c);
+    const c = captureContext({ signal: controller.signal });
+    const running = runCommand(eventsCommand, ['--events', url, '--from-beginning', '--count', '3'], c);
     const deadline = Date.now() + 10_000;
     while (!c.stdout().includes('lsn 1') && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 20));

@@ -2,11 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { HelpRequested } from '../../contract/cli/flags.js';
 import { manifestCommand, parseManifestFlags } from '../../src/cli/manifest.js';
-import { reportError, type Command, type CommandContext } from '../../contract/cli/runner.js';
 import { openEventBus } from '../../contract/events/open.js';
 import {
   GLOBAL_MANIFEST_KEY,
@@ -23,46 +20,7 @@ import {
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { archivedEvent, backup, backupEvent, leadershipEvent, segment } from './manifest/fixtures.js';
-
-interface Captured {
-  ctx: CommandContext;
-  stdout: () => string;
-  stderr: () => string;
-}
-
-function capture(signal: AbortSignal = new AbortController().signal): Captured {
-  const out: string[] = [];
-  const err: string[] = [];
-  const sink = (into: string[]) =>
-    new Writable({
-      write(chunk: Buffer | string, _encoding, callback) {
-        into.push(chunk.toString());
-        callback();
-      },
-    });
-  return {
-    ctx: { signal, stdout: sink(out), stderr: sink(err), env: {} },
-    stdout: () => out.join(''),
-    stderr: () => err.join(''),
-  };
-}
-
-/** Runs a command the way the top-level runner does: help → 0, usage error → 2, failure → 1, one line. */
-async function run(command: Command, argv: string[], c: Captured = capture()): Promise<number> {
-  try {
-    return await command.run(argv, c.ctx);
-  } catch (err) {
-    if (err instanceof HelpRequested) {
-      c.ctx.stdout.write(err.text);
-      return 0;
-    }
-    return reportError('wal-archiver', err, c.ctx.stderr);
-  }
-}
-
-function lines(text: string): string[] {
-  return text.split('\n').filter((l) => l !== '');
-}
+import { captureContext, lines, runCommand } from '../helpers/cli-context.js';
 
 const events: ManifestEvent[] = [
   { topic: 'leadership', value: leadershipEvent('7', 3, 2, { node: 2 }) },
@@ -105,8 +63,8 @@ describe('manifest flags', () => {
     [['--object-store', url, '--rebuild', '--from-events', 'file:///e', '--idle', 'soon'], /duration/],
     [['--object-store', url, 'extra'], /unexpected argument/],
   ])('refuses %j with one line and exit 2', async (argv, message) => {
-    const c = capture();
-    expect(await run(manifestCommand, argv, c)).toBe(2);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, argv, c)).toBe(2);
     expect(lines(c.stderr())).toHaveLength(1);
     expect(c.stderr()).toMatch(message);
     expect(c.stdout()).toBe('');
@@ -114,16 +72,16 @@ describe('manifest flags', () => {
 
   it('refuses a malformed or unsupported object store URL as a usage error', async () => {
     for (const bad of ['ftp://host/x', 'not a url']) {
-      const c = capture();
-      expect(await run(manifestCommand, ['--object-store', bad], c)).toBe(2);
+      const c = captureContext();
+      expect(await runCommand(manifestCommand, ['--object-store', bad], c)).toBe(2);
       expect(lines(c.stderr())).toHaveLength(1);
       expect(c.stderr()).toMatch(/^wal-archiver: flag --object-store: object store URL/);
     }
   });
 
   it('prints its help', async () => {
-    const c = capture();
-    expect(await run(manifestCommand, ['--help'], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--help'], c)).toBe(0);
     expect(c.stdout()).toMatch(/^Usage: wal-archiver manifest --object-store URL/);
     for (const flag of ['--partition', '--json', '--rebuild', '--from-events', '--dry-run'])
       expect(c.stdout()).toContain(flag);
@@ -161,8 +119,8 @@ describe('manifest command on a folder store', () => {
 
   it('prints the stored global manifest as a table, and as the JSON document', async () => {
     const written = await new GlobalManifestWriter(store).apply(events);
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url], c)).toBe(0);
     const out = lines(c.stdout());
     expect(out[0]).toMatch(/^global manifest version 1, updated .*, 2 partitions$/);
     expect(out[1]).toMatch(/^PARTITION\s+LEADER\s+TERM\s+ARCHIVED LSN\s+LAG\s+LATEST BASE BACKUP\s+SIZE$/);
@@ -170,15 +128,15 @@ describe('manifest command on a folder store', () => {
     expect(out[3]).toMatch(/^12\s+node 1\s+1\s+4\s+0 entries.*none/);
     expect(c.stderr()).toBe('');
 
-    const j = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--json'], j)).toBe(0);
+    const j = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--json'], j)).toBe(0);
     expect(JSON.parse(j.stdout())).toEqual(written.manifest);
   });
 
   it('derives the table from the objects when there is no global manifest, and says so on stderr', async () => {
     await writePartitionManifests();
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url], c)).toBe(0);
     expect(lines(c.stderr())).toHaveLength(1);
     expect(c.stderr()).toMatch(
       /has no global manifest yet; showing one derived from the objects \(2 partitions/,
@@ -189,16 +147,16 @@ describe('manifest command on a folder store', () => {
     // Showing never writes.
     expect(await store.head(GLOBAL_MANIFEST_KEY)).toBeUndefined();
 
-    const j = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--json'], j)).toBe(0);
+    const j = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--json'], j)).toBe(0);
     const doc = JSON.parse(j.stdout()) as GlobalManifest;
     expect(Object.keys(doc.partitions)).toEqual(['7', '12']);
     expect(doc.partitions['7']!.archived_lsn).toBe(10);
   });
 
   it('fails with one line when there is neither a global manifest nor any archived partition', async () => {
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url], c)).toBe(1);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url], c)).toBe(1);
     expect(lines(c.stderr())).toHaveLength(1);
     expect(c.stderr()).toMatch(/^wal-archiver: no global manifest and no archived partition in file:/);
     expect(c.stdout()).toBe('');
@@ -206,24 +164,28 @@ describe('manifest command on a folder store', () => {
 
   it('reports a corrupt global manifest in one line and suggests --rebuild', async () => {
     await store.create(GLOBAL_MANIFEST_KEY, Buffer.from('{"schema":1,'));
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url], c)).toBe(1);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url], c)).toBe(1);
     expect(lines(c.stderr())).toHaveLength(1);
     expect(c.stderr()).toMatch(/global manifest .* is corrupt .*run with --rebuild to replace it/);
   });
 
   it('shows one partition in detail, and as JSON', async () => {
     await writePartitionManifests();
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--partition', '7', '--segments'], c)).toBe(0);
+    const c = captureContext();
+    expect(
+      await runCommand(manifestCommand, ['--object-store', url, '--partition', '7', '--segments'], c),
+    ).toBe(0);
     const out = c.stdout();
     expect(out).toMatch(/^partition 7\nleader: node 2, term 3\n/);
     expect(out).toContain('archived: LSN 1-10 in 1 segment');
     expect(out).toContain(segmentKey('7', 1, 10));
     expect(out).toContain(baseBackupKey('7', 10));
 
-    const j = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--partition', '12', '--json'], j)).toBe(0);
+    const j = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--partition', '12', '--json'], j)).toBe(
+      0,
+    );
     expect(JSON.parse(j.stdout())).toMatchObject({
       partition: '12',
       archived: { first_lsn: 1, last_lsn: 4 },
@@ -231,15 +193,15 @@ describe('manifest command on a folder store', () => {
   });
 
   it('fails with one line for a partition without a manifest, saying whether it has objects', async () => {
-    const none = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--partition', '9'], none)).toBe(1);
+    const none = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--partition', '9'], none)).toBe(1);
     expect(lines(none.stderr())).toEqual([
       expect.stringMatching(/partition 9 has nothing archived in file:/),
     ]);
 
     await store.create(segmentKey('9', 1, 3), Buffer.from('x'));
-    const some = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--partition', '9'], some)).toBe(1);
+    const some = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--partition', '9'], some)).toBe(1);
     expect(lines(some.stderr())).toEqual([
       expect.stringMatching(/partition 9 has 1 object in .* but no manifest/),
     ]);
@@ -250,8 +212,8 @@ describe('manifest command on a folder store', () => {
     await store.create(segmentKey('20', 1, 5), Buffer.from('segment'));
     await store.create(baseBackupKey('20', 5), Buffer.from('base'), { metadata: { partition: '21' } });
 
-    const dry = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--rebuild', '--dry-run'], dry)).toBe(0);
+    const dry = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--rebuild', '--dry-run'], dry)).toBe(0);
     expect(dry.stdout()).toMatch(
       /^rebuilt from the objects of file:.*: 3 partitions \(2 from partition manifests, 1 from object listings\), 1 problem$/m,
     );
@@ -261,8 +223,8 @@ describe('manifest command on a folder store', () => {
     expect(dry.stdout()).toMatch(/dry run: nothing was stored/);
     expect(await store.head(GLOBAL_MANIFEST_KEY)).toBeUndefined();
 
-    const real = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--rebuild'], real)).toBe(0);
+    const real = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--rebuild'], real)).toBe(0);
     expect(real.stdout()).toMatch(/stored the global manifest, version 1/);
     const stored = await readGlobalManifest(store);
     expect(Object.keys(stored!.value.partitions)).toEqual(['7', '12', '20']);
@@ -273,8 +235,8 @@ describe('manifest command on a folder store', () => {
     });
     expect(stored!.value.partitions['7']).toMatchObject({ leader: { node: 2, term: 3 }, archived_lsn: 10 });
 
-    const again = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--rebuild', '--json'], again)).toBe(0);
+    const again = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--rebuild', '--json'], again)).toBe(0);
     expect(JSON.parse(again.stdout())).toEqual(stored!.value);
     expect(again.stderr()).toMatch(/already holds all of this; nothing written/);
   });
@@ -289,8 +251,8 @@ describe('manifest command on a folder store', () => {
       { node: 2, term: 3 },
       { segments: [segment('7', 11, 15, { term: 3, node: 2 })] },
     );
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--rebuild'], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--rebuild'], c)).toBe(0);
     const stored = (await readGlobalManifest(store))!.value;
     expect(stored.version).toBe(2);
     expect(stored.partitions['7']).toMatchObject({
@@ -305,8 +267,8 @@ describe('manifest command on a folder store', () => {
   it('replaces a corrupt global manifest on --rebuild, saying so', async () => {
     await writePartitionManifests();
     await store.create(GLOBAL_MANIFEST_KEY, Buffer.from('not json'));
-    const c = capture();
-    expect(await run(manifestCommand, ['--object-store', url, '--rebuild'], c)).toBe(0);
+    const c = captureContext();
+    expect(await runCommand(manifestCommand, ['--object-store', url, '--rebuild'], c)).toBe(0);
     expect(c.stderr()).toMatch(/replaced a corrupt global manifest/);
     const stored = (await readGlobalManifest(store))!.value;
     expect(stored.version).toBe(1);
@@ -325,8 +287,8 @@ describe('manifest command on a folder store', () => {
     } finally {
       await bus.close();
     }
-    const c = capture();
-    const code = await run(
+    const c = captureContext();
+    const code = await runCommand(
       manifestCommand,
       ['--object-store', url, '--rebuild', '--from-events', busUrl, '--idle', '300ms'],
       c,
@@ -341,9 +303,9 @@ describe('manifest command on a folder store', () => {
   });
 
   it('refuses a malformed --from-events URL as a usage error', async () => {
-    const c = capture();
+    const c = captureContext();
     expect(
-      await run(manifestCommand, ['--object-store', url, '--rebuild', '--from-events', 'mqtt://x'], c),
+      await runCommand(manifestCommand, ['--object-store', url, '--rebuild', '--from-events', 'mqtt://x'], c),
     ).toBe(2);
     expect(lines(c.stderr())).toEqual([
       expect.stringMatching(/^wal-archiver: flag --from-events: event bus URL/),

@@ -2,10 +2,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { UsageError } from '../../contract/cli/flags.js';
-import type { CommandContext } from '../../contract/cli/runner.js';
 import {
   clusterCommand,
   defaultStorageNodeBin,
@@ -14,6 +12,7 @@ import {
   startLocalCluster,
   type StartedCluster,
 } from '../../storage-node/cluster.js';
+import { captureContext } from '../helpers/cli-context.js';
 
 /**
  * A stand-in for `storage-node run`: serves GET /healthz, writes its arguments
@@ -54,16 +53,6 @@ async function freeBasePort(n: number): Promise<number> {
     for (let i = 1; i <= n && ok; i++) ok = await portFree(base + i);
     if (ok) return base;
   }
-}
-
-function captureContext(signal: AbortSignal, env: NodeJS.ProcessEnv = {}) {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  const out = { stdout: '', stderr: '' };
-  stdout.on('data', (c: Buffer) => (out.stdout += c.toString()));
-  stderr.on('data', (c: Buffer) => (out.stderr += c.toString()));
-  const ctx: CommandContext = { signal, stdout, stderr, env };
-  return { ctx, out };
 }
 
 async function until(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
@@ -122,7 +111,7 @@ describe('cluster flags', () => {
   });
 
   it('the command refuses bad flags before starting anything', async () => {
-    const { ctx } = captureContext(new AbortController().signal);
+    const { ctx } = captureContext();
     await expect(clusterCommand.run(['--nodes', '12', ...base], ctx)).rejects.toBeInstanceOf(UsageError);
   });
 });
@@ -229,22 +218,27 @@ describe('cluster command', () => {
   it('prints each URL once it serves, reports an unexpected exit in one line, keeps the others, stops on abort', async () => {
     const basePort = await freeBasePort(3);
     const controller = new AbortController();
-    const { ctx, out } = captureContext(controller.signal, {
-      ...process.env,
-      STORAGE_NODE_BIN: bin,
-      FAKE_CRASH_ID: '3',
+    const { ctx, stdout, stderr } = captureContext({
+      signal: controller.signal,
+      env: {
+        ...process.env,
+        STORAGE_NODE_BIN: bin,
+        FAKE_CRASH_ID: '3',
+      },
     });
     const done = clusterCommand.run(
       ['--nodes', '3', '--partitions', '2', '--data-dir', root, '--base-port', String(basePort)],
       ctx,
     );
-    await until(() => out.stderr.includes('node 3 exited unexpectedly'));
-    await until(() => out.stdout.split('\n').filter(Boolean).length >= 2);
-    expect(out.stdout).toContain(`node 1 http://127.0.0.1:${basePort + 1}\n`);
-    expect(out.stdout).toContain(`node 2 http://127.0.0.1:${basePort + 2}\n`);
-    expect(out.stderr).toMatch(/\[node 2\] \{"msg":"serving","node":2\}\n/);
-    expect(out.stderr).toMatch(/\[node 1\] storage-node 1 serving\n/);
-    const exitLines = out.stderr.split('\n').filter((l) => l.includes('exited unexpectedly'));
+    await until(() => stderr().includes('node 3 exited unexpectedly'));
+    await until(() => stdout().split('\n').filter(Boolean).length >= 2);
+    expect(stdout()).toContain(`node 1 http://127.0.0.1:${basePort + 1}\n`);
+    expect(stdout()).toContain(`node 2 http://127.0.0.1:${basePort + 2}\n`);
+    expect(stderr()).toMatch(/\[node 2\] \{"msg":"serving","node":2\}\n/);
+    expect(stderr()).toMatch(/\[node 1\] storage-node 1 serving\n/);
+    const exitLines = stderr()
+      .split('\n')
+      .filter((l) => l.includes('exited unexpectedly'));
     expect(exitLines).toEqual([
       'storage-node cluster: node 3 exited unexpectedly (exit code 3); 2 nodes still running',
     ]);
@@ -254,15 +248,21 @@ describe('cluster command', () => {
     controller.abort();
     expect(await done).toBe(0);
     await expect(fetch(`http://127.0.0.1:${basePort + 1}/healthz`)).rejects.toThrow();
-    expect(out.stderr.split('\n').filter((l) => l.includes('exited unexpectedly'))).toHaveLength(1);
+    expect(
+      stderr()
+        .split('\n')
+        .filter((l) => l.includes('exited unexpectedly')),
+    ).toHaveLength(1);
   });
 
   it('exits 1 when every node has exited', async () => {
     const broken = join(root, 'broken.mjs');
     await writeFile(broken, `process.exit(2);`);
-    const { ctx, out } = captureContext(new AbortController().signal, {
-      ...process.env,
-      STORAGE_NODE_BIN: broken,
+    const { ctx, stderr } = captureContext({
+      env: {
+        ...process.env,
+        STORAGE_NODE_BIN: broken,
+      },
     });
     const basePort = await freeBasePort(2);
     const code = await clusterCommand.run(
@@ -270,6 +270,6 @@ describe('cluster command', () => {
       ctx,
     );
     expect(code).toBe(1);
-    expect(out.stderr).toMatch(/every node exited \(2 unexpectedly\)/);
+    expect(stderr()).toMatch(/every node exited \(2 unexpectedly\)/);
   });
 });

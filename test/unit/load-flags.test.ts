@@ -1,7 +1,7 @@
-import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { HelpRequested, UsageError } from '../../contract/cli/flags.js';
 import { loadCommand, parseLoadFlags } from '../../storage-node/load.js';
+import { captureContext } from '../helpers/cli-context.js';
 
 const base = ['--node-url', 'http://127.0.0.1:7101', '--rate', '50', '--size', '4KiB'];
 
@@ -97,12 +97,7 @@ describe('load flags', () => {
   });
 
   it('the command refuses bad flags before contacting anything', async () => {
-    const ctx = {
-      signal: new AbortController().signal,
-      stdout: new PassThrough(),
-      stderr: new PassThrough(),
-      env: {},
-    };
+    const { ctx } = captureContext();
     await expect(loadCommand.run([...base, '--rate', '2'], ctx)).rejects.toThrow(/given twice/);
     await expect(loadCommand.run(['--rate', '0'], ctx)).rejects.toBeInstanceOf(UsageError);
   });

@@ -15,6 +15,16 @@ export function sha(seed: string): string {
   return createHash('sha256').update(seed).digest('hex');
 }
 
+/** The create options of a segment object as the archiver stores it: its LSN range, a checksum made from `seed`. */
+export function segmentObject(
+  partition: string,
+  first: number,
+  last: number,
+  seed: string,
+): { metadata: Record<string, string> } {
+  return { metadata: { sha256: sha(seed), 'first-lsn': String(first), 'last-lsn': String(last), partition } };
+}
+
 export function segment(
   partition: string,
   first: number,

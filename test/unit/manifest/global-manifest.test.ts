@@ -30,7 +30,16 @@ import {
 } from '../../../src/manifest/keys.js';
 import { updatePartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import { MemoryStore } from '../../helpers/memory-store.js';
-import { T0, archivedEvent, at, backup, backupEvent, leadershipEvent, segment, sha } from './fixtures.js';
+import {
+  T0,
+  archivedEvent,
+  at,
+  backup,
+  backupEvent,
+  leadershipEvent,
+  segment,
+  segmentObject,
+} from './fixtures.js';
 
 const NOW = new Date(T0 + 3_600_000);
 const empty = () => emptyGlobalManifest(NOW);
@@ -302,14 +311,7 @@ describe('rebuildFromObjects (memory store)', () => {
       { segments: [segment('1', 1, 10)], backups: [backup('1', 10)] },
       { now },
     );
-    const meta = (first: number, last: number) => ({
-      metadata: {
-        sha256: sha(`${first}`),
-        'first-lsn': String(first),
-        'last-lsn': String(last),
-        partition: '2',
-      },
-    });
+    const meta = (first: number, last: number) => segmentObject('2', first, last, `${first}`);
     await store.create(segmentKey('2', 1, 10), Buffer.alloc(100), meta(1, 10));
     await store.create(segmentKey('2', 11, 20), Buffer.alloc(50), meta(11, 20));
     await store.create(segmentKey('2', 30, 40), Buffer.alloc(10), meta(30, 40));

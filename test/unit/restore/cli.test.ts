@@ -1,36 +1,13 @@
-import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { progressRenderer, restoreCommand, verifyCommand } from '../../../src/cli/restore.js';
-import { reportError } from '../../../contract/cli/runner.js';
 import type { RestoreProgress } from '../../../src/restore/restore.js';
+import { captureContext, runCommand } from '../../helpers/cli-context.js';
 
-function sink(): { stream: Writable; text: () => string } {
-  let text = '';
-  return {
-    stream: new Writable({
-      write(chunk: Buffer, _enc, done) {
-        text += chunk.toString();
-        done();
-      },
-    }),
-    text: () => text,
-  };
-}
-
+/** A command line that the command refuses: its exit code and the one line on stderr. */
 async function usage(argv: string[], command = restoreCommand): Promise<{ code: number; line: string }> {
-  const out = sink();
-  const err = sink();
-  try {
-    await command.run(argv, {
-      signal: new AbortController().signal,
-      stdout: out.stream,
-      stderr: err.stream,
-      env: {},
-    });
-    return { code: 0, line: '' };
-  } catch (e) {
-    return { code: reportError('wal-archiver', e, err.stream), line: err.text() };
-  }
+  const c = captureContext();
+  const code = await runCommand(command, argv, c);
+  return { code, line: c.stderr() };
 }
 
 const store = ['--object-store', 'file:///nonexistent-archive'];
@@ -85,9 +62,9 @@ describe('restore progress', () => {
   });
 
   it('writes plain lines off a terminal: on each phase change, then at most one per interval', () => {
-    const err = sink();
+    const err = captureContext();
     let now = 0;
-    const r = progressRenderer(err.stream, { tty: false, now: () => now });
+    const r = progressRenderer(err.ctx.stderr, { tty: false, now: () => now });
     r.update(p({ phase: 'planning' }));
     r.update(p({ appliedLsn: 10, segmentsDone: 1 }));
     r.update(p({ appliedLsn: 20, segmentsDone: 2 }));
@@ -95,7 +72,7 @@ describe('restore progress', () => {
     r.update(p({ appliedLsn: 30, segmentsDone: 3, bytes: 2048 }));
     r.update(p({ phase: 'done', appliedLsn: 100, segmentsDone: 10 }));
     r.end();
-    expect(err.text().split('\n').filter(Boolean)).toEqual([
+    expect(err.stderr().split('\n').filter(Boolean)).toEqual([
       'restore: partition 3: planning, LSN 0/100, segments 0/10, 0 B',
       'restore: partition 3: replay, LSN 10/100, segments 1/10, 0 B',
       'restore: partition 3: replay, LSN 30/100, segments 3/10, 2.0 KiB',
@@ -104,11 +81,11 @@ describe('restore progress', () => {
   });
 
   it('draws one bar in place on a terminal', () => {
-    const err = sink();
-    const r = progressRenderer(err.stream, { tty: true });
+    const err = captureContext();
+    const r = progressRenderer(err.ctx.stderr, { tty: true });
     r.update(p({ appliedLsn: 50, segmentsDone: 5 }));
     r.end();
-    expect(err.text()).toBe(
+    expect(err.stderr()).toBe(
       `\r\x1b[K[${'#'.repeat(15)}${'.'.repeat(15)}] 50% partition 3: replay, LSN 50/100, segments 5/10, 0 B\n`,
     );
   });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { isWalArchiverError } from '../../../contract/errors.js';
 import { baseBackupKey, segmentKey } from '../../../src/manifest/keys.js';
-import type { PartitionManifest } from '../../../src/manifest/partition-manifest.js';
+import type { BackupRecord, PartitionManifest } from '../../../src/manifest/partition-manifest.js';
 import {
   BEFORE_ARCHIVE,
   archiveFromManifest,
@@ -14,9 +14,13 @@ import {
   type EntryTime,
   type PartitionArchive,
 } from '../../../src/restore/plan.js';
+import { backup } from '../manifest/fixtures.js';
 
 const P = '7';
 const T0 = Date.parse('2025-01-01T00:00:00.000Z');
+/** The manual base backup at LSN 4 that the manifests of these tests record. */
+const backupAt4 = (over: Partial<BackupRecord>): BackupRecord =>
+  backup(P, 4, { bytes: 5, sha256: 'd'.repeat(64), trigger: 'manual', term: 2, ...over });
 /** Entry n is committed at T0 + 10·n ms; entry 5 is a new leader's empty entry (no time). */
 function timeOf(lsn: number): number {
   return lsn === 5 ? 0 : T0 + lsn * 10;
@@ -248,18 +252,7 @@ describe('restore planning: backups and segments', () => {
           node: 1,
         },
       ],
-      backups: [
-        {
-          key: baseBackupKey(P, 4),
-          lsn: 4,
-          taken_at: new Date(T0).toISOString(),
-          bytes: 5,
-          sha256: 'd'.repeat(64),
-          trigger: 'manual',
-          term: 2,
-          node: 1,
-        },
-      ],
+      backups: [backupAt4({ taken_at: new Date(T0).toISOString() })],
       published_lsn: 0,
       updated_at: new Date(T0).toISOString(),
     };
@@ -492,17 +485,10 @@ describe('restore planning: time targets after retention', () => {
       archived: null,
       segments: [],
       backups: [
-        {
-          key: baseBackupKey(P, 4),
-          lsn: 4,
+        backupAt4({
           taken_at: new Date(T0 + 7).toISOString(),
           max_committed_at: new Date(T0 + 4).toISOString(),
-          bytes: 5,
-          sha256: 'd'.repeat(64),
-          trigger: 'manual',
-          term: 2,
-          node: 1,
-        },
+        }),
       ],
       published_lsn: 0,
       updated_at: new Date(T0).toISOString(),

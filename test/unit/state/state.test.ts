@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -9,6 +9,7 @@ import { applyEntry, decodeKvState, encodeKvState, readKvState } from '../../../
 import { extractState, linkTree, packState } from '../../../contract/state/snapshot.js';
 import { syncTree } from '../../../contract/fs/fs-atomic.js';
 import { newLogEntry, operation, referenceChange } from '../../../contract/wal/log-entry.js';
+import { treeDigest } from '../../helpers/node-cluster.js';
 
 let root: string;
 beforeEach(async () => {
@@ -17,24 +18,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
-
-/** Every file and directory below `dir` with its mode and content, for byte-identical comparisons. */
-async function tree(dir: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  const visit = async (d: string, rel: string) => {
-    for (const name of (await readdir(d)).sort()) {
-      const p = join(d, name);
-      const info = await lstat(p);
-      const r = rel ? `${rel}/${name}` : name;
-      if (info.isDirectory()) {
-        out[`${r}/`] = (info.mode & 0o7777).toString(8);
-        await visit(p, r);
-      } else out[r] = `${(info.mode & 0o777).toString(8)}:${(await readFile(p)).toString('base64')}`;
-    }
-  };
-  await visit(dir, '');
-  return out;
-}
 
 const OID = 'a'.repeat(40);
 
@@ -68,9 +51,9 @@ describe('applyEntry', () => {
       ],
     });
     await applyEntry(entry, { stateDir: state, entryDir, lsn: 1 });
-    const once = await tree(state);
+    const once = await treeDigest(state);
     await applyEntry(entry, { stateDir: state, entryDir, lsn: 1 });
-    expect(await tree(state)).toEqual(once);
+    expect(await treeDigest(state)).toEqual(once);
     expect(await readFile(join(state, 'repositories/repo.git/objects/pack/p.pack'))).toEqual(pack);
     expect((await stat(join(state, 'repositories/repo.git/objects/pack'))).mode & 0o777).toBe(0o750);
     expect(await readFile(join(state, 'repositories/repo.git/refs/heads/main'), 'utf8')).toBe(`${OID}\n`);
@@ -103,7 +86,7 @@ describe('applyEntry', () => {
     });
     await applyEntry(entry, { stateDir: join(root, 'a', 'state'), entryDir, lsn: 1 });
     await applyEntry(entry, { stateDir: join(root, 'b', 'state'), entryDir, lsn: 1, durable: false });
-    expect(await tree(join(root, 'b', 'state'))).toEqual(await tree(join(root, 'a', 'state')));
+    expect(await treeDigest(join(root, 'b', 'state'))).toEqual(await treeDigest(join(root, 'a', 'state')));
     await syncTree(join(root, 'b'));
     await expect(syncTree(join(root, 'missing'))).rejects.toThrow();
   });
@@ -137,7 +120,7 @@ describe('applyEntry', () => {
     for (const [i, entry] of entries.entries()) {
       await applyEntry(entry, { stateDir: node, entryDir, lsn: i + 1 });
       await applyEntry(entry, { stateDir: restored, entryDir, lsn: i + 1, durable: false, knownDirs });
-      expect(await tree(restored), `after LSN ${i + 1}`).toEqual(await tree(node));
+      expect(await treeDigest(restored), `after LSN ${i + 1}`).toEqual(await treeDigest(node));
     }
     const refs = join(restored, 'repositories', 'r.git', 'refs', 'heads');
     expect(await readFile(join(refs, 'copy'), 'utf8')).toBe(`${OID}\n`);
@@ -223,10 +206,10 @@ describe('state snapshots', () => {
       { stateDir: state, entryDir, lsn: 2 },
     );
     expect(await readFile(join(copy, 'repositories/r.git/refs/heads/main'), 'utf8')).toBe(`${OID}\n`);
-    const before = await tree(copy);
+    const before = await treeDigest(copy);
     const restored = join(root, 'restored');
     await extractState(packState(copy), restored);
-    expect(await tree(restored)).toEqual(before);
+    expect(await treeDigest(restored)).toEqual(before);
 
     // With the WAL tail shipped alongside (a follower catching up), entries land in .wal/ and nothing else changes.
     const wal = join(root, 'wal-tail');
@@ -237,7 +220,7 @@ describe('state snapshots', () => {
     await extractState(packState(copy, { walDir: wal }), withWal, { allowWal: true });
     expect(await readFile(join(withWal, '.wal', '0000000000001', 'RAFT'), 'utf8')).toBe('r');
     await rm(join(withWal, '.wal'), { recursive: true });
-    expect(await tree(withWal)).toEqual(before);
+    expect(await treeDigest(withWal)).toEqual(before);
   });
 
   it('packs a state with no kv-state (a partition that never set a key) as an empty kv-state', async () => {
