@@ -15,6 +15,7 @@ import { startLocalCluster } from '../storage-node/cluster.js';
 import { runLoad, LOAD_DEFAULTS, type LoadOptions } from '../storage-node/load.js';
 import { sleep } from '../contract/retry.js';
 import type { PartitionStatus } from '../storage-node/api.js';
+import { HttpStorageNode } from '../src/node/http-node.js';
 
 const flags = {
   dir: {
@@ -152,7 +153,7 @@ export const quickstartCommand: Command = {
       (url, i) =>
         new Sidecar({
           dataDir: join(dir, 'nodes', `node-${i + 1}`),
-          nodeUrl: url,
+          storageNode: new HttpStorageNode(url),
           store,
           events: bus,
           config: DEFAULT_ARCHIVER_CONFIG,

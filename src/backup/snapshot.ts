@@ -1,14 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { CompressStream } from 'zstd-napi';
 import { HashingStream } from '../archive/hashing-stream.js';
 import { DEFAULT_ZSTD_LEVEL } from '../archive/segment-writer.js';
 import * as dfs from '../../contract/fs/durable-fs.js';
 import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../../contract/errors.js';
-import { errorBody, parseLsnHeader, unreachable } from './node-api.js';
+import { unreachable } from '../node/http-node.js';
+import type { StorageNode } from '../node/storage-node.js';
 import { TarCheck } from './tar-check.js';
 
 /** A node's snapshot of a partition, checked, compressed and spooled to a local file. */
@@ -24,7 +23,7 @@ export interface Spooled {
 
 /** What spooling needs of a base backup's options. */
 export interface SnapshotSource {
-  nodeUrl: string;
+  storageNode: StorageNode;
   partition: string;
   signal?: AbortSignal;
   zstdLevel?: number;
@@ -32,42 +31,14 @@ export interface SnapshotSource {
 
 /** Streams the node's snapshot through the tar check and zstd into a spool file. */
 export async function spoolSnapshot(o: SnapshotSource, spoolDir: string): Promise<Spooled> {
-  const url = `${o.nodeUrl.replace(/\/+$/, '')}/v1/partitions/${encodeURIComponent(o.partition)}/snapshot`;
-  let res: Response;
-  try {
-    res = await fetch(url, { signal: o.signal });
-  } catch (err) {
-    throw unreachable(url, err, o.signal);
-  }
-  if (!res.ok || res.body === null) {
-    const body = await errorBody(res);
-    throw new WalArchiverError(
-      res.status === 404 ? ErrorCodes.NOT_FOUND : ErrorCodes.UNAVAILABLE,
-      `storage node ${o.nodeUrl}: snapshot of partition ${o.partition}: ${body.error ?? `HTTP ${res.status}`}`,
-      { retryable: res.status !== 404 },
-    );
-  }
-  const lsn = parseLsnHeader(res.headers.get('x-snapshot-lsn'));
-  const partition = res.headers.get('x-partition');
-  if (lsn === undefined || (partition !== null && partition !== o.partition)) {
-    await res.body.cancel().catch(() => undefined);
-    throw new WalArchiverError(
-      lsn === undefined && res.headers.get('x-snapshot-lsn') === '0'
-        ? ErrorCodes.NOT_FOUND
-        : ErrorCodes.CORRUPT,
-      `storage node ${o.nodeUrl}: snapshot of partition ${o.partition}: ` +
-        (lsn === undefined
-          ? `no applied LSN to back up (X-Snapshot-LSN ${JSON.stringify(res.headers.get('x-snapshot-lsn'))})`
-          : `answered for partition ${partition}`),
-      { retryable: false },
-    );
-  }
+  const snap = await o.storageNode.snapshot(o.partition, o.signal);
+  const { lsn } = snap;
   const path = join(spoolDir, `base-${o.partition}-${lsn}-${randomBytes(6).toString('hex')}.tar.zst`);
   const raw = new HashingStream();
   const compressed = new HashingStream();
   // A local write error is the spool's (a full or read-only disk), not the node's: say so.
   const spoolFailed = (err: unknown) => {
-    void res.body?.cancel().catch(() => undefined);
+    void snap.cancel();
     return new WalArchiverError(
       ErrorCodes.UNAVAILABLE,
       `base backup of partition ${o.partition}: cannot write the spool ${path}: ${describeError(err)}`,
@@ -85,8 +56,8 @@ export async function spoolSnapshot(o: SnapshotSource, spoolDir: string): Promis
   file.once('error', (err) => (spoolError ??= err));
   try {
     await pipeline(
-      Readable.fromWeb(res.body as WebReadableStream<Uint8Array>),
-      new TarCheck(`snapshot of partition ${o.partition} at LSN ${lsn} from ${o.nodeUrl}`),
+      snap.body,
+      new TarCheck(`snapshot of partition ${o.partition} at LSN ${lsn} from ${o.storageNode.url}`),
       raw,
       new CompressStream({ compressionLevel: o.zstdLevel ?? DEFAULT_ZSTD_LEVEL, checksumFlag: true }),
       compressed,
@@ -99,15 +70,14 @@ export async function spoolSnapshot(o: SnapshotSource, spoolDir: string): Promis
     await dfs.rm(path, { force: true });
     if (isWalArchiverError(err)) throw err;
     if (spoolError !== undefined && err === spoolError && !o.signal?.aborted) throw spoolFailed(err);
-    throw unreachable(url, err, o.signal);
+    throw unreachable(`${o.storageNode.url} (snapshot of partition ${o.partition})`, err, o.signal);
   }
-  const max = Date.parse(res.headers.get('x-snapshot-max-committed-at') ?? '');
   return {
     path,
     lsn,
     bytes: compressed.bytes,
     rawBytes: raw.bytes,
     sha256: compressed.hash.digest('hex'),
-    ...(Number.isFinite(max) ? { maxCommittedAt: new Date(max).toISOString() } : {}),
+    ...(snap.maxCommittedAt !== undefined ? { maxCommittedAt: snap.maxCommittedAt } : {}),
   };
 }

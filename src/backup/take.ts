@@ -13,7 +13,7 @@ import {
 } from '../manifest/partition-manifest.js';
 import { walBackupEvent, type BackupTrigger, type WalBackupEvent } from '../../contract/events/schemas.js';
 import { MetadataKeys, type ObjectStore, type Retention } from '../store/object-store.js';
-import { assertLeader } from './node-api.js';
+import { assertLeader, type StorageNode } from '../node/storage-node.js';
 import { spoolSnapshot } from './snapshot.js';
 import { verifyBaseBackup } from './verify.js';
 
@@ -72,7 +72,7 @@ export function retentionFor(config: BackupRetentionConfig | undefined, now: Dat
 export interface TakeBaseBackupOptions {
   store: ObjectStore;
   /** The storage node the sidecar runs beside (the partition's leader). */
-  nodeUrl: string;
+  storageNode: StorageNode;
   partition: string;
   node: number;
   /** The Raft term this node leads the partition in: the manifest write is fenced by it. */
@@ -114,7 +114,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
   const now = o.now ?? (() => new Date());
   const log = (o.logger ?? silentLogger).child({ partition: o.partition, term: o.term, trigger: o.trigger });
   const startedAt = now();
-  if (o.checkLeader ?? true) await assertLeader(o.nodeUrl, o.partition, o.term, o.signal);
+  if (o.checkLeader ?? true) await assertLeader(o.storageNode, o.partition, o.term, o.signal);
   const spooled = await spoolSnapshot(o, o.spoolDir ?? join(tmpdir(), 'wal-archiver-spool'));
   const key = baseBackupKey(o.partition, spooled.lsn);
   let bytes = spooled.bytes;

@@ -3,6 +3,7 @@ import type { Logger } from '../../contract/log.js';
 import type { PartitionManifest } from '../manifest/partition-manifest.js';
 import type { ArchiverMetrics } from '../pipeline/metrics.js';
 import { decide, policyStateFromManifest, type BackupSlots, type Thresholds } from '../policy/index.js';
+import type { StorageNode } from '../node/storage-node.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { applyRetention, planRetention, type RetentionPolicy } from './retention.js';
 import { takeBaseBackup, type BackupRetentionConfig, type BaseBackupResult } from './take.js';
@@ -11,7 +12,7 @@ import { takeBaseBackup, type BackupRetentionConfig, type BaseBackupResult } fro
 export interface BackupOptions {
   slots: BackupSlots;
   thresholds: Required<Thresholds>;
-  nodeUrl: string;
+  storageNode: StorageNode;
   retention?: BackupRetentionConfig;
   /** Applied after each backup when set: how many / how long base backups are kept. */
   keep?: RetentionPolicy;
@@ -91,7 +92,7 @@ export class BackupTrigger {
     try {
       const result = await takeBaseBackup({
         store: this.o.store,
-        nodeUrl: b.nodeUrl,
+        storageNode: b.storageNode,
         partition: this.o.partition,
         node: this.o.node,
         term: this.o.term,

@@ -5,7 +5,7 @@ import { HashingStream } from '../archive/hashing-stream.js';
 import { describeError } from '../../contract/errors.js';
 import type { BackupRecord } from '../manifest/partition-manifest.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import { parseLsnHeader } from './node-api.js';
+import { parseLsnHeader } from '../node/http-node.js';
 import { TarCheck } from './tar-check.js';
 
 export interface BaseBackupCheck {

@@ -2,7 +2,8 @@ import { Topics } from '../../contract/events/event-bus.js';
 import { createLogger } from '../../contract/log.js';
 import { PARTITIONS_PREFIX, partitionOfKey } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { assertLeader } from '../backup/node-api.js';
+import { HttpStorageNode } from '../node/http-node.js';
+import { assertLeader } from '../node/storage-node.js';
 import { takeBaseBackup } from '../backup/take.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../backup/retention.js';
 import { isValidPartitionId } from '../../contract/events/schemas.js';
@@ -100,11 +101,12 @@ export const backupCommand: Command = {
     const store = await openStoreFlag(f['object-store']);
     try {
       await verifyConditionalWrites(store, { signal: ctx.signal });
-      const status = await assertLeader(f['node-url'], f.partition, undefined, ctx.signal);
+      const storageNode = new HttpStorageNode(f['node-url']);
+      const status = await assertLeader(storageNode, f.partition, undefined, ctx.signal);
       const mode = f['retention-mode'] as 'GOVERNANCE' | 'COMPLIANCE' | undefined;
       const result = await takeBaseBackup({
         store,
-        nodeUrl: f['node-url'],
+        storageNode,
         partition: f.partition,
         node: status.node,
         term: status.term,

@@ -16,6 +16,7 @@ import { registerProjectorMetrics } from '../pipeline/metrics.js';
 import { Sidecar } from '../pipeline/sidecar.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
+import { HttpStorageNode } from '../node/http-node.js';
 
 export const RUN_FLAGS = {
   'data-dir': {
@@ -268,7 +269,7 @@ export const runCommand: Command = {
           : undefined;
       const sidecar = new Sidecar({
         dataDir: f['data-dir'],
-        nodeUrl: f['node-url'],
+        storageNode: new HttpStorageNode(f['node-url']),
         store,
         ...(events ? { events } : {}),
         config: {

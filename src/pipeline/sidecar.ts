@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import * as dfs from '../../contract/fs/durable-fs.js';
 import type { EventBus } from '../../contract/events/event-bus.js';
 import type { Logger } from '../../contract/log.js';
-import { followLeadership, type LeadershipState } from '../tail/leadership.js';
+import type { LeadershipState, StorageNode } from '../node/storage-node.js';
 import { CommitWatcher } from '../tail/watch.js';
 import type { ObjectStore } from '../store/object-store.js';
 import {
@@ -33,7 +33,8 @@ const PIN_CONCURRENCY = 16;
 
 export interface SidecarOptions {
   dataDir: string;
-  nodeUrl: string;
+  /** The storage node this sidecar runs beside. */
+  storageNode: StorageNode;
   store: ObjectStore;
   events?: EventBus;
   config: ArchiverConfig;
@@ -101,8 +102,7 @@ export class Sidecar {
         .start()
         .catch((err: unknown) => this.o.logger.error('a sidecar companion failed to start', { error: err })),
     );
-    this.follower = followLeadership({
-      nodeUrl: this.o.nodeUrl,
+    this.follower = this.o.storageNode.followLeadership({
       logger: this.o.logger,
       signal: this.abort.signal,
       onChange: (s) => {
@@ -115,7 +115,7 @@ export class Sidecar {
     });
     this.o.logger.info('sidecar started', {
       dataDir: this.o.dataDir,
-      nodeUrl: this.o.nodeUrl,
+      nodeUrl: this.o.storageNode.url,
       store: this.o.store.url,
     });
   }
@@ -176,7 +176,7 @@ export class Sidecar {
             backup: {
               slots: this.backupSlots,
               thresholds: resolveThresholds(this.o.backups.thresholds, this.o.backups.overrides, partition),
-              nodeUrl: this.o.nodeUrl,
+              storageNode: this.o.storageNode,
               spoolDir: this.o.spoolDir,
               zstdLevel: this.o.config.zstdLevel,
               ...(this.o.backups.retention ? { retention: this.o.backups.retention } : {}),

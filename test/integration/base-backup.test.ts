@@ -27,6 +27,7 @@ import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/n
 import { captureContext, lines } from '../helpers/cli-context.js';
 import { SidecarProcess } from '../helpers/sidecars.js';
 import { createTestBucket } from './object-store.s3-helpers.js';
+import { HttpStorageNode } from '../../src/node/http-node.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -117,7 +118,7 @@ async function setup(o: { backend: 'folder' | 's3'; objectLock?: boolean; port: 
       const l = await s.leader();
       return takeBaseBackup({
         store,
-        nodeUrl: l.url,
+        storageNode: new HttpStorageNode(l.url),
         partition: P,
         node: l.id,
         term: l.term,
@@ -268,7 +269,7 @@ describe.each([
     const backup = (more: Partial<Parameters<typeof takeBaseBackup>[0]> = {}) =>
       takeBaseBackup({
         store: s.store,
-        nodeUrl: l.url,
+        storageNode: new HttpStorageNode(l.url),
         partition: P,
         node: l.id,
         term: l.term,
@@ -279,7 +280,7 @@ describe.each([
     for (const mode of ['reset', 'clean-end'] as const) {
       const proxy = await cuttingProxy(l.url, mode);
       cleanups.push(() => proxy.close());
-      const err = await backup({ nodeUrl: proxy.url }).catch((e: unknown) => e);
+      const err = await backup({ storageNode: new HttpStorageNode(proxy.url) }).catch((e: unknown) => e);
       expect(isWalArchiverError(err, 'UNAVAILABLE'), `${mode}: ${String(err)}`).toBe(true);
       expect(
         await objectKeys(s.store).then((k) => k.filter((x) => x.startsWith(baseBackupPrefix(P)))),
@@ -321,7 +322,7 @@ describe.each([
     await expect(
       takeBaseBackup({
         store: s.store,
-        nodeUrl: follower,
+        storageNode: new HttpStorageNode(follower),
         partition: P,
         node: 9,
         term: l.term,

@@ -14,6 +14,7 @@ import { packState } from '../../../contract/state/snapshot.js';
 import type { ObjectStore } from '../../../src/store/object-store.js';
 import { entryDir, readEntry } from '../../../contract/wal/entry.js';
 import { NODE, PARTITION, TERM, type Rig } from './fixtures.js';
+import { HttpStorageNode } from '../../../src/node/http-node.js';
 
 /** Applies WAL entries `from..to` to `stateDir` with the node's apply path. */
 export async function applyRange(pdir: string, stateDir: string, from: number, to: number): Promise<void> {
@@ -88,7 +89,7 @@ export function backupAt(
   server.current = lsn;
   return takeBaseBackup({
     store,
-    nodeUrl: server.url,
+    storageNode: new HttpStorageNode(server.url),
     partition: PARTITION,
     node: NODE,
     term: TERM,
