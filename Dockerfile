@@ -11,6 +11,7 @@ WORKDIR /app
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 COPY bin ./bin
 COPY src ./src
+COPY contract ./contract
 COPY storage-node ./storage-node
 # `npm ci` runs the `prepare` script, which compiles to dist/.
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev

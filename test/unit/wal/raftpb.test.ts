@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { WalArchiverError } from '../../../src/errors.js';
-import { ProtoWriter } from '../../../src/wal/protobuf.js';
+import { ProtoWriter } from '../../helpers/proto-writer.js';
 import {
   ConfChangeTransition,
   ConfChangeType,
