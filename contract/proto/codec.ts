@@ -261,14 +261,9 @@ class WireCheck {
         }
         return;
       }
-      case WireType.Bit64:
-        this.fixed(8, end, what);
-        return;
-      case WireType.Bit32:
-        this.fixed(4, end, what);
-        return;
       default:
-        this.skip(tag, end, what, 0);
+        // Fixed-width values need no check beyond their length; a group is checked as skipped.
+        this.skip({ ...tag, wireType }, end, what, 0);
     }
   }
 
@@ -466,4 +461,16 @@ export function encodeModel(desc: DescMessage, model: object, what: string = des
     if (err instanceof WalArchiverError) throw err;
     throw invalid(what, err instanceof Error ? err.message : String(err));
   }
+}
+
+/** The encoder and decoder of one message's model; `what` names it in errors unless the caller says otherwise. */
+export function modelCodec<T extends object>(
+  desc: DescMessage,
+  what: string,
+  keepUnknown: boolean,
+): { encode(model: T): Buffer; decode(bytes: Uint8Array, name?: string): T } {
+  return {
+    encode: (model) => encodeModel(desc, model, what),
+    decode: (bytes, name = what) => decodeModel<T>(desc, bytes, name, keepUnknown),
+  };
 }

@@ -13,7 +13,7 @@
  * twice is merged, as the protobuf spec says.
  */
 
-import { decodeModel, encodeModel } from '../../contract/proto/codec.js';
+import { modelCodec } from '../../contract/proto/codec.js';
 import { LogEntrySchema } from '../../contract/proto/gen/gitaly/log_pb.js';
 
 export interface ReferenceChange {
@@ -181,12 +181,10 @@ export function listReferenceChanges(
 
 // ---------------------------------------------------------------- codec
 
+const codec = modelCodec<LogEntry>(LogEntrySchema, 'LogEntry', true);
+
 /** Encodes a MANIFEST. */
-export function encodeLogEntry(entry: LogEntry): Buffer {
-  return encodeModel(LogEntrySchema, entry, 'LogEntry');
-}
+export const encodeLogEntry = codec.encode;
 
 /** Decodes a MANIFEST. Bad framing is WalArchiverError CORRUPT naming `what` and the byte offset. */
-export function decodeLogEntry(buf: Uint8Array, what = 'LogEntry'): LogEntry {
-  return decodeModel(LogEntrySchema, buf, what, true);
-}
+export const decodeLogEntry = codec.decode;

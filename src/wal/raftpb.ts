@@ -13,7 +13,7 @@
  * (see contract/proto/codec.ts).
  */
 
-import { decodeModel, encodeModel } from '../../contract/proto/codec.js';
+import { modelCodec } from '../../contract/proto/codec.js';
 import {
   ConfChangeSchema,
   ConfChangeTransition as PbConfChangeTransition,
@@ -90,48 +90,25 @@ export interface ConfChangeV2 {
 
 // ---------------------------------------------------------------- codecs
 
-export function encodeRaftEntry(entry: RaftEntry): Buffer {
-  return encodeModel(EntrySchema, entry, 'raftpb.Entry');
-}
+const entryCodec = modelCodec<RaftEntry>(EntrySchema, 'raftpb.Entry', false);
+const hardStateCodec = modelCodec<HardState>(HardStateSchema, 'raftpb.HardState', false);
+const confStateCodec = modelCodec<ConfState>(ConfStateSchema, 'raftpb.ConfState', false);
+const confChangeCodec = modelCodec<ConfChange>(ConfChangeSchema, 'raftpb.ConfChange', false);
+const confChangeV2Codec = modelCodec<ConfChangeV2>(ConfChangeV2Schema, 'raftpb.ConfChangeV2', false);
 
-export function decodeRaftEntry(buf: Uint8Array, what = 'raftpb.Entry'): RaftEntry {
-  return decodeModel(EntrySchema, buf, what, false);
-}
-
-export function encodeHardState(hs: HardState): Buffer {
-  return encodeModel(HardStateSchema, hs, 'raftpb.HardState');
-}
-
-export function decodeHardState(buf: Uint8Array, what = 'raftpb.HardState'): HardState {
-  return decodeModel(HardStateSchema, buf, what, false);
-}
+export const encodeRaftEntry = entryCodec.encode;
+export const decodeRaftEntry = entryCodec.decode;
+export const encodeHardState = hardStateCodec.encode;
+export const decodeHardState = hardStateCodec.decode;
+export const encodeConfState = confStateCodec.encode;
+export const decodeConfState = confStateCodec.decode;
+export const encodeConfChange = confChangeCodec.encode;
+export const decodeConfChange = confChangeCodec.decode;
+export const encodeConfChangeV2 = confChangeV2Codec.encode;
+export const decodeConfChangeV2 = confChangeV2Codec.decode;
 
 export function emptyConfState(): ConfState {
   return { voters: [], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false };
-}
-
-export function encodeConfState(cs: ConfState): Buffer {
-  return encodeModel(ConfStateSchema, cs, 'raftpb.ConfState');
-}
-
-export function decodeConfState(buf: Uint8Array, what = 'raftpb.ConfState'): ConfState {
-  return decodeModel(ConfStateSchema, buf, what, false);
-}
-
-export function encodeConfChange(cc: ConfChange): Buffer {
-  return encodeModel(ConfChangeSchema, cc, 'raftpb.ConfChange');
-}
-
-export function decodeConfChange(buf: Uint8Array, what = 'raftpb.ConfChange'): ConfChange {
-  return decodeModel(ConfChangeSchema, buf, what, false);
-}
-
-export function encodeConfChangeV2(cc: ConfChangeV2): Buffer {
-  return encodeModel(ConfChangeV2Schema, cc, 'raftpb.ConfChangeV2');
-}
-
-export function decodeConfChangeV2(buf: Uint8Array, what = 'raftpb.ConfChangeV2'): ConfChangeV2 {
-  return decodeModel(ConfChangeV2Schema, buf, what, false);
 }
 
 /** Throws INVALID_ARGUMENT unless the entry's numbers are valid varints; used before writing. */
