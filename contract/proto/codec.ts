@@ -327,8 +327,38 @@ function varintProblem(field: DescField, { lo, hi }: { lo: number; hi: number })
 type Fields = Record<string, unknown>;
 type UnknownField = NonNullable<Message['$unknown']>[number];
 
-function modelName(field: { localName: string }): string {
-  return field.localName.charAt(0).toLowerCase() + field.localName.slice(1);
+/** How one field maps to the model, worked out once per message type. */
+interface FieldPlan {
+  field: DescField;
+  /** The generated property. */
+  local: string;
+  /** The model's property: the generated one with a lower-case first letter. */
+  model: string;
+  list: boolean;
+  message: DescMessage | undefined;
+  /** A bytes field with explicit presence: absent from the model when unset. */
+  optionalBytes: boolean;
+}
+
+const plans = new WeakMap<DescMessage, FieldPlan[]>();
+
+function planOf(desc: DescMessage): FieldPlan[] {
+  let plan = plans.get(desc);
+  if (plan === undefined) {
+    plan = desc.fields.map((field) => ({
+      field,
+      local: field.localName,
+      model: field.localName.charAt(0).toLowerCase() + field.localName.slice(1),
+      list: field.fieldKind === 'list',
+      message: messageOf(field),
+      optionalBytes:
+        field.fieldKind === 'scalar' &&
+        field.scalar === ScalarType.BYTES &&
+        field.presence !== FeatureSet_FieldPresence.IMPLICIT,
+    }));
+    plans.set(desc, plan);
+  }
+  return plan;
 }
 
 function unknownToBuffer(unknown: readonly UnknownField[]): Buffer {
@@ -347,11 +377,11 @@ function bufferToUnknown(raw: Uint8Array): UnknownField[] {
   return out;
 }
 
-function scalarToModel(field: DescField, value: unknown): unknown {
+function valueToModel(plan: FieldPlan, value: unknown): unknown {
+  if (plan.message !== undefined) return toModel(plan.message, value as Message);
   if (value instanceof Uint8Array) return Buffer.from(value);
   if (typeof value === 'bigint') return Number(value);
-  const message = messageOf(field);
-  return message === undefined ? value : toModel(message, value as Message);
+  return value;
 }
 
 function toModel(desc: DescMessage, message: Message): Fields {
@@ -368,21 +398,12 @@ function toModel(desc: DescMessage, message: Message): Fields {
     if (message.$unknown?.length) out[`${oneof.localName}UnknownFields`] = unknownToBuffer(message.$unknown);
     return out;
   }
-  for (const field of desc.fields) {
-    const value = msg[field.localName];
-    if (field.fieldKind === 'list') {
-      out[modelName(field)] = (value as unknown[]).map((v) => scalarToModel(field, v));
-    } else if (field.fieldKind === 'message') {
-      if (value !== undefined) out[modelName(field)] = scalarToModel(field, value);
-    } else if (
-      field.fieldKind === 'scalar' &&
-      field.scalar === ScalarType.BYTES &&
-      field.presence !== FeatureSet_FieldPresence.IMPLICIT &&
-      !isFieldSet(message, field)
-    ) {
-      continue;
-    } else {
-      out[modelName(field)] = scalarToModel(field, value);
+  for (const plan of planOf(desc)) {
+    const value = msg[plan.local];
+    if (plan.list) {
+      out[plan.model] = (value as unknown[]).map((v) => valueToModel(plan, v));
+    } else if (value !== undefined && !(plan.optionalBytes && !isFieldSet(message, plan.field))) {
+      out[plan.model] = valueToModel(plan, value);
     }
   }
   if (message.$unknown?.length) out.unknownFields = unknownToBuffer(message.$unknown);
@@ -420,13 +441,12 @@ function fromModel(desc: DescMessage, model: Fields, what: string): Message {
     if (raw instanceof Uint8Array) message.$unknown = bufferToUnknown(raw);
     return message;
   }
-  for (const field of desc.fields) {
-    const value = model[modelName(field)];
+  for (const { field, local, model: name, list } of planOf(desc)) {
+    const value = model[name];
     if (value === undefined) continue;
-    msg[field.localName] =
-      field.fieldKind === 'list'
-        ? (value as unknown[]).map((v) => scalarFromModel(field, v, what))
-        : scalarFromModel(field, value, what);
+    msg[local] = list
+      ? (value as unknown[]).map((v) => scalarFromModel(field, v, what))
+      : scalarFromModel(field, value, what);
   }
   if (model.unknownFields instanceof Uint8Array) message.$unknown = bufferToUnknown(model.unknownFields);
   return message;
