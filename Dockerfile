@@ -12,6 +12,7 @@ COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 COPY bin ./bin
 COPY contract ./contract
 COPY src ./src
+COPY contract ./contract
 COPY storage-node ./storage-node
 COPY quickstart ./quickstart
 # `npm ci` runs the `prepare` script, which compiles to dist/.

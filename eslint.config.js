@@ -2,7 +2,16 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', '.quickstart/', '.services/', 'bench/results/'] },
+  {
+    ignores: [
+      'dist/',
+      'node_modules/',
+      '.quickstart/',
+      '.services/',
+      'bench/results/',
+      'contract/proto/gen/',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -1,12 +1,14 @@
 import { createHash, type Hash } from 'node:crypto';
+import { decodeModel, encodeModel, protoCorrupt } from '../proto/codec.js';
+import { EntryInfoSchema } from '../proto/gen/walarchiver/entry_info_pb.js';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
-import { ProtoReader, ProtoWriter, WireType } from './protobuf.js';
 
 /**
  * What the storage node puts in the `Data` of every entry's RAFT file, and
  * how an entry travels between nodes.
  *
- * `EntryInfo` (protobuf, in raftpb.Entry.Data):
+ * `EntryInfo` (protobuf, in raftpb.Entry.Data; schema in
+ * contract/proto/walarchiver/entry_info.proto, every field always written):
  *   content_sha256  1  bytes   digest of the entry's content (below)
  *   committed_at    2  uint64  Unix milliseconds stamped by the leader that proposed it
  *   files           3  uint32  number of staged files
@@ -30,25 +32,13 @@ export interface EntryInfo {
 }
 
 export function encodeEntryInfo(info: EntryInfo): Buffer {
-  return new ProtoWriter()
-    .bytes(1, info.contentSha256)
-    .uint(2, info.committedAt)
-    .uint32(3, info.files)
-    .finish();
+  return encodeModel(EntryInfoSchema, info, 'EntryInfo');
 }
 
 export function decodeEntryInfo(buf: Uint8Array, what = 'EntryInfo'): EntryInfo {
-  const r = new ProtoReader(buf, what);
-  const out: EntryInfo = { contentSha256: Buffer.alloc(0), committedAt: 0, files: 0 };
-  while (!r.done()) {
-    const tag = r.readTag();
-    if (tag.field === 1 && tag.wireType === WireType.LEN) out.contentSha256 = r.readBytes();
-    else if (tag.field === 2 && tag.wireType === WireType.VARINT) out.committedAt = r.readVarint();
-    else if (tag.field === 3 && tag.wireType === WireType.VARINT) out.files = r.readUint32();
-    else r.skip(tag);
-  }
-  if (out.contentSha256.length !== 32) throw r.corrupt('content_sha256 is not 32 bytes', 0);
-  return out;
+  const info = decodeModel<Partial<EntryInfo>>(EntryInfoSchema, buf, what, false);
+  if (info.contentSha256?.length !== 32) throw protoCorrupt(what, 0, 'content_sha256 is not 32 bytes');
+  return { contentSha256: info.contentSha256, committedAt: info.committedAt ?? 0, files: info.files ?? 0 };
 }
 
 /** Streaming digest of an entry's content; feed MANIFEST first, then the staged files in order. */

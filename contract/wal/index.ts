@@ -1,5 +1,4 @@
 export * from './lsn.js';
-export * from './protobuf.js';
 export * from './log-entry.js';
 export * from './raftpb.js';
 export * from './entry.js';

@@ -10,7 +10,7 @@ import {
   referenceChange,
   type LogEntry,
 } from '../../../contract/wal/log-entry.js';
-import { ProtoWriter } from '../../../contract/wal/protobuf.js';
+import { ProtoWriter } from '../../helpers/proto-writer.js';
 
 function hex(s: string): Buffer {
   return Buffer.from(s.replace(/\s+/g, ''), 'hex');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { WalArchiverError } from '../../../contract/errors.js';
-import { ProtoWriter } from '../../../contract/wal/protobuf.js';
+import { ProtoWriter } from '../../helpers/proto-writer.js';
 import {
   ConfChangeTransition,
   ConfChangeType,
