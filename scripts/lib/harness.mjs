@@ -46,7 +46,14 @@ export async function prepare({ label, tsconfig, servicesEnv = process.env, star
     process.stderr.write(`${label}: node_modules is missing or incomplete; run \`npm ci\` first\n`);
     return { code: 1 };
   }
-  // `--no` keeps npx from fetching a package when the local one is missing (`npm ci` not run yet).
+  // The WAL codecs are generated from contract/proto first (scripts/proto.mjs), so a changed schema
+  // is what the build and the tests see. `--no` keeps npx from fetching a package when the local
+  // one is missing (`npm ci` not run yet).
+  const proto = await runChild(label, process.execPath, [join(REPO_ROOT, 'scripts', 'proto.mjs')]);
+  if (proto !== 0) {
+    process.stderr.write(`${label}: generating the protobuf code failed (npm run proto)\n`);
+    return { code: proto };
+  }
   const build = await runChild(label, npx, ['--no', '--', 'tsc', '-p', tsconfig]);
   if (build !== 0) {
     process.stderr.write(`${label}: the build failed (npx tsc -p ${tsconfig})\n`);
