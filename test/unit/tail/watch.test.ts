@@ -1,3 +1,4 @@
+import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,7 +45,43 @@ function following(partition: string) {
   return { reads, last: () => reads.at(-1) ?? 0 };
 }
 
+/** inotify watches this process holds (Linux: the `inotify` lines of its inotify descriptors' fdinfo). */
+function inotifyWatches(): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (!readlinkSync(`/proc/self/fd/${fd}`).includes('inotify')) continue;
+      n += readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('inotify')).length;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
+}
+
 describe('CommitWatcher', () => {
+  it.runIf(existsSync('/proc/self/fdinfo'))(
+    'costs one inotify watch a partition, before and after commits',
+    async () => {
+      const ids = Array.from({ length: 20 }, (_, i) => `w${i}`);
+      for (const p of ids) await commit(dir(p), 1, 0);
+      const before = inotifyWatches();
+      const seen = new Set<string>();
+      watcher = new CommitWatcher(root, (p) => seen.add(p));
+      for (const p of ids) watcher.add(p);
+      await pause(2 * TRAILING_CHECK_MS);
+      expect(inotifyWatches() - before).toBe(ids.length);
+      for (let lsn = 1; lsn <= 5; lsn++) for (const p of ids) await commit(dir(p), 1, lsn);
+      await until(() => seen.size === ids.length, 'every partition to be reported');
+      await pause(3 * TRAILING_CHECK_MS);
+      expect(inotifyWatches() - before).toBe(ids.length);
+      await watcher.close();
+      expect(inotifyWatches()).toBe(before);
+    },
+  );
+
   it('reports each hard-state replacement of a watched partition, and nothing of others', async () => {
     const seen: string[] = [];
     for (const p of ['a', 'b']) await commit(dir(p), 1, 0);
