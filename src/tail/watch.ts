@@ -64,7 +64,6 @@ export class CommitWatcher {
       atomic: false,
       awaitWriteFinish: false,
       usePolling: false,
-      followSymlinks: false,
     });
     this.chokidar.on('change', (file: string, st?: Stats) => this.changed(file, st));
     this.chokidar.on('add', (file: string, st?: Stats) => this.changed(file, st));
