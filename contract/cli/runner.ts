@@ -60,9 +60,6 @@ export async function runCli(
   argv: string[] = process.argv.slice(2),
 ): Promise<never> {
   const stderr = process.stderr;
-  // The AWS SDK prints a multi-line notice about Node versions on every start;
-  // the README states the supported versions instead.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const controller = new AbortController();
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
