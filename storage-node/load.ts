@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from '../contract/cli/runner.js';
 import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../contract/errors.js';
+import { isPartitionId } from '../contract/partition-id.js';
 import { Backoff, sleep, type BackoffOptions } from '../contract/retry.js';
 import type { PartitionStatus, TransactionRequest, TransactionResponse } from './api.js';
 import { createWorkload, git, type RefState, type RepositoryWorkload } from './git-workload.js';
@@ -950,7 +951,6 @@ const LOAD_HELP: CommandHelp = {
     'after the writes in flight have finished.',
 };
 
-const PARTITION_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 export const MAX_RATE = 1_000_000;
 
 /** Parses and checks the flags of `storage-node load`; throws UsageError. */
@@ -988,7 +988,7 @@ export function parseLoadFlags(argv: string[], env: NodeJS.ProcessEnv = {}): Loa
     for (const p of f.partitions) {
       if (p.toLowerCase() === 'all')
         throw new UsageError('flag --partitions: all cannot be combined with IDs');
-      if (!PARTITION_ID.test(p)) throw new UsageError(`flag --partitions: "${p}" is not a partition ID`);
+      if (!isPartitionId(p)) throw new UsageError(`flag --partitions: "${p}" is not a partition ID`);
     }
     if (new Set(f.partitions).size !== f.partitions.length) {
       throw new UsageError('flag --partitions: a partition is listed twice');

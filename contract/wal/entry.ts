@@ -34,6 +34,7 @@ import path from 'node:path';
 
 import * as dfs from '../fs/durable-fs.js';
 import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
+import { comparePartitionIds, isPartitionId, parsePartitionId } from '../partition-id.js';
 import {
   atomicWriteFile,
   ensureDir,
@@ -71,19 +72,9 @@ export const ARCHIVER_POSITION_FILE = path.join('archiver', 'position');
 
 // ---------------------------------------------------------------- paths
 
-/** Throws INVALID_ARGUMENT unless `id` can name a partition directory. */
-export function assertPartitionId(id: string): void {
-  if (id.length === 0 || id === '.' || id === '..' || /[/\\\0]/.test(id)) {
-    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `invalid partition ID ${JSON.stringify(id)}`, {
-      details: { partition: id },
-    });
-  }
-}
-
-/** `<dataDir>/partitions/<partitionId>` */
+/** `<dataDir>/partitions/<partitionId>`; INVALID_ARGUMENT unless `partitionId` is a partition ID. */
 export function partitionDir(dataDir: string, partitionId: string): string {
-  assertPartitionId(partitionId);
-  return path.join(dataDir, PARTITIONS_DIR, partitionId);
+  return path.join(dataDir, PARTITIONS_DIR, parsePartitionId(partitionId));
 }
 
 /** The partition ID a partition directory stands for (its last path component). */
@@ -123,7 +114,11 @@ export function archiverPositionPath(partitionDirPath: string): string {
   return path.join(partitionDirPath, ARCHIVER_POSITION_FILE);
 }
 
-/** IDs of the partitions in a data directory, sorted; none when `partitions/` does not exist. */
+/**
+ * IDs of the partitions in a data directory, in partition order; none when
+ * `partitions/` does not exist. Directories whose name is not a partition ID
+ * (temporary ones, say) are not partitions.
+ */
 export async function listPartitionIds(dataDir: string): Promise<string[]> {
   const dir = path.join(dataDir, PARTITIONS_DIR);
   let names: Dirent[];
@@ -134,9 +129,9 @@ export async function listPartitionIds(dataDir: string): Promise<string[]> {
     throw fsError(err, 'list', dir);
   }
   return names
-    .filter((d) => d.isDirectory() && !d.name.startsWith('.'))
+    .filter((d) => d.isDirectory() && isPartitionId(d.name))
     .map((d) => d.name)
-    .sort();
+    .sort(comparePartitionIds);
 }
 
 function corrupt(partitionDirPath: string, lsn: number | undefined, message: string, cause?: unknown) {

@@ -4,7 +4,7 @@ import { PARTITIONS_PREFIX, partitionOfKey } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { assertLeader, takeBaseBackup } from '../pipeline/base-backup.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../pipeline/retention.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { isPartitionId } from '../../contract/partition-id.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { openBusFlag, openStoreFlag } from './manifest.js';
@@ -36,7 +36,7 @@ const storeFlag = {
 } as const;
 
 function checkPartition(p: string | undefined): void {
-  if (p !== undefined && !isValidPartitionId(p)) {
+  if (p !== undefined && !isPartitionId(p)) {
     throw new UsageError(
       `flag --partition: "${p}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
     );

@@ -15,7 +15,7 @@ import {
 } from '../manifest/global-manifest.js';
 import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { isPartitionId } from '../../contract/partition-id.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
@@ -104,7 +104,7 @@ const help = {
 /** Parses and cross-checks the flags; exported for the unit tests. */
 export function parseManifestFlags(argv: readonly string[], env: NodeJS.ProcessEnv): Flags {
   const f = parseFlags(argv, flags, help, env);
-  if (f.partition !== undefined && !isValidPartitionId(f.partition)) {
+  if (f.partition !== undefined && !isPartitionId(f.partition)) {
     throw new UsageError(
       `flag --partition: "${f.partition}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
     );

@@ -4,7 +4,7 @@ import { parseTimeTarget, type RestoreTarget } from '../restore/plan.js';
 import { DEFAULT_NODES, restoreAll } from '../restore/restore-all.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition, type RestoreProgress } from '../restore/restore.js';
 import { verifyArchive } from '../restore/verify.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { isPartitionId } from '../../contract/partition-id.js';
 import { openObjectStore } from '../store/open.js';
 import { parseFlags, UsageError } from '../../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
@@ -188,7 +188,7 @@ export const restoreCommand: Command = {
     const f = parseFlags(argv, restoreFlags, restoreHelp, ctx.env);
     if ((f.partition !== undefined) === f.all)
       throw new UsageError('give exactly one of --partition P or --all');
-    if (f.partition !== undefined && !isValidPartitionId(f.partition))
+    if (f.partition !== undefined && !isPartitionId(f.partition))
       throw new UsageError(`--partition "${f.partition}" is not a partition ID`);
     const target = parseTarget(f);
     if (f.all && target.kind === 'lsn')
@@ -255,7 +255,7 @@ export const verifyCommand: Command = {
   summary: 'check the archive: objects present, checksums, coverage, manifests',
   async run(argv: string[], ctx: CommandContext): Promise<number> {
     const f = parseFlags(argv, verifyFlags, verifyHelp, ctx.env);
-    if (f.partition !== undefined && !isValidPartitionId(f.partition))
+    if (f.partition !== undefined && !isPartitionId(f.partition))
       throw new UsageError(`--partition "${f.partition}" is not a partition ID`);
     const store = await openObjectStore(f['object-store']);
     try {

@@ -41,11 +41,11 @@
 import { randomBytes } from 'node:crypto';
 import { ErrorCodes, isWalArchiverError, throwIfAborted } from '../../contract/errors.js';
 import { Topics, type EventBus, type Subscription } from '../../contract/events/event-bus.js';
+import { comparePartitionIds, isPartitionId } from '../../contract/partition-id.js';
 import { sleep } from '../../contract/retry.js';
 import {
   FieldReader,
   corrupt,
-  isValidPartitionId,
   parseTopicEvent,
   type TopicEvent,
   type WalArchivedEvent,
@@ -110,21 +110,6 @@ export const MANIFEST_TOPICS = [Topics.ARCHIVED, Topics.BACKUPS, Topics.LEADERSH
 // ---------------------------------------------------------------------------
 // Ordering and parsing
 
-/** Partition IDs in natural order: numeric IDs by value, before any other ID, which sort by code unit. */
-export function comparePartitionIds(a: string, b: string): number {
-  const an = /^\d+$/.test(a);
-  const bn = /^\d+$/.test(b);
-  if (an && bn) {
-    const x = a.replace(/^0+(?=\d)/, '');
-    const y = b.replace(/^0+(?=\d)/, '');
-    if (x.length !== y.length) return x.length - y.length;
-    if (x !== y) return x < y ? -1 : 1;
-  } else if (an !== bn) {
-    return an ? -1 : 1;
-  }
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
 function sortedPartitions(
   partitions: Record<string, GlobalPartitionEntry>,
 ): Record<string, GlobalPartitionEntry> {
@@ -173,7 +158,7 @@ export function parseGlobalManifest(value: unknown): GlobalManifest {
   const raw = new FieldReader(r.object('partitions'), 'global manifest partitions');
   const partitions: Record<string, GlobalPartitionEntry> = {};
   for (const id of Object.keys(raw.obj)) {
-    if (!isValidPartitionId(id))
+    if (!isPartitionId(id))
       throw corrupt('global manifest', `partition ID ${JSON.stringify(id)} is malformed`);
     partitions[id] = parseEntry(raw.obj[id], id);
   }

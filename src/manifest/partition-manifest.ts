@@ -54,7 +54,8 @@ import {
 } from '../../contract/events/schemas.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { readDocument, updateDocument, type StoredDocument, type UpdateOptions } from './cas.js';
-import { assertPartitionId, partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
+import { parsePartitionId } from '../../contract/partition-id.js';
+import { partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
 
 export const PARTITION_MANIFEST_SCHEMA = 1;
 
@@ -386,10 +387,9 @@ function sameBackupObject(a: BackupRecord, b: BackupRecord): boolean {
 
 /** An empty manifest at version 0, as the base of a partition's first write. */
 export function emptyPartitionManifest(partition: string, now: Date): PartitionManifest {
-  assertPartitionId(partition);
   return {
     schema: 1,
-    partition,
+    partition: parsePartitionId(partition),
     leader: null,
     version: 0,
     archived: null,

@@ -3,7 +3,8 @@ import { lstat, readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { chmod, copyFile, mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
-import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
+import { comparePartitionIds } from '../../contract/partition-id.js';
+import { readGlobalManifest } from '../manifest/global-manifest.js';
 import {
   PARTITIONS_PREFIX,
   partitionOfKey,

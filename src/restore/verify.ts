@@ -3,7 +3,8 @@ import { setMaxListeners } from 'node:events';
 import { mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { join } from 'node:path';
 import { ErrorCodes, describeError, isWalArchiverError } from '../../contract/errors.js';
-import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
+import { comparePartitionIds } from '../../contract/partition-id.js';
+import { readGlobalManifest } from '../manifest/global-manifest.js';
 import {
   PARTITIONS_PREFIX,
   partitionManifestKey,

@@ -9,7 +9,6 @@ import type {
 } from '../../../contract/events/event-bus.js';
 import {
   GlobalManifestWriter,
-  comparePartitionIds,
   emptyGlobalManifest,
   entryFromPartitionManifest,
   foldEvent,
@@ -210,17 +209,6 @@ describe('merge and projections', () => {
       segments_count: 3,
       archived_bytes: 2200,
     });
-  });
-
-  it('orders partition IDs naturally', () => {
-    expect(['10', 'b', '2', '01', 'a', '1'].sort(comparePartitionIds)).toEqual([
-      '01',
-      '1',
-      '2',
-      '10',
-      'a',
-      'b',
-    ]);
   });
 });
 
