@@ -1,6 +1,6 @@
 import { Topics } from '../../contract/events/event-bus.js';
 import { createLogger } from '../../contract/log.js';
-import { PARTITIONS_PREFIX, partitionOfKey } from '../manifest/keys.js';
+import { listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { assertLeader, takeBaseBackup } from '../pipeline/base-backup.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../pipeline/retention.js';
@@ -9,17 +9,6 @@ import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { openBusFlag, openStoreFlag } from './manifest.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from '../../contract/cli/runner.js';
-import type { ObjectStore } from '../store/object-store.js';
-
-/** Every partition with an object in the archive, in key order. */
-async function listPartitionIds(store: ObjectStore, signal?: AbortSignal): Promise<string[]> {
-  const ids = new Set<string>();
-  for await (const o of store.list(PARTITIONS_PREFIX, { signal })) {
-    const id = partitionOfKey(o.key);
-    if (id !== undefined) ids.add(id);
-  }
-  return [...ids];
-}
 
 /**
  * `wal-archiver backup`: one base backup by hand (trigger `manual`) from the
@@ -178,7 +167,9 @@ export const retentionCommand: Command = {
     try {
       if (!f['dry-run']) await verifyConditionalWrites(store, { signal: ctx.signal });
       const partitions =
-        f.partition !== undefined ? [f.partition] : await listPartitionIds(store, ctx.signal);
+        f.partition !== undefined
+          ? [f.partition]
+          : [...(await listArchivedPartitions(store, { signal: ctx.signal })).keys()];
       for (const partition of partitions) {
         const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
         if (!stored) {

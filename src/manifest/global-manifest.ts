@@ -55,14 +55,8 @@ import {
 import type { ObjectInfo, ObjectStore } from '../store/object-store.js';
 import { MetadataKeys } from '../store/object-store.js';
 import { readDocument, updateDocument, type CasOptions, type StoredDocument } from './cas.js';
-import {
-  GLOBAL_MANIFEST_KEY,
-  PARTITIONS_PREFIX,
-  partitionOfKey,
-  tryParseBaseKey,
-  tryParsePartitionManifestKey,
-  tryParseSegmentKey,
-} from './keys.js';
+import { GLOBAL_MANIFEST_KEY, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
+import { listArchivedPartitions, type ArchivedPartition } from './archived-partitions.js';
 import { formatLsn } from '../../contract/wal/lsn.js';
 import { contiguousPrefix, readPartitionManifest, type PartitionManifest } from './partition-manifest.js';
 
@@ -605,12 +599,6 @@ export interface RebuildFromObjectsResult {
   problems: RebuildProblem[];
 }
 
-interface ListedPartition {
-  manifest?: ObjectInfo;
-  segments: ObjectInfo[];
-  backups: ObjectInfo[];
-}
-
 async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array<R>(items.length);
   let next = 0;
@@ -648,7 +636,7 @@ function lsnForms(lsn: number): string[] {
 async function entryFromObjects(
   store: ObjectStore,
   partition: string,
-  listed: ListedPartition,
+  listed: ArchivedPartition,
   options: RebuildFromObjectsOptions,
   problems: RebuildProblem[],
 ): Promise<GlobalPartitionEntry> {
@@ -718,26 +706,13 @@ export async function rebuildFromObjects(
   options: RebuildFromObjectsOptions = {},
 ): Promise<RebuildFromObjectsResult> {
   const now = options.now ?? (() => new Date());
-  const listed = new Map<string, ListedPartition>();
-  const slot = (id: string) => {
-    let p = listed.get(id);
-    if (!p) listed.set(id, (p = { segments: [], backups: [] }));
-    return p;
-  };
-  for await (const obj of store.list(PARTITIONS_PREFIX, { signal: options.signal })) {
-    const id = partitionOfKey(obj.key);
-    if (id === undefined) continue;
-    if (tryParsePartitionManifestKey(obj.key) !== undefined) slot(id).manifest = obj;
-    else if (tryParseSegmentKey(obj.key)) slot(id).segments.push(obj);
-    else if (tryParseBaseKey(obj.key)) slot(id).backups.push(obj);
-  }
+  const listed = await listArchivedPartitions(store, options.signal ? { signal: options.signal } : {});
 
   const partitions: Record<string, GlobalPartitionEntry> = {};
   const sources: Record<string, 'manifest' | 'objects'> = {};
   const problems: RebuildProblem[] = [];
-  for (const id of [...listed.keys()].sort(comparePartitionIds)) {
+  for (const [id, p] of listed) {
     throwIfAborted(options.signal);
-    const p = listed.get(id)!;
     if (p.manifest) {
       try {
         const stored = await readPartitionManifest(store, id, { signal: options.signal });

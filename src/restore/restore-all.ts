@@ -5,13 +5,7 @@ import { chmod, copyFile, mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { comparePartitionIds } from '../../contract/partition-id.js';
 import { readGlobalManifest } from '../manifest/global-manifest.js';
-import {
-  PARTITIONS_PREFIX,
-  partitionOfKey,
-  tryParseBaseKey,
-  tryParsePartitionManifestKey,
-  tryParseSegmentKey,
-} from '../manifest/keys.js';
+import { holdsArchive, listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { Semaphore } from '../pipeline/semaphore.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { PARTITIONS_DIR } from '../../contract/wal/entry.js';
@@ -101,16 +95,8 @@ export async function archivedPartitions(
     );
   }
   const inObjects = new Set<string>();
-  for await (const obj of store.list(PARTITIONS_PREFIX, options.signal ? { signal: options.signal } : {})) {
-    const id = partitionOfKey(obj.key);
-    if (id === undefined || inObjects.has(id)) continue;
-    if (
-      tryParsePartitionManifestKey(obj.key) !== undefined ||
-      tryParseSegmentKey(obj.key) ||
-      tryParseBaseKey(obj.key)
-    )
-      inObjects.add(id);
-  }
+  for (const [id, p] of await listArchivedPartitions(store, options.signal ? { signal: options.signal } : {}))
+    if (holdsArchive(p)) inObjects.add(id);
   const sources: Record<string, PartitionSource> = {};
   for (const id of [...new Set([...inManifest, ...inObjects])].sort(comparePartitionIds)) {
     sources[id] = !inObjects.has(id)

@@ -3,12 +3,10 @@ import { setMaxListeners } from 'node:events';
 import { mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { join } from 'node:path';
 import { ErrorCodes, describeError, isWalArchiverError } from '../../contract/errors.js';
-import { comparePartitionIds } from '../../contract/partition-id.js';
+import { listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { readGlobalManifest } from '../manifest/global-manifest.js';
 import {
-  PARTITIONS_PREFIX,
   partitionManifestKey,
-  partitionOfKey,
   partitionPrefix,
   tryParseBaseKey,
   tryParseSegmentKey,
@@ -277,11 +275,7 @@ async function verifyWith(store: ObjectStore, options: VerifyOptions): Promise<V
   if (options.partition !== undefined) {
     ids = [options.partition];
   } else {
-    const fromObjects = new Set<string>();
-    for await (const o of store.list(PARTITIONS_PREFIX, signal ? { signal } : {})) {
-      const id = partitionOfKey(o.key);
-      if (id !== undefined) fromObjects.add(id);
-    }
+    const fromObjects = new Set((await listArchivedPartitions(store, signal ? { signal } : {})).keys());
     let fromGlobal: Set<string> | undefined;
     try {
       const stored = await readGlobalManifest(store, signal ? { signal } : {});
@@ -304,7 +298,7 @@ async function verifyWith(store: ObjectStore, options: VerifyOptions): Promise<V
       if (fromGlobal && !fromGlobal.has(id))
         finding('warning', 'partition has objects but is not in the global manifest (yet)', undefined, id);
     }
-    ids = [...fromObjects].sort(comparePartitionIds);
+    ids = [...fromObjects];
   }
   const partitions: PartitionVerifyReport[] = [];
   for (const id of ids) partitions.push(await verifyPartition(store, id, options));
