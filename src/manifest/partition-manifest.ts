@@ -36,10 +36,9 @@
  * - Re-applying an update already applied changes nothing and writes nothing.
  *
  * Time → LSN: every segment records the commit times of its first and last
- * entries, so the manifest knows the commit time of every segment boundary.
- * `lsnAtTime` resolves a time exactly when it falls between two boundaries
- * that are adjacent LSNs, else to the one segment holding the boundary, with
- * a safe lower bound; entry-exact resolution needs the entries' own times.
+ * entries, so the manifest knows the commit time of every segment boundary;
+ * restore planning (`src/restore/plan.ts`) resolves a time and covers an LSN
+ * range from them.
  */
 
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
@@ -47,7 +46,6 @@ import {
   BACKUP_TRIGGERS,
   FieldReader,
   corrupt,
-  normaliseTime,
   type BackupTrigger,
   type WalArchivedEvent,
   type WalBackupEvent,
@@ -525,32 +523,6 @@ export function archivedSegments(m: PartitionManifest): SegmentRecord[] {
   return m.segments.filter((s) => s.first_lsn >= a.first_lsn && s.last_lsn <= a.last_lsn);
 }
 
-/**
- * The fewest segments that together hold every LSN from `fromLsn` to `toLsn`,
- * in LSN order (they may overlap). Throws NOT_FOUND naming the first LSN no
- * segment holds.
- */
-export function coveringSegments(m: PartitionManifest, fromLsn: number, toLsn: number): SegmentRecord[] {
-  const out: SegmentRecord[] = [];
-  let next = fromLsn;
-  while (next <= toLsn) {
-    let best: SegmentRecord | undefined;
-    for (const s of m.segments) {
-      if (s.first_lsn <= next && s.last_lsn >= next && (!best || s.last_lsn > best.last_lsn)) best = s;
-    }
-    if (!best) {
-      throw new WalArchiverError(
-        ErrorCodes.NOT_FOUND,
-        `partition ${m.partition}: no archived segment holds LSN ${next}`,
-        { retryable: false, details: { partition: m.partition, lsn: next } },
-      );
-    }
-    out.push(best);
-    next = best.last_lsn + 1;
-  }
-  return out;
-}
-
 /** The base backup with the greatest LSN ≤ `lsn` (any LSN when omitted), or undefined. */
 export function latestBackupAtOrBefore(
   m: PartitionManifest,
@@ -559,77 +531,6 @@ export function latestBackupAtOrBefore(
   let best: BackupRecord | undefined;
   for (const b of m.backups) if (b.lsn <= lsn && (!best || b.lsn > best.lsn)) best = b;
   return best;
-}
-
-export interface TimeResolution {
-  /** The greatest LSN known to be committed at or before the time: always a safe answer. */
-  lsn: number;
-  /** The greatest LSN that may be committed at or before the time; equals `lsn` when exact. */
-  maxLsn: number;
-  exact: boolean;
-  /**
-   * When not exact: the segment holding LSNs lsn+1 … maxLsn, whose entries
-   * decide where between them the time falls.
-   */
-  segment?: SegmentRecord;
-  /** The time is at or after the commit time of the last archived LSN. */
-  atEnd: boolean;
-}
-
-/**
- * The greatest archived LSN whose commit time is at or before `time`, as far
- * as the segment boundary times tell; undefined when the first archived LSN
- * was committed after it. Only the contiguous archived range counts.
- *
- * Precision is the segment: the answer is exact when the time falls between
- * two boundary LSNs that are adjacent, else `lsn` (a safe lower bound) and
- * `maxLsn` name the candidates and `segment` the one segment to read to
- * narrow them down. Commit times are taken as a prefix: the answer stops
- * before the first boundary committed after `time`, even if a clock step
- * makes a later boundary look earlier.
- */
-export function lsnAtTime(m: PartitionManifest, time: Date | string): TimeResolution | undefined {
-  const t =
-    typeof time === 'string'
-      ? normaliseTime(time)
-      : Number.isNaN(time.getTime())
-        ? undefined
-        : time.toISOString();
-  if (t === undefined) {
-    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `invalid time ${String(time)}`, {
-      retryable: false,
-    });
-  }
-  const segments = archivedSegments(m);
-  if (segments.length === 0) return undefined;
-
-  const points = new Map<number, string>();
-  const addPoint = (lsn: number, at: string) => {
-    const prev = points.get(lsn);
-    if (prev === undefined || at < prev) points.set(lsn, at);
-  };
-  for (const s of segments) {
-    addPoint(s.first_lsn, s.first_committed_at);
-    addPoint(s.last_lsn, s.last_committed_at);
-  }
-  const sorted = [...points.entries()].sort((a, b) => a[0] - b[0]);
-  const upperIndex = sorted.findIndex(([, at]) => at > t);
-  if (upperIndex === 0) return undefined;
-  if (upperIndex === -1) {
-    const last = sorted[sorted.length - 1][0];
-    return { lsn: last, maxLsn: last, exact: true, atEnd: true };
-  }
-  const lower = sorted[upperIndex - 1][0];
-  const upper = sorted[upperIndex][0];
-  if (upper === lower + 1) return { lsn: lower, maxLsn: lower, exact: true, atEnd: false };
-  const segment = segments.find((s) => s.first_lsn <= lower + 1 && s.last_lsn >= upper - 1);
-  if (!segment) {
-    throw new WalArchiverError(
-      ErrorCodes.INTERNAL,
-      `partition ${m.partition}: no segment holds LSNs ${lower + 1}-${upper - 1}`,
-    );
-  }
-  return { lsn: lower, maxLsn: upper - 1, exact: false, segment, atEnd: false };
 }
 
 // ---------------------------------------------------------------------------
