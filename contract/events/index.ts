@@ -4,4 +4,4 @@ export { KafkaEventBus, parseKafkaUrl, type KafkaBusConfig, type KafkaBusOptions
 export { stderrLogger, type BusLogger, type LogLevel } from './log.js';
 export { DEFAULT_PARTITIONS } from './params.js';
 export { murmur2, partitionForKey } from './partitioner.js';
-export { checkEventBus, openEventBus, EVENT_BUS_SCHEMES, type OpenEventBusOptions } from './open.js';
+export { openEventBus, EVENT_BUS_SCHEMES, type OpenEventBusOptions } from './open.js';

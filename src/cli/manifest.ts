@@ -1,6 +1,6 @@
 import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../../contract/errors.js';
 import type { EventBus, SubscribeOptions } from '../../contract/events/event-bus.js';
-import { checkEventBus, openEventBus } from '../../contract/events/open.js';
+import { openEventBus } from '../../contract/events/open.js';
 import { encodeJson } from '../manifest/cas.js';
 import { formatGlobalManifest, formatPartitionManifest } from '../manifest/format.js';
 import {
@@ -150,7 +150,7 @@ export async function openBusFlag(flag: string, url: string): Promise<EventBus> 
     throw flagError(flag, err);
   }
   try {
-    await checkEventBus(bus);
+    await bus.checkConnection();
   } catch (err) {
     await bus.close().catch(() => undefined);
     throw err;
@@ -223,6 +223,7 @@ function countingBus(bus: EventBus, counts: { events: number }): EventBus {
     },
     topicName: (topic) => bus.topicName(topic),
     publish: (topic, events, options) => bus.publish(topic, events, options),
+    checkConnection: () => bus.checkConnection(),
     subscribe: (options: SubscribeOptions) =>
       bus.subscribe({
         ...options,

@@ -378,6 +378,7 @@ class ArrayBus implements EventBus {
       },
     };
   }
+  async checkConnection(): Promise<void> {}
   async close(): Promise<void> {}
 }
 
