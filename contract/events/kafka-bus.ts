@@ -10,11 +10,13 @@ import {
 } from 'kafkajs';
 import { ErrorCodes, WalArchiverError, isWalArchiverError, throwIfAborted } from '../errors.js';
 import { maskUrl } from '../url.js';
+import { sleep } from '../retry.js';
 import { applyKafkajsIdleFix } from './kafkajs-idle-fix.js';
 
 applyKafkajsIdleFix();
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
-import { stderrLogger, type BusLogger, type LogLevel } from './log.js';
+import type { Logger, LogLevel } from '../log.js';
+import { defaultBusLogger } from './log.js';
 import {
   checkKey,
   checkName,
@@ -22,7 +24,6 @@ import {
   encodeValue,
   invalid,
   partitionsParam,
-  sleep,
   topicPrefixParam,
 } from './params.js';
 
@@ -46,7 +47,7 @@ import {
  */
 
 export interface KafkaBusOptions {
-  logger?: BusLogger;
+  logger?: Logger;
   /** Per-connection timeout. */
   connectionTimeoutMs?: number;
   /** Per-request timeout. */
@@ -112,7 +113,7 @@ export function parseKafkaUrl(raw: string): KafkaBusConfig {
   };
 }
 
-const KAFKA_TO_LEVEL: Record<number, LogLevel> = {
+const KAFKA_TO_LEVEL: Record<number, Exclude<LogLevel, 'silent'>> = {
   [KafkaLogLevel.ERROR]: 'warn',
   [KafkaLogLevel.WARN]: 'warn',
   [KafkaLogLevel.INFO]: 'debug',
@@ -127,7 +128,7 @@ export class KafkaEventBus implements EventBus {
   readonly url: string;
   readonly config: KafkaBusConfig;
   private readonly kafka: Kafka;
-  private readonly log: BusLogger;
+  private readonly log: Logger;
   private readonly publishTimeoutMs: number;
   private readonly sessionTimeoutMs: number;
   private producer?: Promise<Producer>;
@@ -140,7 +141,7 @@ export class KafkaEventBus implements EventBus {
   constructor(raw: string, options: KafkaBusOptions = {}) {
     this.config = parseKafkaUrl(raw);
     this.url = maskUrl(raw);
-    this.log = options.logger ?? stderrLogger();
+    this.log = options.logger ?? defaultBusLogger();
     this.publishTimeoutMs = options.publishTimeoutMs ?? KAFKA_PUBLISH_TIMEOUT_MS;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? KAFKA_SESSION_TIMEOUT_MS;
     const log = this.log;
@@ -160,7 +161,7 @@ export class KafkaEventBus implements EventBus {
             logger: _l,
             ...fields
           } = entry as LogEntry['log'] & { logger?: unknown };
-          log(KAFKA_TO_LEVEL[level] ?? 'debug', `kafkajs: ${message}`, fields);
+          log[KAFKA_TO_LEVEL[level] ?? 'debug'](`kafkajs: ${message}`, fields);
         },
     });
   }
@@ -354,7 +355,7 @@ export class KafkaEventBus implements EventBus {
 }
 
 interface SubscriptionContext {
-  log: BusLogger;
+  log: Logger;
   sessionTimeoutMs: number;
   unavailable: (action: string, cause: unknown) => WalArchiverError;
 }
@@ -397,7 +398,7 @@ class KafkaSubscription implements Subscription {
   }
 
   private report(err: unknown): void {
-    this.ctx.log('debug', 'event subscription failed; retrying', {
+    this.ctx.log.debug('event subscription failed; retrying', {
       topic: this.topic,
       group: this.group,
       error: errorMessage(err),
@@ -433,7 +434,7 @@ class KafkaSubscription implements Subscription {
       await sleep(
         Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures - 1, 10)),
         this.stopController.signal,
-      );
+      ).catch(() => undefined); // stopping: the loop sees it
     }
     firstResult();
   }
@@ -501,7 +502,7 @@ class KafkaSubscription implements Subscription {
         const until = Date.now() + Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures, 10));
         while (Date.now() < until && !this.stopping) {
           await heartbeat();
-          await sleep(Math.min(500, until - Date.now()), this.stopController.signal);
+          await sleep(Math.min(500, until - Date.now()), this.stopController.signal).catch(() => undefined);
         }
       }
     }

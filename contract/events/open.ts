@@ -2,10 +2,10 @@ import { parseServiceUrl, unsupportedScheme } from '../url.js';
 import type { EventBus } from './event-bus.js';
 import { FolderEventBus, type FolderBusOptions } from './folder-bus.js';
 import { KafkaEventBus, type KafkaBusOptions } from './kafka-bus.js';
-import type { BusLogger } from './log.js';
+import type { Logger } from '../log.js';
 
 export interface OpenEventBusOptions {
-  logger?: BusLogger;
+  logger?: Logger;
   folder?: Omit<FolderBusOptions, 'logger'>;
   kafka?: Omit<KafkaBusOptions, 'logger'>;
 }

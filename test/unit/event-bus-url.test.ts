@@ -6,8 +6,23 @@ import { pathToFileURL } from 'node:url';
 import { Partitioners } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, isRetryable, isWalArchiverError } from '../../contract/errors.js';
+import { createLogger, type Logger } from '../../contract/log.js';
 import { openEventBus } from '../../contract/events/open.js';
 import { partitionForKey } from '../../contract/events/partitioner.js';
+
+/** A logger that keeps `<level> <message>` of each record. */
+function capturingLogger(lines: string[]): Logger {
+  return createLogger(
+    {},
+    {
+      level: 'debug',
+      write: (line) => {
+        const r = JSON.parse(line) as { level: string; msg: string };
+        lines.push(`${r.level} ${r.msg}`);
+      },
+    },
+  );
+}
 
 async function failure(p: Promise<unknown>): Promise<unknown> {
   return p.then(
@@ -121,7 +136,7 @@ describe('a Kafka bus whose broker is down', () => {
     const port = await closedPort();
     const url = `kafka://127.0.0.1:${port}?topicPrefix=down`;
     const logs: string[] = [];
-    const bus = await openEventBus(url, { logger: (level, message) => logs.push(`${level} ${message}`) });
+    const bus = await openEventBus(url, { logger: capturingLogger(logs) });
     const started = Date.now();
     const err = await failure(bus.publish('entries', [{ key: 'p1', value: { schema: 1, lsn: 1 } }]));
     const elapsed = Date.now() - started;
