@@ -4,7 +4,7 @@ import { listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { assertLeader, takeBaseBackup } from '../pipeline/base-backup.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../pipeline/retention.js';
-import { isPartitionId } from '../../contract/partition-id.js';
+import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { openBusFlag, openStoreFlag } from './manifest.js';
@@ -16,24 +16,8 @@ import { EXIT_FAILURE, EXIT_OK, type Command } from '../../contract/cli/runner.j
  * WAL segments no kept backup needs (idempotent; any process may run it).
  */
 
-const storeFlag = {
-  type: 'string',
-  help: 'the archive (s3://bucket/prefix?… or file:///path)',
-  value: 'URL',
-  required: true,
-  env: 'WAL_ARCHIVER_OBJECT_STORE',
-} as const;
-
-function checkPartition(p: string | undefined): void {
-  if (p !== undefined && !isPartitionId(p)) {
-    throw new UsageError(
-      `flag --partition: "${p}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
-    );
-  }
-}
-
 const backupFlags = {
-  'object-store': storeFlag,
+  'object-store': objectStoreFlag,
   'node-url': {
     type: 'string',
     help: "the partition's leader (storage node URL)",
@@ -70,7 +54,7 @@ export function parseBackupFlags(
   env: NodeJS.ProcessEnv,
 ): ParsedFlags<typeof backupFlags> {
   const f = parseFlags(argv, backupFlags, backupHelp, env);
-  checkPartition(f.partition);
+  checkPartitionFlag(f.partition);
   const mode = f['retention-mode'];
   if (mode !== undefined && mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') {
     throw new UsageError(`flag --retention-mode: "${mode}" is not GOVERNANCE or COMPLIANCE`);
@@ -123,7 +107,7 @@ export const backupCommand: Command = {
 };
 
 const retentionFlags = {
-  'object-store': storeFlag,
+  'object-store': objectStoreFlag,
   partition: { type: 'string', help: 'one partition', value: 'ID' },
   all: { type: 'bool', help: 'every partition in the archive', default: false },
   'keep-count': { type: 'int', help: 'keep the newest N base backups', value: 'N', min: 1, required: true },
@@ -153,7 +137,7 @@ export function parseRetentionFlags(
   env: NodeJS.ProcessEnv,
 ): ParsedFlags<typeof retentionFlags> {
   const f = parseFlags(argv, retentionFlags, retentionHelp, env);
-  checkPartition(f.partition);
+  checkPartitionFlag(f.partition);
   if ((f.partition === undefined) === !f.all) throw new UsageError('give one of --partition P or --all');
   return f;
 }
