@@ -51,6 +51,7 @@ import {
   decodeConfState,
   decodeHardState,
   decodeRaftEntry,
+  emptyConfState,
   encodeConfState,
   encodeHardState,
   encodeRaftEntry,
@@ -658,14 +659,7 @@ async function writeInPartition(file: string, data: Uint8Array | string): Promis
 
 /** The partition's raft hard state, or undefined if none was ever written (an unbootstrapped replica). */
 export async function readHardState(partitionDirPath: string): Promise<HardState | undefined> {
-  const file = hardStatePath(partitionDirPath);
-  const raw = await readOptional(file);
-  if (raw === undefined) return undefined;
-  try {
-    return decodeHardState(raw, 'raftpb.HardState');
-  } catch (err) {
-    throw corrupt(partitionDirPath, undefined, `${HARD_STATE_FILE}: ${(err as Error).message}`, err);
-  }
+  return readRaftState(partitionDirPath, HARD_STATE_FILE, (raw) => decodeHardState(raw, 'raftpb.HardState'));
 }
 
 /** Replaces `raft/hard_state` atomically and durably. */
@@ -675,19 +669,32 @@ export async function writeHardState(partitionDirPath: string, hs: HardState): P
 
 /** The partition's raft configuration, or undefined if none was written. */
 export async function readConfState(partitionDirPath: string): Promise<ConfState | undefined> {
-  const file = confStatePath(partitionDirPath);
-  const raw = await readOptional(file);
+  return readRaftState(partitionDirPath, CONF_STATE_FILE, (raw) => decodeConfState(raw, 'raftpb.ConfState'));
+}
+
+/** A file of the partition decoded, or undefined when there is none; CORRUPT naming it when it does not decode. */
+async function readRaftState<T>(
+  partitionDirPath: string,
+  name: string,
+  decode: (raw: Buffer) => T,
+): Promise<T | undefined> {
+  const raw = await readOptional(path.join(partitionDirPath, name));
   if (raw === undefined) return undefined;
   try {
-    return decodeConfState(raw, 'raftpb.ConfState');
+    return decode(raw);
   } catch (err) {
-    throw corrupt(partitionDirPath, undefined, `${CONF_STATE_FILE}: ${(err as Error).message}`, err);
+    throw corrupt(partitionDirPath, undefined, `${name}: ${(err as Error).message}`, err);
   }
 }
 
 /** Replaces `raft/conf_state` atomically and durably. */
 export async function writeConfState(partitionDirPath: string, cs: ConfState): Promise<void> {
   await writeInPartition(confStatePath(partitionDirPath), encodeConfState(cs));
+}
+
+/** Writes `raft/conf_state` naming `voters` and nothing else (no learners, no joint configuration). */
+export async function writeVoters(partitionDirPath: string, voters: readonly number[]): Promise<void> {
+  await writeConfState(partitionDirPath, { ...emptyConfState(), voters: [...voters] });
 }
 
 /**

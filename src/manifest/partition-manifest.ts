@@ -383,6 +383,33 @@ function sameBackupObject(a: BackupRecord, b: BackupRecord): boolean {
   return a.sha256 === b.sha256 && a.bytes === b.bytes && a.lsn === b.lsn;
 }
 
+/**
+ * Adds reported records to `into` by key: a new key is added, a known one must
+ * name the same object (CORRUPT otherwise: a key names one immutable object);
+ * a malformed record is INVALID_ARGUMENT.
+ */
+function mergeRecords<T extends { key: string }>(
+  into: Map<string, T>,
+  reported: readonly unknown[] | undefined,
+  parse: (raw: unknown, index: number) => T,
+  same: (a: T, b: T) => boolean,
+  conflict: (recorded: T, reportedNow: T) => string,
+  partition: string,
+): void {
+  (reported ?? []).forEach((raw, i) => {
+    let r: T;
+    try {
+      r = parse(raw, i);
+    } catch (err) {
+      invalidInput(err);
+    }
+    const existing = into.get(r.key);
+    if (existing && !same(existing, r))
+      throw corrupt(`partition ${partition} manifest`, conflict(existing, r), { partition, key: r.key });
+    if (!existing) into.set(r.key, r);
+  });
+}
+
 /** An empty manifest at version 0, as the base of a partition's first write. */
 export function emptyPartitionManifest(partition: string, now: Date): PartitionManifest {
   return {
@@ -447,40 +474,24 @@ export function applyPartitionUpdate(
   for (const key of update.removeSegments ?? []) segments.delete(key);
   for (const key of update.removeBackups ?? []) backups.delete(key);
 
-  (update.segments ?? []).forEach((raw, i) => {
-    let s: SegmentRecord;
-    try {
-      s = parseSegmentRecord(raw, partition, i);
-    } catch (err) {
-      invalidInput(err);
-    }
-    const existing = segments.get(s.key);
-    if (existing && !sameSegmentObject(existing, s)) {
-      throw corrupt(
-        `partition ${partition} manifest`,
-        `segment ${s.key} is recorded with sha256 ${existing.sha256} (${existing.bytes} bytes), now reported with ${s.sha256} (${s.bytes} bytes)`,
-        { partition, key: s.key },
-      );
-    }
-    if (!existing) segments.set(s.key, s);
-  });
-  (update.backups ?? []).forEach((raw, i) => {
-    let b: BackupRecord;
-    try {
-      b = parseBackupRecord(raw, partition, i);
-    } catch (err) {
-      invalidInput(err);
-    }
-    const existing = backups.get(b.key);
-    if (existing && !sameBackupObject(existing, b)) {
-      throw corrupt(
-        `partition ${partition} manifest`,
-        `base backup ${b.key} is recorded with sha256 ${existing.sha256}, now reported with ${b.sha256}`,
-        { partition, key: b.key },
-      );
-    }
-    if (!existing) backups.set(b.key, b);
-  });
+  mergeRecords(
+    segments,
+    update.segments,
+    (raw, i) => parseSegmentRecord(raw, partition, i),
+    sameSegmentObject,
+    (was, now) =>
+      `segment ${now.key} is recorded with sha256 ${was.sha256} (${was.bytes} bytes), now reported with ${now.sha256} (${now.bytes} bytes)`,
+    partition,
+  );
+  mergeRecords(
+    backups,
+    update.backups,
+    (raw, i) => parseBackupRecord(raw, partition, i),
+    sameBackupObject,
+    (was, now) =>
+      `base backup ${now.key} is recorded with sha256 ${was.sha256}, now reported with ${now.sha256}`,
+    partition,
+  );
 
   const segmentList = [...segments.values()].sort(compareSegments);
   let archived: ArchivedRange | null;

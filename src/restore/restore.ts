@@ -18,7 +18,7 @@ import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import {
   writeAppliedLsn,
   writeArchiverPosition,
-  writeConfState,
+  writeVoters,
   writeHardState,
   writeSnapshotMeta,
 } from '../../contract/wal/entry.js';
@@ -505,13 +505,7 @@ export async function writeBootFiles(
   stamps: { stamp: number; whole: boolean } = { stamp: 0, whole: false },
 ): Promise<void> {
   await writeSnapshotMeta(dir, { index: lsn, term, voters }, stamps.stamp, stamps.whole);
-  await writeConfState(dir, {
-    voters: [...voters],
-    learners: [],
-    votersOutgoing: [],
-    learnersNext: [],
-    autoLeave: false,
-  });
+  await writeVoters(dir, voters);
   await writeHardState(dir, { term, vote: 0, commit: lsn });
   await writeAppliedLsn(dir, lsn);
   // Everything up to the restored LSN is in the archive: a node booted from
