@@ -5,24 +5,10 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
-import { createLogger, type Logger } from '../../contract/log.js';
+import { capturingLogger } from '../helpers/capturing-logger.js';
 import type { ConsumedEvent, EventBus, Subscription } from '../../contract/events/event-bus.js';
 import { openEventBus } from '../../contract/events/open.js';
 import { waitFor } from './event-bus.conformance.js';
-
-/** A logger that keeps `<level> <message>` of each record. */
-function capturingLogger(lines: string[]): Logger {
-  return createLogger(
-    {},
-    {
-      level: 'debug',
-      write: (line) => {
-        const r = JSON.parse(line) as { level: string; msg: string };
-        lines.push(`${r.level} ${r.msg}`);
-      },
-    },
-  );
-}
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const TUNING = { heartbeatMs: 200, sessionTimeoutMs: 2_000, pollMs: 100 };

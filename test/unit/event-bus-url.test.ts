@@ -6,23 +6,9 @@ import { pathToFileURL } from 'node:url';
 import { Partitioners } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, isRetryable, isWalArchiverError } from '../../contract/errors.js';
-import { createLogger, type Logger } from '../../contract/log.js';
+import { capturingLogger } from '../helpers/capturing-logger.js';
 import { openEventBus } from '../../contract/events/open.js';
 import { partitionForKey } from '../../contract/events/partitioner.js';
-
-/** A logger that keeps `<level> <message>` of each record. */
-function capturingLogger(lines: string[]): Logger {
-  return createLogger(
-    {},
-    {
-      level: 'debug',
-      write: (line) => {
-        const r = JSON.parse(line) as { level: string; msg: string };
-        lines.push(`${r.level} ${r.msg}`);
-      },
-    },
-  );
-}
 
 async function failure(p: Promise<unknown>): Promise<unknown> {
   return p.then(
