@@ -124,6 +124,25 @@ function errorMessage(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
 }
 
+/**
+ * Connects a kafkajs client. When that fails, `forget` drops the cached
+ * promise (so the next call starts afresh), the client is disconnected and the
+ * error thrown.
+ */
+async function connectOrForget<T extends { connect(): Promise<void>; disconnect(): Promise<void> }>(
+  client: T,
+  forget: () => void,
+): Promise<T> {
+  try {
+    await client.connect();
+  } catch (err) {
+    forget();
+    await client.disconnect().catch(() => undefined);
+    throw err;
+  }
+  return client;
+}
+
 export class KafkaEventBus implements EventBus {
   readonly url: string;
   readonly config: KafkaBusConfig;
@@ -213,38 +232,24 @@ export class KafkaEventBus implements EventBus {
   }
 
   private getAdmin(): Promise<Admin> {
-    this.admin ??= (async () => {
-      const admin = this.kafka.admin({ retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 } });
-      try {
-        await admin.connect();
-      } catch (err) {
-        this.admin = undefined;
-        await admin.disconnect().catch(() => undefined);
-        throw err;
-      }
-      return admin;
-    })();
+    this.admin ??= connectOrForget(
+      this.kafka.admin({ retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 } }),
+      () => (this.admin = undefined),
+    );
     return this.admin;
   }
 
   private getProducer(): Promise<Producer> {
-    this.producer ??= (async () => {
-      const producer = this.kafka.producer({
+    this.producer ??= connectOrForget(
+      this.kafka.producer({
         idempotent: true,
         maxInFlightRequests: 1,
         allowAutoTopicCreation: false,
         createPartitioner: Partitioners.DefaultPartitioner,
         retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 },
-      });
-      try {
-        await producer.connect();
-      } catch (err) {
-        this.producer = undefined;
-        await producer.disconnect().catch(() => undefined);
-        throw err;
-      }
-      return producer;
-    })();
+      }),
+      () => (this.producer = undefined),
+    );
     return this.producer;
   }
 

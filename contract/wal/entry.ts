@@ -42,6 +42,7 @@ import {
   fsyncDir,
   fsyncFile,
   isNotFound,
+  pathExists,
   writeNewFileSynced,
 } from '../fs/fs-atomic.js';
 import { decodeLogEntry, encodeLogEntry, type LogEntry } from './log-entry.js';
@@ -212,16 +213,6 @@ async function makeStagingEntry(partitionDirPath: string, prefix: string): Promi
   }
 }
 
-async function pathExists(p: string): Promise<boolean> {
-  try {
-    await fsp.lstat(p);
-    return true;
-  } catch (err) {
-    if (isNotFound(err)) return false;
-    throw fsError(err, 'stat', p);
-  }
-}
-
 /**
  * Writes the entry at `lsn` (Gitaly's order): MANIFEST, the staged files
  * `1, 2, …`, then RAFT, each fsynced, in a staging directory that is then
@@ -251,7 +242,7 @@ export async function writeEntry(
   const raftBytes = encodeRaftEntry(input.raft);
 
   const target = entryDir(partitionDirPath, lsn);
-  if (await pathExists(target)) {
+  if (await pathExists(target, { followLinks: false })) {
     throw new WalArchiverError(
       ErrorCodes.ALREADY_EXISTS,
       `partition ${partitionIdOf(partitionDirPath)}: an entry exists at LSN ${lsn}; truncate it first`,

@@ -1,8 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { setMaxListeners } from 'node:events';
 import { mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { join } from 'node:path';
-import { ErrorCodes, describeError, isWalArchiverError } from '../../contract/errors.js';
+import { ErrorCodes, describeError, followAbort, isWalArchiverError } from '../../contract/errors.js';
 import { listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { readGlobalManifest } from '../manifest/global-manifest.js';
 import {
@@ -245,15 +244,11 @@ export async function verifyPartition(
 /** Verifies one partition, or every partition the objects and the global manifest name. */
 export async function verifyArchive(store: ObjectStore, given: VerifyOptions): Promise<VerifyReport> {
   // Every request listens on the signal: give them one of their own.
-  const controller = new AbortController();
-  setMaxListeners(0, controller.signal);
-  const onAbort = () => controller.abort(given.signal?.reason);
-  if (given.signal?.aborted) onAbort();
-  given.signal?.addEventListener('abort', onAbort, { once: true });
+  const { controller, release } = followAbort(given.signal);
   try {
     return await verifyWith(store, { ...given, signal: controller.signal });
   } finally {
-    given.signal?.removeEventListener('abort', onAbort);
+    release();
   }
 }
 
