@@ -18,6 +18,7 @@ import { formatLsn } from '../contract/wal/lsn.js';
 import { EntryType, encodeHardState, encodeRaftEntry } from '../contract/wal/raftpb.js';
 import { partitionDir } from '../contract/wal/entry.js';
 import { plainS3ClientConfig, uniqueName } from '../test/helpers/services.js';
+import { sleep } from '../contract/retry.js';
 
 /** The repository root (this file runs from dist/bench/). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -316,9 +317,7 @@ export async function sidecarStatus(url: string): Promise<PartitionStatus[]> {
   return (await res.json()) as PartitionStatus[];
 }
 
-export function sleepMs(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
+export { sleep as sleepMs } from '../contract/retry.js';
 
 /** Polls `check` every `everyMs` until it returns true; throws after `timeoutMs`. */
 export async function waitFor(
@@ -330,7 +329,7 @@ export async function waitFor(
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleepMs(everyMs);
+    await sleep(everyMs);
   }
 }
 

@@ -10,6 +10,8 @@
  * never "fixed" silently.
  */
 
+import { setMaxListeners } from 'node:events';
+
 export const ErrorCodes = {
   /** A flag, URL or configuration value is malformed. */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
@@ -113,4 +115,18 @@ export function abortError(signal?: AbortSignal): WalArchiverError {
 
 export function throwIfAborted(signal?: AbortSignal): void {
   if (signal?.aborted) throw abortError(signal);
+}
+
+/**
+ * An AbortController that aborts when `parent` does (with its reason), for a
+ * long job whose many requests all listen on one signal (no listener limit on
+ * it). `release` stops following `parent`; call it when the job ends.
+ */
+export function followAbort(parent?: AbortSignal): { controller: AbortController; release: () => void } {
+  const controller = new AbortController();
+  setMaxListeners(0, controller.signal);
+  const onAbort = () => controller.abort(parent?.reason);
+  if (parent?.aborted) onAbort();
+  parent?.addEventListener('abort', onAbort, { once: true });
+  return { controller, release: () => parent?.removeEventListener('abort', onAbort) };
 }

@@ -16,6 +16,7 @@ import { runLoad, LOAD_DEFAULTS, type LoadOptions } from '../storage-node/load.j
 import { sleep } from '../contract/retry.js';
 import type { PartitionStatus } from '../storage-node/api.js';
 import { HttpStorageNode } from '../src/node/http-node.js';
+import { comparePartitionIds } from '../contract/partition-id.js';
 
 const flags = {
   dir: {
@@ -218,7 +219,7 @@ export const quickstartCommand: Command = {
           if (r) r.archived = Math.max(r.archived, p.archived);
         }
       const text = table(
-        [...rows.values()].sort((a, b) => Number(a.partition) - Number(b.partition)),
+        [...rows.values()].sort((a, b) => comparePartitionIds(a.partition, b.partition)),
         `${new Date().toISOString()}  (refreshes every 2 s)`,
       );
       if (tty && lastLines > 0) out.write(`\x1b[${lastLines}A\x1b[J`);

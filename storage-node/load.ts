@@ -7,9 +7,11 @@ import { join } from 'node:path';
 import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from '../contract/cli/runner.js';
 import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../contract/errors.js';
+import { isPartitionId } from '../contract/partition-id.js';
 import { Backoff, sleep, type BackoffOptions } from '../contract/retry.js';
 import type { PartitionStatus, TransactionRequest, TransactionResponse } from './api.js';
 import { createWorkload, git, type RefState, type RepositoryWorkload } from './git-workload.js';
+import { comparePartitionIds } from '../contract/partition-id.js';
 
 /**
  * `storage-node load`: a steady write workload against a storage cluster.
@@ -618,7 +620,7 @@ export async function discoverPartitions(
         if (!Array.isArray(list)) throw new Error(`GET ${url}/v1/partitions: not a list`);
         const ids = [...new Set((list as PartitionStatus[]).map((p) => String(p.partition)))];
         if (ids.length === 0) throw new Error(`${url} has no partitions`);
-        return ids.sort((a, b) => Number(a) - Number(b) || a.localeCompare(b));
+        return ids.sort(comparePartitionIds);
       } catch (err) {
         last = err;
       }
@@ -950,7 +952,6 @@ const LOAD_HELP: CommandHelp = {
     'after the writes in flight have finished.',
 };
 
-const PARTITION_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 export const MAX_RATE = 1_000_000;
 
 /** Parses and checks the flags of `storage-node load`; throws UsageError. */
@@ -988,7 +989,7 @@ export function parseLoadFlags(argv: string[], env: NodeJS.ProcessEnv = {}): Loa
     for (const p of f.partitions) {
       if (p.toLowerCase() === 'all')
         throw new UsageError('flag --partitions: all cannot be combined with IDs');
-      if (!PARTITION_ID.test(p)) throw new UsageError(`flag --partitions: "${p}" is not a partition ID`);
+      if (!isPartitionId(p)) throw new UsageError(`flag --partitions: "${p}" is not a partition ID`);
     }
     if (new Set(f.partitions).size !== f.partitions.length) {
       throw new UsageError('flag --partitions: a partition is listed twice');

@@ -7,6 +7,7 @@ import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from 
 import { Topics, type EventBus } from '../contract/events/event-bus.js';
 import type { Logger } from '../contract/log.js';
 import { Backoff, sleep } from '../contract/retry.js';
+import { comparePartitionIds, isPartitionId, sortPartitionIds } from '../contract/partition-id.js';
 import { partitionDir, PARTITIONS_DIR } from '../contract/wal/entry.js';
 import {
   buildTransaction,
@@ -102,12 +103,12 @@ export class StorageNode {
     for (let p = 1; p <= (opts.partitions ?? 0); p++) ids.add(String(p));
     try {
       for (const name of await readdir(join(opts.dataDir, PARTITIONS_DIR)))
-        if (/^[1-9][0-9]*$/.test(name)) ids.add(name);
+        if (isPartitionId(name)) ids.add(name);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     const voters = [...opts.peers.keys()].sort((a, b) => a - b);
-    for (const id of [...ids].sort((a, b) => Number(a) - Number(b))) {
+    for (const id of sortPartitionIds(ids)) {
       try {
         node.replicas.set(
           id,
@@ -269,7 +270,7 @@ export class StorageNode {
         error,
       });
     }
-    return out.sort((a, b) => Number(a.partition) - Number(b.partition));
+    return out.sort((a, b) => comparePartitionIds(a.partition, b.partition));
   }
 
   private withLeaderUrl<T extends { leader: number }>(s: T): T & { leaderUrl?: string } {

@@ -24,7 +24,7 @@ import {
   readHardState,
   truncateFrom,
   walDir,
-  writeConfState,
+  writeVoters,
   writeEntry,
   writeHardState,
   MANIFEST_FILE,
@@ -123,14 +123,7 @@ export class WalStorage implements RaftStorage {
     s.hard = (await readHardState(dir)) ?? { term: 0, vote: 0, commit: 0 };
     const conf = await readConfState(dir);
     const storedVoters = conf?.voters ?? [];
-    if (storedVoters.length === 0)
-      await writeConfState(dir, {
-        voters: [...voters],
-        learners: [],
-        votersOutgoing: [],
-        learnersNext: [],
-        autoLeave: false,
-      });
+    if (storedVoters.length === 0) await writeVoters(dir, voters);
     s.snap = await readSnapshotMeta(dir, storedVoters.length > 0 ? storedVoters : [...voters]);
     const recorded = readSnapshotStamp(dir);
     s.stamp = recorded.stamp;

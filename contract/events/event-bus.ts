@@ -37,6 +37,13 @@ export interface EventBus {
    */
   subscribe(options: SubscribeOptions): Promise<Subscription>;
 
+  /**
+   * Fails with UNAVAILABLE unless the bus answers now: a broker responds, or
+   * the folder is there (or can be made) and is writable. Opening a bus does
+   * not connect, so a command that needs the bus up checks with this first.
+   */
+  checkConnection(): Promise<void>;
+
   /** Flushes, then releases connections. */
   close(): Promise<void>;
 }

@@ -6,10 +6,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as dfs from '../fs/durable-fs.js';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
-import { fsyncFile } from '../fs/fs-atomic.js';
+import { atomicWriteFile, fsyncDir, fsyncFile } from '../fs/fs-atomic.js';
+import { sleep } from '../retry.js';
 import { maskUrl, parseServiceUrl } from '../url.js';
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
-import { stderrLogger, type BusLogger } from './log.js';
+import type { Logger } from '../log.js';
+import { defaultBusLogger } from './log.js';
 import {
   checkKey,
   checkName,
@@ -17,7 +19,6 @@ import {
   encodeValue,
   invalid,
   partitionsParam,
-  sleep,
   topicPrefixParam,
 } from './params.js';
 import { partitionForKey } from './partitioner.js';
@@ -52,7 +53,7 @@ import { partitionForKey } from './partitioner.js';
  */
 
 export interface FolderBusOptions {
-  logger?: BusLogger;
+  logger?: Logger;
   /** How often a member touches its heartbeat and re-checks the assignment. */
   heartbeatMs?: number;
   /** A member whose heartbeat is older than this is dead. */
@@ -197,21 +198,7 @@ async function readJson<T>(file: string): Promise<T | undefined> {
 
 /** Makes the names in each folder durable (a new file, folder or rename in it survives a power cut). */
 async function syncFolders(...dirs: string[]): Promise<void> {
-  for (const d of dirs) await dfs.fsyncPath(d, 'fsyncDir');
-}
-
-/** Writes a small file atomically and durably: tmp, fsync, rename, fsync the folder. */
-async function writeAtomic(file: string, data: string): Promise<void> {
-  const tmp = `${file}.${nonce()}.tmp`;
-  const fh = await dfs.open(tmp, 'w');
-  try {
-    await fh.writeString(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await dfs.rename(tmp, file);
-  await syncFolders(path.dirname(file));
+  for (const d of dirs) await fsyncDir(d);
 }
 
 /**
@@ -394,7 +381,7 @@ export class FolderEventBus implements EventBus {
   readonly root: string;
   readonly topicPrefix: string;
   readonly defaultPartitions: number;
-  private readonly log: BusLogger;
+  private readonly log: Logger;
   private readonly options: Required<Omit<FolderBusOptions, 'logger'>>;
   private readonly topics = new Map<string, Promise<TopicState>>();
   private readonly subscriptions = new Set<FolderSubscription>();
@@ -406,7 +393,7 @@ export class FolderEventBus implements EventBus {
     this.root = parsed.root;
     this.topicPrefix = parsed.topicPrefix;
     this.defaultPartitions = parsed.partitions;
-    this.log = options.logger ?? stderrLogger();
+    this.log = options.logger ?? defaultBusLogger();
     this.options = {
       heartbeatMs: options.heartbeatMs ?? FOLDER_HEARTBEAT_MS,
       sessionTimeoutMs: options.sessionTimeoutMs ?? FOLDER_SESSION_TIMEOUT_MS,
@@ -464,7 +451,7 @@ export class FolderEventBus implements EventBus {
         throw corrupt(`event log topic ${name} has a corrupt meta.json`, { file: metaFile });
       }
       if (partitions !== this.defaultPartitions) {
-        this.log('debug', 'topic exists with another partition count; using it', { topic: name, partitions });
+        this.log.debug('topic exists with another partition count; using it', { topic: name, partitions });
       }
       return { name, dir, partitions, writers: new Map() };
     } catch (cause) {
@@ -533,7 +520,7 @@ export class FolderEventBus implements EventBus {
       const { size } = await fh.stat();
       const tail = w.tail && w.tail.end === size ? w.tail : await scanTail(fh.raw, size, file);
       if (tail.torn) {
-        this.log('warn', 'event log ends with an incomplete record (a crashed append); truncating it', {
+        this.log.warn('event log ends with an incomplete record (a crashed append); truncating it', {
           file,
           position: tail.end,
           bytes: size - tail.end,
@@ -634,7 +621,7 @@ class FolderSubscription implements Subscription {
     private readonly topic: TopicState,
     private readonly options: SubscribeOptions,
     private readonly tuning: Required<Omit<FolderBusOptions, 'logger'>>,
-    private readonly log: BusLogger,
+    private readonly log: Logger,
   ) {
     this.groupDir = path.join(topic.dir, 'groups', options.group);
     this.membersDir = path.join(this.groupDir, 'members');
@@ -706,7 +693,7 @@ class FolderSubscription implements Subscription {
   }
 
   private async writeMember(): Promise<void> {
-    await writeAtomic(this.memberFile, JSON.stringify(this.memberInfo));
+    await atomicWriteFile(this.memberFile, JSON.stringify(this.memberInfo));
   }
 
   private async heartbeat(): Promise<void> {
@@ -722,7 +709,7 @@ class FolderSubscription implements Subscription {
       await this.refreshMembership();
       if ([...this.desired].join(',') !== before) this.wake();
     } catch (err) {
-      this.log('warn', 'event bus heartbeat failed', { group: this.options.group, error: String(err) });
+      this.log.warn('event bus heartbeat failed', { group: this.options.group, error: String(err) });
     }
   }
 
@@ -843,7 +830,7 @@ class FolderSubscription implements Subscription {
   }
 
   private async commit(cursor: Cursor): Promise<void> {
-    await writeAtomic(
+    await atomicWriteFile(
       this.offsetFile(cursor.partition),
       JSON.stringify({
         offset: cursor.offset,
@@ -935,7 +922,7 @@ class FolderSubscription implements Subscription {
           await sleep(
             Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures - 1, 10)),
             this.stopController.signal,
-          );
+          ).catch(() => undefined); // stopping: the loop sees it
           continue;
         }
         if (!worked && !this.stopping) await this.waitForChange(this.tuning.pollMs);
@@ -951,8 +938,7 @@ class FolderSubscription implements Subscription {
   }
 
   private report(err: unknown): void {
-    this.log(
-      err instanceof WalArchiverError && err.code === ErrorCodes.CORRUPT ? 'error' : 'debug',
+    this.log[err instanceof WalArchiverError && err.code === ErrorCodes.CORRUPT ? 'error' : 'debug'](
       'event subscription failed; retrying',
       {
         topic: this.topic.name,

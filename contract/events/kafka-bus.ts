@@ -10,11 +10,13 @@ import {
 } from 'kafkajs';
 import { ErrorCodes, WalArchiverError, isWalArchiverError, throwIfAborted } from '../errors.js';
 import { maskUrl } from '../url.js';
+import { sleep } from '../retry.js';
 import { applyKafkajsIdleFix } from './kafkajs-idle-fix.js';
 
 applyKafkajsIdleFix();
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
-import { stderrLogger, type BusLogger, type LogLevel } from './log.js';
+import type { Logger, LogLevel } from '../log.js';
+import { defaultBusLogger } from './log.js';
 import {
   checkKey,
   checkName,
@@ -22,7 +24,6 @@ import {
   encodeValue,
   invalid,
   partitionsParam,
-  sleep,
   topicPrefixParam,
 } from './params.js';
 
@@ -46,7 +47,7 @@ import {
  */
 
 export interface KafkaBusOptions {
-  logger?: BusLogger;
+  logger?: Logger;
   /** Per-connection timeout. */
   connectionTimeoutMs?: number;
   /** Per-request timeout. */
@@ -112,7 +113,7 @@ export function parseKafkaUrl(raw: string): KafkaBusConfig {
   };
 }
 
-const KAFKA_TO_LEVEL: Record<number, LogLevel> = {
+const KAFKA_TO_LEVEL: Record<number, Exclude<LogLevel, 'silent'>> = {
   [KafkaLogLevel.ERROR]: 'warn',
   [KafkaLogLevel.WARN]: 'warn',
   [KafkaLogLevel.INFO]: 'debug',
@@ -123,11 +124,30 @@ function errorMessage(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
 }
 
+/**
+ * Connects a kafkajs client. When that fails, `forget` drops the cached
+ * promise (so the next call starts afresh), the client is disconnected and the
+ * error thrown.
+ */
+async function connectOrForget<T extends { connect(): Promise<void>; disconnect(): Promise<void> }>(
+  client: T,
+  forget: () => void,
+): Promise<T> {
+  try {
+    await client.connect();
+  } catch (err) {
+    forget();
+    await client.disconnect().catch(() => undefined);
+    throw err;
+  }
+  return client;
+}
+
 export class KafkaEventBus implements EventBus {
   readonly url: string;
   readonly config: KafkaBusConfig;
   private readonly kafka: Kafka;
-  private readonly log: BusLogger;
+  private readonly log: Logger;
   private readonly publishTimeoutMs: number;
   private readonly sessionTimeoutMs: number;
   private producer?: Promise<Producer>;
@@ -140,7 +160,7 @@ export class KafkaEventBus implements EventBus {
   constructor(raw: string, options: KafkaBusOptions = {}) {
     this.config = parseKafkaUrl(raw);
     this.url = maskUrl(raw);
-    this.log = options.logger ?? stderrLogger();
+    this.log = options.logger ?? defaultBusLogger();
     this.publishTimeoutMs = options.publishTimeoutMs ?? KAFKA_PUBLISH_TIMEOUT_MS;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? KAFKA_SESSION_TIMEOUT_MS;
     const log = this.log;
@@ -160,7 +180,7 @@ export class KafkaEventBus implements EventBus {
             logger: _l,
             ...fields
           } = entry as LogEntry['log'] & { logger?: unknown };
-          log(KAFKA_TO_LEVEL[level] ?? 'debug', `kafkajs: ${message}`, fields);
+          log[KAFKA_TO_LEVEL[level] ?? 'debug'](`kafkajs: ${message}`, fields);
         },
     });
   }
@@ -212,38 +232,24 @@ export class KafkaEventBus implements EventBus {
   }
 
   private getAdmin(): Promise<Admin> {
-    this.admin ??= (async () => {
-      const admin = this.kafka.admin({ retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 } });
-      try {
-        await admin.connect();
-      } catch (err) {
-        this.admin = undefined;
-        await admin.disconnect().catch(() => undefined);
-        throw err;
-      }
-      return admin;
-    })();
+    this.admin ??= connectOrForget(
+      this.kafka.admin({ retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 } }),
+      () => (this.admin = undefined),
+    );
     return this.admin;
   }
 
   private getProducer(): Promise<Producer> {
-    this.producer ??= (async () => {
-      const producer = this.kafka.producer({
+    this.producer ??= connectOrForget(
+      this.kafka.producer({
         idempotent: true,
         maxInFlightRequests: 1,
         allowAutoTopicCreation: false,
         createPartitioner: Partitioners.DefaultPartitioner,
         retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 },
-      });
-      try {
-        await producer.connect();
-      } catch (err) {
-        this.producer = undefined;
-        await producer.disconnect().catch(() => undefined);
-        throw err;
-      }
-      return producer;
-    })();
+      }),
+      () => (this.producer = undefined),
+    );
     return this.producer;
   }
 
@@ -354,7 +360,7 @@ export class KafkaEventBus implements EventBus {
 }
 
 interface SubscriptionContext {
-  log: BusLogger;
+  log: Logger;
   sessionTimeoutMs: number;
   unavailable: (action: string, cause: unknown) => WalArchiverError;
 }
@@ -397,7 +403,7 @@ class KafkaSubscription implements Subscription {
   }
 
   private report(err: unknown): void {
-    this.ctx.log('debug', 'event subscription failed; retrying', {
+    this.ctx.log.debug('event subscription failed; retrying', {
       topic: this.topic,
       group: this.group,
       error: errorMessage(err),
@@ -433,7 +439,7 @@ class KafkaSubscription implements Subscription {
       await sleep(
         Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures - 1, 10)),
         this.stopController.signal,
-      );
+      ).catch(() => undefined); // stopping: the loop sees it
     }
     firstResult();
   }
@@ -501,7 +507,7 @@ class KafkaSubscription implements Subscription {
         const until = Date.now() + Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures, 10));
         while (Date.now() < until && !this.stopping) {
           await heartbeat();
-          await sleep(Math.min(500, until - Date.now()), this.stopController.signal);
+          await sleep(Math.min(500, until - Date.now()), this.stopController.signal).catch(() => undefined);
         }
       }
     }

@@ -1,37 +1,20 @@
 /**
- * The event bus's quiet structured logging: one JSON line per record on
- * stderr, errors only unless `WAL_ARCHIVER_LOG_LEVEL` (debug, info, warn,
- * error, silent) says otherwise. Callers that have a logger of their own pass
- * it in the bus options instead.
+ * The event bus's default logger: the project's structured logger with
+ * `component: event-bus`, errors only unless `WAL_ARCHIVER_LOG_LEVEL` (debug,
+ * info, warn, error, silent) says otherwise — the bus is a library, quiet by
+ * default. Callers that have a logger of their own pass it in the bus options.
  */
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
-export type BusLogger = (level: LogLevel, message: string, fields?: Record<string, unknown>) => void;
+import { createLogger, type Logger, type LogLevel } from '../log.js';
 
-const LEVEL_RANK: Record<LogLevel | 'silent', number> = {
-  debug: 10,
-  info: 20,
-  warn: 30,
-  error: 40,
-  silent: 100,
-};
+const LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
 
-function envLevel(): LogLevel | 'silent' {
-  const v = (process.env.WAL_ARCHIVER_LOG_LEVEL ?? '').toLowerCase();
-  return v in LEVEL_RANK ? (v as LogLevel | 'silent') : 'error';
+function envLevel(): LogLevel {
+  const v = (process.env.WAL_ARCHIVER_LOG_LEVEL ?? '').toLowerCase() as LogLevel;
+  return LEVELS.includes(v) ? v : 'error';
 }
 
-export function stderrLogger(minLevel: LogLevel | 'silent' = envLevel()): BusLogger {
-  const min = LEVEL_RANK[minLevel];
-  return (level, message, fields) => {
-    if (LEVEL_RANK[level] < min) return;
-    const line = JSON.stringify({
-      time: new Date().toISOString(),
-      level,
-      component: 'event-bus',
-      message,
-      ...fields,
-    });
-    process.stderr.write(`${line}\n`);
-  };
+/** The logger a bus uses when it was given none. */
+export function defaultBusLogger(level: LogLevel = envLevel()): Logger {
+  return createLogger({ component: 'event-bus' }, { level });
 }

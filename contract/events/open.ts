@@ -2,10 +2,10 @@ import { parseServiceUrl, unsupportedScheme } from '../url.js';
 import type { EventBus } from './event-bus.js';
 import { FolderEventBus, type FolderBusOptions } from './folder-bus.js';
 import { KafkaEventBus, type KafkaBusOptions } from './kafka-bus.js';
-import type { BusLogger } from './log.js';
+import type { Logger } from '../log.js';
 
 export interface OpenEventBusOptions {
-  logger?: BusLogger;
+  logger?: Logger;
   folder?: Omit<FolderBusOptions, 'logger'>;
   kafka?: Omit<KafkaBusOptions, 'logger'>;
 }
@@ -16,7 +16,7 @@ export const EVENT_BUS_SCHEMES = ['kafka://', 'file://'];
  * Opens an event bus by URL: `kafka://host:port[,host:port]?topicPrefix=wal`
  * or `file:///path`. Bad URLs fail with INVALID_ARGUMENT, unknown schemes
  * with UNSUPPORTED_SCHEME. Nothing is contacted: a Kafka bus opens while the
- * broker is down (use checkEventBus to find out whether it answers).
+ * broker is down (`bus.checkConnection()` finds out whether it answers).
  */
 export async function openEventBus(url: string, options: OpenEventBusOptions = {}): Promise<EventBus> {
   if (typeof url === 'string' && /^kafka:/i.test(url.trim())) {
@@ -29,10 +29,4 @@ export async function openEventBus(url: string, options: OpenEventBusOptions = {
     return bus;
   }
   throw unsupportedScheme(url, 'event bus', EVENT_BUS_SCHEMES);
-}
-
-/** Fails with UNAVAILABLE unless the bus answers: a broker responds, or the folder is writable. */
-export async function checkEventBus(bus: EventBus): Promise<void> {
-  const checkable = bus as EventBus & { checkConnection?: () => Promise<void> };
-  await checkable.checkConnection?.();
 }

@@ -10,6 +10,7 @@
  */
 
 import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { isPartitionId } from '../partition-id.js';
 import { Topics } from './event-bus.js';
 
 /** The schema version every event value carries. */
@@ -162,15 +163,9 @@ export type TopicEvent =
   | { topic: typeof Topics.BACKUPS; value: WalBackupEvent }
   | { topic: typeof Topics.LEADERSHIP; value: WalLeadershipEvent };
 
-const PARTITION_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 const OBJECT_ID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})?$/;
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
-
-/** Whether `id` is a valid partition ID: 1–64 of [A-Za-z0-9._-], starting with a letter or digit. */
-export function isValidPartitionId(id: unknown): id is string {
-  return typeof id === 'string' && PARTITION_ID.test(id);
-}
 
 /** The error every parser throws: CORRUPT, never retryable. */
 export function corrupt(
@@ -256,8 +251,7 @@ export class FieldReader {
 
   partition(field = 'partition'): string {
     const v = this.obj[field];
-    if (!isValidPartitionId(v))
-      throw this.fail(field, 'is not a partition ID ([A-Za-z0-9._-], 1-64 characters)');
+    if (!isPartitionId(v)) throw this.fail(field, 'is not a partition ID ([A-Za-z0-9._-], 1-64 characters)');
     return v;
   }
 

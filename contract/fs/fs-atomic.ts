@@ -56,10 +56,13 @@ export function isNotFound(err: unknown): boolean {
   return errnoCode(err) === 'ENOENT';
 }
 
-/** Whether a path exists; a missing path is false, any other stat error is thrown. */
-export async function pathExists(p: string): Promise<boolean> {
+/**
+ * Whether a path exists; a missing path is false, any other stat error is
+ * thrown. `followLinks: false` asks about the path itself (a dangling link exists).
+ */
+export async function pathExists(p: string, options: { followLinks?: boolean } = {}): Promise<boolean> {
   try {
-    await fsp.stat(p);
+    await (options.followLinks === false ? fsp.lstat(p) : fsp.stat(p));
     return true;
   } catch (err) {
     if (isNotFound(err)) return false;

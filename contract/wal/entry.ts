@@ -34,6 +34,7 @@ import path from 'node:path';
 
 import * as dfs from '../fs/durable-fs.js';
 import { ErrorCodes, isWalArchiverError, WalArchiverError } from '../errors.js';
+import { comparePartitionIds, isPartitionId, parsePartitionId } from '../partition-id.js';
 import {
   atomicWriteFile,
   ensureDir,
@@ -41,6 +42,7 @@ import {
   fsyncDir,
   fsyncFile,
   isNotFound,
+  pathExists,
   writeNewFileSynced,
 } from '../fs/fs-atomic.js';
 import { decodeLogEntry, encodeLogEntry, type LogEntry } from './log-entry.js';
@@ -50,6 +52,7 @@ import {
   decodeConfState,
   decodeHardState,
   decodeRaftEntry,
+  emptyConfState,
   encodeConfState,
   encodeHardState,
   encodeRaftEntry,
@@ -71,19 +74,9 @@ export const ARCHIVER_POSITION_FILE = path.join('archiver', 'position');
 
 // ---------------------------------------------------------------- paths
 
-/** Throws INVALID_ARGUMENT unless `id` can name a partition directory. */
-export function assertPartitionId(id: string): void {
-  if (id.length === 0 || id === '.' || id === '..' || /[/\\\0]/.test(id)) {
-    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `invalid partition ID ${JSON.stringify(id)}`, {
-      details: { partition: id },
-    });
-  }
-}
-
-/** `<dataDir>/partitions/<partitionId>` */
+/** `<dataDir>/partitions/<partitionId>`; INVALID_ARGUMENT unless `partitionId` is a partition ID. */
 export function partitionDir(dataDir: string, partitionId: string): string {
-  assertPartitionId(partitionId);
-  return path.join(dataDir, PARTITIONS_DIR, partitionId);
+  return path.join(dataDir, PARTITIONS_DIR, parsePartitionId(partitionId));
 }
 
 /** The partition ID a partition directory stands for (its last path component). */
@@ -123,7 +116,11 @@ export function archiverPositionPath(partitionDirPath: string): string {
   return path.join(partitionDirPath, ARCHIVER_POSITION_FILE);
 }
 
-/** IDs of the partitions in a data directory, sorted; none when `partitions/` does not exist. */
+/**
+ * IDs of the partitions in a data directory, in partition order; none when
+ * `partitions/` does not exist. Directories whose name is not a partition ID
+ * (temporary ones, say) are not partitions.
+ */
 export async function listPartitionIds(dataDir: string): Promise<string[]> {
   const dir = path.join(dataDir, PARTITIONS_DIR);
   let names: Dirent[];
@@ -134,9 +131,9 @@ export async function listPartitionIds(dataDir: string): Promise<string[]> {
     throw fsError(err, 'list', dir);
   }
   return names
-    .filter((d) => d.isDirectory() && !d.name.startsWith('.'))
+    .filter((d) => d.isDirectory() && isPartitionId(d.name))
     .map((d) => d.name)
-    .sort();
+    .sort(comparePartitionIds);
 }
 
 function corrupt(partitionDirPath: string, lsn: number | undefined, message: string, cause?: unknown) {
@@ -216,16 +213,6 @@ async function makeStagingEntry(partitionDirPath: string, prefix: string): Promi
   }
 }
 
-async function pathExists(p: string): Promise<boolean> {
-  try {
-    await fsp.lstat(p);
-    return true;
-  } catch (err) {
-    if (isNotFound(err)) return false;
-    throw fsError(err, 'stat', p);
-  }
-}
-
 /**
  * Writes the entry at `lsn` (Gitaly's order): MANIFEST, the staged files
  * `1, 2, …`, then RAFT, each fsynced, in a staging directory that is then
@@ -255,7 +242,7 @@ export async function writeEntry(
   const raftBytes = encodeRaftEntry(input.raft);
 
   const target = entryDir(partitionDirPath, lsn);
-  if (await pathExists(target)) {
+  if (await pathExists(target, { followLinks: false })) {
     throw new WalArchiverError(
       ErrorCodes.ALREADY_EXISTS,
       `partition ${partitionIdOf(partitionDirPath)}: an entry exists at LSN ${lsn}; truncate it first`,
@@ -663,14 +650,7 @@ async function writeInPartition(file: string, data: Uint8Array | string): Promis
 
 /** The partition's raft hard state, or undefined if none was ever written (an unbootstrapped replica). */
 export async function readHardState(partitionDirPath: string): Promise<HardState | undefined> {
-  const file = hardStatePath(partitionDirPath);
-  const raw = await readOptional(file);
-  if (raw === undefined) return undefined;
-  try {
-    return decodeHardState(raw, 'raftpb.HardState');
-  } catch (err) {
-    throw corrupt(partitionDirPath, undefined, `${HARD_STATE_FILE}: ${(err as Error).message}`, err);
-  }
+  return readRaftState(partitionDirPath, HARD_STATE_FILE, (raw) => decodeHardState(raw, 'raftpb.HardState'));
 }
 
 /** Replaces `raft/hard_state` atomically and durably. */
@@ -680,19 +660,32 @@ export async function writeHardState(partitionDirPath: string, hs: HardState): P
 
 /** The partition's raft configuration, or undefined if none was written. */
 export async function readConfState(partitionDirPath: string): Promise<ConfState | undefined> {
-  const file = confStatePath(partitionDirPath);
-  const raw = await readOptional(file);
+  return readRaftState(partitionDirPath, CONF_STATE_FILE, (raw) => decodeConfState(raw, 'raftpb.ConfState'));
+}
+
+/** A file of the partition decoded, or undefined when there is none; CORRUPT naming it when it does not decode. */
+async function readRaftState<T>(
+  partitionDirPath: string,
+  name: string,
+  decode: (raw: Buffer) => T,
+): Promise<T | undefined> {
+  const raw = await readOptional(path.join(partitionDirPath, name));
   if (raw === undefined) return undefined;
   try {
-    return decodeConfState(raw, 'raftpb.ConfState');
+    return decode(raw);
   } catch (err) {
-    throw corrupt(partitionDirPath, undefined, `${CONF_STATE_FILE}: ${(err as Error).message}`, err);
+    throw corrupt(partitionDirPath, undefined, `${name}: ${(err as Error).message}`, err);
   }
 }
 
 /** Replaces `raft/conf_state` atomically and durably. */
 export async function writeConfState(partitionDirPath: string, cs: ConfState): Promise<void> {
   await writeInPartition(confStatePath(partitionDirPath), encodeConfState(cs));
+}
+
+/** Writes `raft/conf_state` naming `voters` and nothing else (no learners, no joint configuration). */
+export async function writeVoters(partitionDirPath: string, voters: readonly number[]): Promise<void> {
+  await writeConfState(partitionDirPath, { ...emptyConfState(), voters: [...voters] });
 }
 
 /**

@@ -1,27 +1,16 @@
 import { Topics } from '../../contract/events/event-bus.js';
 import { createLogger } from '../../contract/log.js';
-import { PARTITIONS_PREFIX, partitionOfKey } from '../manifest/keys.js';
+import { listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
 import { HttpStorageNode } from '../node/http-node.js';
 import { assertLeader } from '../node/storage-node.js';
 import { takeBaseBackup } from '../backup/take.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../backup/retention.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { openBusFlag, openStoreFlag } from './manifest.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from '../../contract/cli/runner.js';
-import type { ObjectStore } from '../store/object-store.js';
-
-/** Every partition with an object in the archive, in key order. */
-async function listPartitionIds(store: ObjectStore, signal?: AbortSignal): Promise<string[]> {
-  const ids = new Set<string>();
-  for await (const o of store.list(PARTITIONS_PREFIX, { signal })) {
-    const id = partitionOfKey(o.key);
-    if (id !== undefined) ids.add(id);
-  }
-  return [...ids];
-}
 
 /**
  * `wal-archiver backup`: one base backup by hand (trigger `manual`) from the
@@ -29,24 +18,8 @@ async function listPartitionIds(store: ObjectStore, signal?: AbortSignal): Promi
  * WAL segments no kept backup needs (idempotent; any process may run it).
  */
 
-const storeFlag = {
-  type: 'string',
-  help: 'the archive (s3://bucket/prefix?… or file:///path)',
-  value: 'URL',
-  required: true,
-  env: 'WAL_ARCHIVER_OBJECT_STORE',
-} as const;
-
-function checkPartition(p: string | undefined): void {
-  if (p !== undefined && !isValidPartitionId(p)) {
-    throw new UsageError(
-      `flag --partition: "${p}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
-    );
-  }
-}
-
 const backupFlags = {
-  'object-store': storeFlag,
+  'object-store': objectStoreFlag,
   'node-url': {
     type: 'string',
     help: "the partition's leader (storage node URL)",
@@ -83,7 +56,7 @@ export function parseBackupFlags(
   env: NodeJS.ProcessEnv,
 ): ParsedFlags<typeof backupFlags> {
   const f = parseFlags(argv, backupFlags, backupHelp, env);
-  checkPartition(f.partition);
+  checkPartitionFlag(f.partition);
   const mode = f['retention-mode'];
   if (mode !== undefined && mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') {
     throw new UsageError(`flag --retention-mode: "${mode}" is not GOVERNANCE or COMPLIANCE`);
@@ -137,7 +110,7 @@ export const backupCommand: Command = {
 };
 
 const retentionFlags = {
-  'object-store': storeFlag,
+  'object-store': objectStoreFlag,
   partition: { type: 'string', help: 'one partition', value: 'ID' },
   all: { type: 'bool', help: 'every partition in the archive', default: false },
   'keep-count': { type: 'int', help: 'keep the newest N base backups', value: 'N', min: 1, required: true },
@@ -167,7 +140,7 @@ export function parseRetentionFlags(
   env: NodeJS.ProcessEnv,
 ): ParsedFlags<typeof retentionFlags> {
   const f = parseFlags(argv, retentionFlags, retentionHelp, env);
-  checkPartition(f.partition);
+  checkPartitionFlag(f.partition);
   if ((f.partition === undefined) === !f.all) throw new UsageError('give one of --partition P or --all');
   return f;
 }
@@ -181,7 +154,9 @@ export const retentionCommand: Command = {
     try {
       if (!f['dry-run']) await verifyConditionalWrites(store, { signal: ctx.signal });
       const partitions =
-        f.partition !== undefined ? [f.partition] : await listPartitionIds(store, ctx.signal);
+        f.partition !== undefined
+          ? [f.partition]
+          : [...(await listArchivedPartitions(store, { signal: ctx.signal })).keys()];
       for (const partition of partitions) {
         const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
         if (!stored) {

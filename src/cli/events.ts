@@ -3,8 +3,8 @@ import os from 'node:os';
 import { describeError } from '../../contract/errors.js';
 import { Topics, type ConsumedEvent, type Subscription } from '../../contract/events/event-bus.js';
 import { formatBytes } from '../manifest/format.js';
+import { checkPartitionFlag } from './shared-flags.js';
 import {
-  isValidPartitionId,
   parseTopicEvent,
   type TopicEvent,
   type WalArchivedEvent,
@@ -107,11 +107,7 @@ export function parseEventsFlags(argv: readonly string[], env: NodeJS.ProcessEnv
   if (!(TOPIC_CHOICES as readonly string[]).includes(f.topic)) {
     throw new UsageError(`flag --topic: "${f.topic}" is not one of ${TOPIC_CHOICES.join(', ')}`);
   }
-  if (f.partition !== undefined && !isValidPartitionId(f.partition)) {
-    throw new UsageError(
-      `flag --partition: "${f.partition}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
-    );
-  }
+  checkPartitionFlag(f.partition);
   return f;
 }
 

@@ -1,6 +1,6 @@
 import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../../contract/errors.js';
 import type { EventBus, SubscribeOptions } from '../../contract/events/event-bus.js';
-import { checkEventBus, openEventBus } from '../../contract/events/open.js';
+import { openEventBus } from '../../contract/events/open.js';
 import { encodeJson } from '../manifest/cas.js';
 import { formatGlobalManifest, formatPartitionManifest } from '../manifest/format.js';
 import {
@@ -15,7 +15,7 @@ import {
 } from '../manifest/global-manifest.js';
 import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
@@ -35,13 +35,7 @@ export const PROGRESS_AFTER_MS = 2_000;
 export const PROGRESS_EVERY_MS = 5_000;
 
 const flags = {
-  'object-store': {
-    type: 'string',
-    help: 'the archive (s3://bucket/prefix?… or file:///path)',
-    value: 'URL',
-    required: true,
-    env: 'WAL_ARCHIVER_OBJECT_STORE',
-  },
+  'object-store': objectStoreFlag,
   partition: {
     type: 'string',
     help: "show one partition's manifest: leader, archived range, gaps, base backups",
@@ -104,11 +98,7 @@ const help = {
 /** Parses and cross-checks the flags; exported for the unit tests. */
 export function parseManifestFlags(argv: readonly string[], env: NodeJS.ProcessEnv): Flags {
   const f = parseFlags(argv, flags, help, env);
-  if (f.partition !== undefined && !isValidPartitionId(f.partition)) {
-    throw new UsageError(
-      `flag --partition: "${f.partition}" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)`,
-    );
-  }
+  checkPartitionFlag(f.partition);
   if (!f.rebuild) {
     if (f['from-events'] !== undefined) throw new UsageError('flag --from-events needs --rebuild');
     if (f['dry-run']) throw new UsageError('flag --dry-run needs --rebuild');
@@ -150,7 +140,7 @@ export async function openBusFlag(flag: string, url: string): Promise<EventBus> 
     throw flagError(flag, err);
   }
   try {
-    await checkEventBus(bus);
+    await bus.checkConnection();
   } catch (err) {
     await bus.close().catch(() => undefined);
     throw err;
@@ -223,6 +213,7 @@ function countingBus(bus: EventBus, counts: { events: number }): EventBus {
     },
     topicName: (topic) => bus.topicName(topic),
     publish: (topic, events, options) => bus.publish(topic, events, options),
+    checkConnection: () => bus.checkConnection(),
     subscribe: (options: SubscribeOptions) =>
       bus.subscribe({
         ...options,

@@ -4,7 +4,7 @@ import { parseTimeTarget, type RestoreTarget } from '../restore/plan.js';
 import { DEFAULT_NODES, restoreAll } from '../restore/restore-all.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition, type RestoreProgress } from '../restore/restore.js';
 import { verifyArchive } from '../restore/verify.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
 import { openObjectStore } from '../store/open.js';
 import { parseFlags, UsageError } from '../../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
@@ -18,14 +18,6 @@ import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../
  */
 
 export const PROGRESS_EVERY_MS = 2_000;
-
-const objectStoreFlag = {
-  type: 'string',
-  help: 'the archive (s3://bucket/prefix?… or file:///path)',
-  value: 'URL',
-  required: true,
-  env: 'WAL_ARCHIVER_OBJECT_STORE',
-} as const;
 
 const restoreFlags = {
   'object-store': objectStoreFlag,
@@ -188,8 +180,7 @@ export const restoreCommand: Command = {
     const f = parseFlags(argv, restoreFlags, restoreHelp, ctx.env);
     if ((f.partition !== undefined) === f.all)
       throw new UsageError('give exactly one of --partition P or --all');
-    if (f.partition !== undefined && !isValidPartitionId(f.partition))
-      throw new UsageError(`--partition "${f.partition}" is not a partition ID`);
+    checkPartitionFlag(f.partition);
     const target = parseTarget(f);
     if (f.all && target.kind === 'lsn')
       throw new UsageError("--to-lsn names one partition's LSN: with --all use --to-time or --latest");
@@ -255,8 +246,7 @@ export const verifyCommand: Command = {
   summary: 'check the archive: objects present, checksums, coverage, manifests',
   async run(argv: string[], ctx: CommandContext): Promise<number> {
     const f = parseFlags(argv, verifyFlags, verifyHelp, ctx.env);
-    if (f.partition !== undefined && !isValidPartitionId(f.partition))
-      throw new UsageError(`--partition "${f.partition}" is not a partition ID`);
+    checkPartitionFlag(f.partition);
     const store = await openObjectStore(f['object-store']);
     try {
       const report = await verifyArchive(store, {

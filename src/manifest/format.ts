@@ -4,7 +4,8 @@
  * clock is passed in.
  */
 
-import { comparePartitionIds, type GlobalManifest, type GlobalPartitionEntry } from './global-manifest.js';
+import { comparePartitionIds } from '../../contract/partition-id.js';
+import { type GlobalManifest, type GlobalPartitionEntry } from './global-manifest.js';
 import { archivedSegments, contiguousRuns, type PartitionManifest } from './partition-manifest.js';
 
 export interface FormatOptions {

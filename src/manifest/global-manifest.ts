@@ -41,11 +41,11 @@
 import { randomBytes } from 'node:crypto';
 import { ErrorCodes, isWalArchiverError, throwIfAborted } from '../../contract/errors.js';
 import { Topics, type EventBus, type Subscription } from '../../contract/events/event-bus.js';
+import { comparePartitionIds, isPartitionId } from '../../contract/partition-id.js';
 import { sleep } from '../../contract/retry.js';
 import {
   FieldReader,
   corrupt,
-  isValidPartitionId,
   parseTopicEvent,
   type TopicEvent,
   type WalArchivedEvent,
@@ -55,14 +55,8 @@ import {
 import type { ObjectInfo, ObjectStore } from '../store/object-store.js';
 import { MetadataKeys } from '../store/object-store.js';
 import { readDocument, updateDocument, type CasOptions, type StoredDocument } from './cas.js';
-import {
-  GLOBAL_MANIFEST_KEY,
-  PARTITIONS_PREFIX,
-  partitionOfKey,
-  tryParseBaseKey,
-  tryParsePartitionManifestKey,
-  tryParseSegmentKey,
-} from './keys.js';
+import { GLOBAL_MANIFEST_KEY, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
+import { listArchivedPartitions, type ArchivedPartition } from './archived-partitions.js';
 import { formatLsn } from '../../contract/wal/lsn.js';
 import { contiguousPrefix, readPartitionManifest, type PartitionManifest } from './partition-manifest.js';
 
@@ -109,21 +103,6 @@ export const MANIFEST_TOPICS = [Topics.ARCHIVED, Topics.BACKUPS, Topics.LEADERSH
 
 // ---------------------------------------------------------------------------
 // Ordering and parsing
-
-/** Partition IDs in natural order: numeric IDs by value, before any other ID, which sort by code unit. */
-export function comparePartitionIds(a: string, b: string): number {
-  const an = /^\d+$/.test(a);
-  const bn = /^\d+$/.test(b);
-  if (an && bn) {
-    const x = a.replace(/^0+(?=\d)/, '');
-    const y = b.replace(/^0+(?=\d)/, '');
-    if (x.length !== y.length) return x.length - y.length;
-    if (x !== y) return x < y ? -1 : 1;
-  } else if (an !== bn) {
-    return an ? -1 : 1;
-  }
-  return a < b ? -1 : a > b ? 1 : 0;
-}
 
 function sortedPartitions(
   partitions: Record<string, GlobalPartitionEntry>,
@@ -173,7 +152,7 @@ export function parseGlobalManifest(value: unknown): GlobalManifest {
   const raw = new FieldReader(r.object('partitions'), 'global manifest partitions');
   const partitions: Record<string, GlobalPartitionEntry> = {};
   for (const id of Object.keys(raw.obj)) {
-    if (!isValidPartitionId(id))
+    if (!isPartitionId(id))
       throw corrupt('global manifest', `partition ID ${JSON.stringify(id)} is malformed`);
     partitions[id] = parseEntry(raw.obj[id], id);
   }
@@ -620,12 +599,6 @@ export interface RebuildFromObjectsResult {
   problems: RebuildProblem[];
 }
 
-interface ListedPartition {
-  manifest?: ObjectInfo;
-  segments: ObjectInfo[];
-  backups: ObjectInfo[];
-}
-
 async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array<R>(items.length);
   let next = 0;
@@ -663,7 +636,7 @@ function lsnForms(lsn: number): string[] {
 async function entryFromObjects(
   store: ObjectStore,
   partition: string,
-  listed: ListedPartition,
+  listed: ArchivedPartition,
   options: RebuildFromObjectsOptions,
   problems: RebuildProblem[],
 ): Promise<GlobalPartitionEntry> {
@@ -733,26 +706,13 @@ export async function rebuildFromObjects(
   options: RebuildFromObjectsOptions = {},
 ): Promise<RebuildFromObjectsResult> {
   const now = options.now ?? (() => new Date());
-  const listed = new Map<string, ListedPartition>();
-  const slot = (id: string) => {
-    let p = listed.get(id);
-    if (!p) listed.set(id, (p = { segments: [], backups: [] }));
-    return p;
-  };
-  for await (const obj of store.list(PARTITIONS_PREFIX, { signal: options.signal })) {
-    const id = partitionOfKey(obj.key);
-    if (id === undefined) continue;
-    if (tryParsePartitionManifestKey(obj.key) !== undefined) slot(id).manifest = obj;
-    else if (tryParseSegmentKey(obj.key)) slot(id).segments.push(obj);
-    else if (tryParseBaseKey(obj.key)) slot(id).backups.push(obj);
-  }
+  const listed = await listArchivedPartitions(store, options.signal ? { signal: options.signal } : {});
 
   const partitions: Record<string, GlobalPartitionEntry> = {};
   const sources: Record<string, 'manifest' | 'objects'> = {};
   const problems: RebuildProblem[] = [];
-  for (const id of [...listed.keys()].sort(comparePartitionIds)) {
+  for (const [id, p] of listed) {
     throwIfAborted(options.signal);
-    const p = listed.get(id)!;
     if (p.manifest) {
       try {
         const stored = await readPartitionManifest(store, id, { signal: options.signal });

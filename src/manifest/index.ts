@@ -1,4 +1,5 @@
 export * from './keys.js';
+export * from './archived-partitions.js';
 export * from './cas.js';
 export * from './partition-manifest.js';
 export * from './global-manifest.js';

@@ -12,7 +12,7 @@
  */
 
 import { ErrorCodes, WalArchiverError } from '../../contract/errors.js';
-import { isValidPartitionId } from '../../contract/events/schemas.js';
+import { isPartitionId, parsePartitionId } from '../../contract/partition-id.js';
 import { LSN_NAME_LENGTH, formatLsn, tryParseLsn } from '../../contract/wal/lsn.js';
 
 export const GLOBAL_MANIFEST_KEY = 'manifest.json';
@@ -40,19 +40,9 @@ function invalid(message: string): WalArchiverError {
   return new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, message, { retryable: false });
 }
 
-/** Throws INVALID_ARGUMENT unless `partition` is a valid partition ID. */
-export function assertPartitionId(partition: unknown): asserts partition is string {
-  if (!isValidPartitionId(partition)) {
-    throw invalid(
-      `invalid partition ID ${JSON.stringify(partition)}: use 1-64 of [A-Za-z0-9._-], starting with a letter or digit`,
-    );
-  }
-}
-
-/** `partitions/<id>/` */
+/** `partitions/<id>/`; INVALID_ARGUMENT unless `partition` is a partition ID. */
 export function partitionPrefix(partition: string): string {
-  assertPartitionId(partition);
-  return `${PARTITIONS_PREFIX}${partition}/`;
+  return `${PARTITIONS_PREFIX}${parsePartitionId(partition)}/`;
 }
 
 /** `partitions/<id>/manifest.json` */
@@ -88,7 +78,7 @@ function splitPartitionKey(key: string, folder: string): { partition: string; na
   const parts = key.slice(PARTITIONS_PREFIX.length).split('/');
   if (parts.length !== 3 || parts[1] !== folder) return undefined;
   const [partition, , name] = parts as [string, string, string];
-  if (!isValidPartitionId(partition)) return undefined;
+  if (!isPartitionId(partition)) return undefined;
   return { partition, name };
 }
 
@@ -132,12 +122,12 @@ export function tryParsePartitionManifestKey(key: string): string | undefined {
   if (typeof key !== 'string' || !key.startsWith(PARTITIONS_PREFIX)) return undefined;
   const parts = key.slice(PARTITIONS_PREFIX.length).split('/');
   if (parts.length !== 2 || parts[1] !== PARTITION_MANIFEST_NAME) return undefined;
-  return isValidPartitionId(parts[0]) ? parts[0] : undefined;
+  return isPartitionId(parts[0]) ? parts[0] : undefined;
 }
 
 /** The partition a key under `partitions/` belongs to, or undefined. */
 export function partitionOfKey(key: string): string | undefined {
   if (typeof key !== 'string' || !key.startsWith(PARTITIONS_PREFIX)) return undefined;
   const id = key.slice(PARTITIONS_PREFIX.length).split('/')[0];
-  return isValidPartitionId(id) ? id : undefined;
+  return isPartitionId(id) ? id : undefined;
 }

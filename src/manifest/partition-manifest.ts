@@ -36,10 +36,9 @@
  * - Re-applying an update already applied changes nothing and writes nothing.
  *
  * Time → LSN: every segment records the commit times of its first and last
- * entries, so the manifest knows the commit time of every segment boundary.
- * `lsnAtTime` resolves a time exactly when it falls between two boundaries
- * that are adjacent LSNs, else to the one segment holding the boundary, with
- * a safe lower bound; entry-exact resolution needs the entries' own times.
+ * entries, so the manifest knows the commit time of every segment boundary;
+ * restore planning (`src/restore/plan.ts`) resolves a time and covers an LSN
+ * range from them.
  */
 
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
@@ -47,14 +46,14 @@ import {
   BACKUP_TRIGGERS,
   FieldReader,
   corrupt,
-  normaliseTime,
   type BackupTrigger,
   type WalArchivedEvent,
   type WalBackupEvent,
 } from '../../contract/events/schemas.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { readDocument, updateDocument, type StoredDocument, type UpdateOptions } from './cas.js';
-import { assertPartitionId, partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
+import { parsePartitionId } from '../../contract/partition-id.js';
+import { partitionManifestKey, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
 
 export const PARTITION_MANIFEST_SCHEMA = 1;
 
@@ -384,12 +383,38 @@ function sameBackupObject(a: BackupRecord, b: BackupRecord): boolean {
   return a.sha256 === b.sha256 && a.bytes === b.bytes && a.lsn === b.lsn;
 }
 
+/**
+ * Adds reported records to `into` by key: a new key is added, a known one must
+ * name the same object (CORRUPT otherwise: a key names one immutable object);
+ * a malformed record is INVALID_ARGUMENT.
+ */
+function mergeRecords<T extends { key: string }>(
+  into: Map<string, T>,
+  reported: readonly unknown[] | undefined,
+  parse: (raw: unknown, index: number) => T,
+  same: (a: T, b: T) => boolean,
+  conflict: (recorded: T, reportedNow: T) => string,
+  partition: string,
+): void {
+  (reported ?? []).forEach((raw, i) => {
+    let r: T;
+    try {
+      r = parse(raw, i);
+    } catch (err) {
+      invalidInput(err);
+    }
+    const existing = into.get(r.key);
+    if (existing && !same(existing, r))
+      throw corrupt(`partition ${partition} manifest`, conflict(existing, r), { partition, key: r.key });
+    if (!existing) into.set(r.key, r);
+  });
+}
+
 /** An empty manifest at version 0, as the base of a partition's first write. */
 export function emptyPartitionManifest(partition: string, now: Date): PartitionManifest {
-  assertPartitionId(partition);
   return {
     schema: 1,
-    partition,
+    partition: parsePartitionId(partition),
     leader: null,
     version: 0,
     archived: null,
@@ -449,40 +474,24 @@ export function applyPartitionUpdate(
   for (const key of update.removeSegments ?? []) segments.delete(key);
   for (const key of update.removeBackups ?? []) backups.delete(key);
 
-  (update.segments ?? []).forEach((raw, i) => {
-    let s: SegmentRecord;
-    try {
-      s = parseSegmentRecord(raw, partition, i);
-    } catch (err) {
-      invalidInput(err);
-    }
-    const existing = segments.get(s.key);
-    if (existing && !sameSegmentObject(existing, s)) {
-      throw corrupt(
-        `partition ${partition} manifest`,
-        `segment ${s.key} is recorded with sha256 ${existing.sha256} (${existing.bytes} bytes), now reported with ${s.sha256} (${s.bytes} bytes)`,
-        { partition, key: s.key },
-      );
-    }
-    if (!existing) segments.set(s.key, s);
-  });
-  (update.backups ?? []).forEach((raw, i) => {
-    let b: BackupRecord;
-    try {
-      b = parseBackupRecord(raw, partition, i);
-    } catch (err) {
-      invalidInput(err);
-    }
-    const existing = backups.get(b.key);
-    if (existing && !sameBackupObject(existing, b)) {
-      throw corrupt(
-        `partition ${partition} manifest`,
-        `base backup ${b.key} is recorded with sha256 ${existing.sha256}, now reported with ${b.sha256}`,
-        { partition, key: b.key },
-      );
-    }
-    if (!existing) backups.set(b.key, b);
-  });
+  mergeRecords(
+    segments,
+    update.segments,
+    (raw, i) => parseSegmentRecord(raw, partition, i),
+    sameSegmentObject,
+    (was, now) =>
+      `segment ${now.key} is recorded with sha256 ${was.sha256} (${was.bytes} bytes), now reported with ${now.sha256} (${now.bytes} bytes)`,
+    partition,
+  );
+  mergeRecords(
+    backups,
+    update.backups,
+    (raw, i) => parseBackupRecord(raw, partition, i),
+    sameBackupObject,
+    (was, now) =>
+      `base backup ${now.key} is recorded with sha256 ${was.sha256}, now reported with ${now.sha256}`,
+    partition,
+  );
 
   const segmentList = [...segments.values()].sort(compareSegments);
   let archived: ArchivedRange | null;
@@ -525,32 +534,6 @@ export function archivedSegments(m: PartitionManifest): SegmentRecord[] {
   return m.segments.filter((s) => s.first_lsn >= a.first_lsn && s.last_lsn <= a.last_lsn);
 }
 
-/**
- * The fewest segments that together hold every LSN from `fromLsn` to `toLsn`,
- * in LSN order (they may overlap). Throws NOT_FOUND naming the first LSN no
- * segment holds.
- */
-export function coveringSegments(m: PartitionManifest, fromLsn: number, toLsn: number): SegmentRecord[] {
-  const out: SegmentRecord[] = [];
-  let next = fromLsn;
-  while (next <= toLsn) {
-    let best: SegmentRecord | undefined;
-    for (const s of m.segments) {
-      if (s.first_lsn <= next && s.last_lsn >= next && (!best || s.last_lsn > best.last_lsn)) best = s;
-    }
-    if (!best) {
-      throw new WalArchiverError(
-        ErrorCodes.NOT_FOUND,
-        `partition ${m.partition}: no archived segment holds LSN ${next}`,
-        { retryable: false, details: { partition: m.partition, lsn: next } },
-      );
-    }
-    out.push(best);
-    next = best.last_lsn + 1;
-  }
-  return out;
-}
-
 /** The base backup with the greatest LSN ≤ `lsn` (any LSN when omitted), or undefined. */
 export function latestBackupAtOrBefore(
   m: PartitionManifest,
@@ -559,77 +542,6 @@ export function latestBackupAtOrBefore(
   let best: BackupRecord | undefined;
   for (const b of m.backups) if (b.lsn <= lsn && (!best || b.lsn > best.lsn)) best = b;
   return best;
-}
-
-export interface TimeResolution {
-  /** The greatest LSN known to be committed at or before the time: always a safe answer. */
-  lsn: number;
-  /** The greatest LSN that may be committed at or before the time; equals `lsn` when exact. */
-  maxLsn: number;
-  exact: boolean;
-  /**
-   * When not exact: the segment holding LSNs lsn+1 … maxLsn, whose entries
-   * decide where between them the time falls.
-   */
-  segment?: SegmentRecord;
-  /** The time is at or after the commit time of the last archived LSN. */
-  atEnd: boolean;
-}
-
-/**
- * The greatest archived LSN whose commit time is at or before `time`, as far
- * as the segment boundary times tell; undefined when the first archived LSN
- * was committed after it. Only the contiguous archived range counts.
- *
- * Precision is the segment: the answer is exact when the time falls between
- * two boundary LSNs that are adjacent, else `lsn` (a safe lower bound) and
- * `maxLsn` name the candidates and `segment` the one segment to read to
- * narrow them down. Commit times are taken as a prefix: the answer stops
- * before the first boundary committed after `time`, even if a clock step
- * makes a later boundary look earlier.
- */
-export function lsnAtTime(m: PartitionManifest, time: Date | string): TimeResolution | undefined {
-  const t =
-    typeof time === 'string'
-      ? normaliseTime(time)
-      : Number.isNaN(time.getTime())
-        ? undefined
-        : time.toISOString();
-  if (t === undefined) {
-    throw new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `invalid time ${String(time)}`, {
-      retryable: false,
-    });
-  }
-  const segments = archivedSegments(m);
-  if (segments.length === 0) return undefined;
-
-  const points = new Map<number, string>();
-  const addPoint = (lsn: number, at: string) => {
-    const prev = points.get(lsn);
-    if (prev === undefined || at < prev) points.set(lsn, at);
-  };
-  for (const s of segments) {
-    addPoint(s.first_lsn, s.first_committed_at);
-    addPoint(s.last_lsn, s.last_committed_at);
-  }
-  const sorted = [...points.entries()].sort((a, b) => a[0] - b[0]);
-  const upperIndex = sorted.findIndex(([, at]) => at > t);
-  if (upperIndex === 0) return undefined;
-  if (upperIndex === -1) {
-    const last = sorted[sorted.length - 1][0];
-    return { lsn: last, maxLsn: last, exact: true, atEnd: true };
-  }
-  const lower = sorted[upperIndex - 1][0];
-  const upper = sorted[upperIndex][0];
-  if (upper === lower + 1) return { lsn: lower, maxLsn: lower, exact: true, atEnd: false };
-  const segment = segments.find((s) => s.first_lsn <= lower + 1 && s.last_lsn >= upper - 1);
-  if (!segment) {
-    throw new WalArchiverError(
-      ErrorCodes.INTERNAL,
-      `partition ${m.partition}: no segment holds LSNs ${lower + 1}-${upper - 1}`,
-    );
-  }
-  return { lsn: lower, maxLsn: upper - 1, exact: false, segment, atEnd: false };
 }
 
 // ---------------------------------------------------------------------------

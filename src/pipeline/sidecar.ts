@@ -18,6 +18,7 @@ import { Semaphore } from '../semaphore.js';
 import { BackupSlots, resolveThresholds, type ThresholdOverrides, type Thresholds } from '../policy/index.js';
 import type { BackupRetentionConfig } from '../backup/take.js';
 import type { RetentionPolicy } from '../backup/retention.js';
+import { comparePartitionIds } from '../../contract/partition-id.js';
 
 /**
  * The sidecar: runs beside one storage node (same data directory), follows
@@ -210,7 +211,7 @@ export class Sidecar {
         published: this.o.events ? a.publishedLsn : null,
         ...(a.error ? { error: a.error } : {}),
       }))
-      .sort((x, y) => Number(x.partition) - Number(y.partition));
+      .sort((x, y) => comparePartitionIds(x.partition, y.partition));
   }
 
   /** Resolves once every led partition has resumed (tests, start-up). */

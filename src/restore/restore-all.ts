@@ -1,16 +1,10 @@
-import { setMaxListeners } from 'node:events';
 import { lstat, readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { chmod, copyFile, mkdir, rm } from '../../contract/fs/durable-fs.js';
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
-import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
-import {
-  PARTITIONS_PREFIX,
-  partitionOfKey,
-  tryParseBaseKey,
-  tryParsePartitionManifestKey,
-  tryParseSegmentKey,
-} from '../manifest/keys.js';
+import { ErrorCodes, WalArchiverError, followAbort, isWalArchiverError } from '../../contract/errors.js';
+import { comparePartitionIds } from '../../contract/partition-id.js';
+import { readGlobalManifest } from '../manifest/global-manifest.js';
+import { holdsArchive, listArchivedPartitions } from '../manifest/archived-partitions.js';
 import { Semaphore } from '../semaphore.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { PARTITIONS_DIR } from '../../contract/wal/entry.js';
@@ -100,16 +94,8 @@ export async function archivedPartitions(
     );
   }
   const inObjects = new Set<string>();
-  for await (const obj of store.list(PARTITIONS_PREFIX, options.signal ? { signal: options.signal } : {})) {
-    const id = partitionOfKey(obj.key);
-    if (id === undefined || inObjects.has(id)) continue;
-    if (
-      tryParsePartitionManifestKey(obj.key) !== undefined ||
-      tryParseSegmentKey(obj.key) ||
-      tryParseBaseKey(obj.key)
-    )
-      inObjects.add(id);
-  }
+  for (const [id, p] of await listArchivedPartitions(store, options.signal ? { signal: options.signal } : {}))
+    if (holdsArchive(p)) inObjects.add(id);
   const sources: Record<string, PartitionSource> = {};
   for (const id of [...new Set([...inManifest, ...inObjects])].sort(comparePartitionIds)) {
     sources[id] = !inObjects.has(id)
@@ -167,12 +153,8 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
   const voters = Array.from({ length: o.nodes }, (_, i) => i + 1);
   const concurrency = Math.max(1, o.concurrency ?? DEFAULT_RESTORE_CONCURRENCY);
   const downloads = new Semaphore(concurrency);
-  const controller = new AbortController();
   // Every request of a long restore listens on this signal.
-  setMaxListeners(0, controller.signal);
-  const onAbort = () => controller.abort(o.signal?.reason);
-  if (o.signal?.aborted) onAbort();
-  o.signal?.addEventListener('abort', onAbort, { once: true });
+  const { controller, release } = followAbort(o.signal);
   const results: RestoreResult[] = [];
   const skipped: RestoreAllResult['skipped'] = [];
   try {
@@ -233,7 +215,7 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
     await rm(build, { recursive: true, force: true });
     throw err;
   } finally {
-    o.signal?.removeEventListener('abort', onAbort);
+    release();
   }
   results.sort((a, b) => comparePartitionIds(a.partition, b.partition));
   for (const r of results) r.targetDir = join(targetDir, 'node-1', PARTITIONS_DIR, r.partition);

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { setMaxListeners } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -8,7 +7,7 @@ import { DecompressStream } from 'zstd-napi';
 import { fetchSegment, type ExtractedEntry } from '../archive/segment-reader.js';
 import { ContentDigest, decodeEntryInfo } from '../../contract/wal/entry-info.js';
 import { mkdir, rename, rm, rmdir, writeFile } from '../../contract/fs/durable-fs.js';
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
+import { ErrorCodes, WalArchiverError, followAbort, isWalArchiverError } from '../../contract/errors.js';
 import { fsyncDir, isNotFound, syncTree } from '../../contract/fs/fs-atomic.js';
 import { HashingStream } from '../archive/hashing-stream.js';
 import type { Semaphore } from '../semaphore.js';
@@ -18,7 +17,7 @@ import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import {
   writeAppliedLsn,
   writeArchiverPosition,
-  writeConfState,
+  writeVoters,
   writeHardState,
   writeSnapshotMeta,
 } from '../../contract/wal/entry.js';
@@ -505,13 +504,7 @@ export async function writeBootFiles(
   stamps: { stamp: number; whole: boolean } = { stamp: 0, whole: false },
 ): Promise<void> {
   await writeSnapshotMeta(dir, { index: lsn, term, voters }, stamps.stamp, stamps.whole);
-  await writeConfState(dir, {
-    voters: [...voters],
-    learners: [],
-    votersOutgoing: [],
-    learnersNext: [],
-    autoLeave: false,
-  });
+  await writeVoters(dir, voters);
   await writeHardState(dir, { term, vote: 0, commit: lsn });
   await writeAppliedLsn(dir, lsn);
   // Everything up to the restored LSN is in the archive: a node booted from
@@ -552,12 +545,8 @@ export async function restorePartition(o: RestorePartitionOptions): Promise<Rest
   await mkdir(dirname(build), { recursive: true });
   await prepareBuildDir(build, { partition: o.partition, target: o.target });
   const work = join(build, WORK_DIR);
-  const controller = new AbortController();
   // Every request of a long restore listens on this signal.
-  setMaxListeners(0, controller.signal);
-  const onAbort = () => controller.abort(o.signal?.reason);
-  if (o.signal?.aborted) onAbort();
-  o.signal?.addEventListener('abort', onAbort, { once: true });
+  const { controller, release } = followAbort(o.signal);
   try {
     const result = await restoreInto(o, build, work, controller);
     await rm(work, { recursive: true, force: true });
@@ -583,7 +572,7 @@ export async function restorePartition(o: RestorePartitionOptions): Promise<Rest
     await rm(build, { recursive: true, force: true }).catch(() => undefined);
     throw err;
   } finally {
-    o.signal?.removeEventListener('abort', onAbort);
+    release();
   }
 }
 

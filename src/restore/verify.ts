@@ -1,13 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { setMaxListeners } from 'node:events';
 import { mkdir, rm } from '../../contract/fs/durable-fs.js';
 import { join } from 'node:path';
-import { ErrorCodes, describeError, isWalArchiverError } from '../../contract/errors.js';
-import { comparePartitionIds, readGlobalManifest } from '../manifest/global-manifest.js';
+import { ErrorCodes, describeError, followAbort, isWalArchiverError } from '../../contract/errors.js';
+import { listArchivedPartitions } from '../manifest/archived-partitions.js';
+import { readGlobalManifest } from '../manifest/global-manifest.js';
 import {
-  PARTITIONS_PREFIX,
   partitionManifestKey,
-  partitionOfKey,
   partitionPrefix,
   tryParseBaseKey,
   tryParseSegmentKey,
@@ -246,15 +244,11 @@ export async function verifyPartition(
 /** Verifies one partition, or every partition the objects and the global manifest name. */
 export async function verifyArchive(store: ObjectStore, given: VerifyOptions): Promise<VerifyReport> {
   // Every request listens on the signal: give them one of their own.
-  const controller = new AbortController();
-  setMaxListeners(0, controller.signal);
-  const onAbort = () => controller.abort(given.signal?.reason);
-  if (given.signal?.aborted) onAbort();
-  given.signal?.addEventListener('abort', onAbort, { once: true });
+  const { controller, release } = followAbort(given.signal);
   try {
     return await verifyWith(store, { ...given, signal: controller.signal });
   } finally {
-    given.signal?.removeEventListener('abort', onAbort);
+    release();
   }
 }
 
@@ -276,11 +270,7 @@ async function verifyWith(store: ObjectStore, options: VerifyOptions): Promise<V
   if (options.partition !== undefined) {
     ids = [options.partition];
   } else {
-    const fromObjects = new Set<string>();
-    for await (const o of store.list(PARTITIONS_PREFIX, signal ? { signal } : {})) {
-      const id = partitionOfKey(o.key);
-      if (id !== undefined) fromObjects.add(id);
-    }
+    const fromObjects = new Set((await listArchivedPartitions(store, signal ? { signal } : {})).keys());
     let fromGlobal: Set<string> | undefined;
     try {
       const stored = await readGlobalManifest(store, signal ? { signal } : {});
@@ -303,7 +293,7 @@ async function verifyWith(store: ObjectStore, options: VerifyOptions): Promise<V
       if (fromGlobal && !fromGlobal.has(id))
         finding('warning', 'partition has objects but is not in the global manifest (yet)', undefined, id);
     }
-    ids = [...fromObjects].sort(comparePartitionIds);
+    ids = [...fromObjects];
   }
   const partitions: PartitionVerifyReport[] = [];
   for (const id of ids) partitions.push(await verifyPartition(store, id, options));

@@ -9,6 +9,8 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
+import { fsyncDir } from '../../contract/fs/fs-atomic.js';
+import { sleep } from '../../contract/retry.js';
 import { maskUrl, parseServiceUrl } from '../../contract/url.js';
 import {
   compareKeys,
@@ -91,18 +93,24 @@ interface LockContent {
 /** Nonces of the locks this process holds, to tell its own locks from a crashed predecessor's with the same pid. */
 const heldLocks = new Set<string>();
 
+/**
+ * The errno of a file system error, also when fs-atomic wrapped it
+ * (`fsyncDir`): the store classifies by errno, whoever raised it.
+ */
 function errno(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err
-    ? String((err as { code: unknown }).code)
+  const raw = unwrapFsError(err);
+  return typeof raw === 'object' && raw !== null && 'code' in raw
+    ? String((raw as { code: unknown }).code)
     : undefined;
+}
+
+/** The Node error inside a WalArchiverError that fs-atomic made of it (it records the errno), else `err`. */
+function unwrapFsError(err: unknown): unknown {
+  return err instanceof WalArchiverError && typeof err.details?.errno === 'string' ? err.cause : err;
 }
 
 function oneLine(text: string): string {
   return text.split('\n')[0] ?? '';
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function randomName(): string {
@@ -114,15 +122,6 @@ async function ignoreMissing(work: Promise<unknown>): Promise<void> {
     await work;
   } catch (err) {
     if (errno(err) !== 'ENOENT') throw err;
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  try {
-    await dfs.fsyncPath(dir, 'fsyncDir');
-  } catch (err) {
-    // Some file systems cannot fsync a directory; the rename is still atomic there.
-    if (!['EINVAL', 'EISDIR', 'EPERM', 'ENOTSUP'].includes(errno(err) ?? '')) throw err;
   }
 }
 
@@ -342,13 +341,18 @@ export class FolderStore implements ObjectStore {
     }
   }
 
-  async create(key: string, body: Body, options: CreateOptions = {}): Promise<ObjectInfo> {
+  /** The checks a create or replace starts with, then its body staged under tmp/. */
+  private async checkAndStage(key: string, body: Body, options: CreateOptions): Promise<Staged> {
     this.checkOpen();
     validateKey(key, this.url);
     validateCreateOptions(options, this.url);
     throwIfAborted(options.signal);
     await this.ensureRoot();
-    const staged = await this.stage(key, body, options);
+    return this.stage(key, body, options);
+  }
+
+  async create(key: string, body: Body, options: CreateOptions = {}): Promise<ObjectInfo> {
+    const staged = await this.checkAndStage(key, body, options);
     try {
       // A key whose <root>/K is gone while versions remain is an unfinished delete: it still exists.
       if ((await this.newestVersion(key, 'create')) !== undefined)
@@ -363,12 +367,7 @@ export class FolderStore implements ObjectStore {
   }
 
   async replace(key: string, body: Buffer, options: ReplaceOptions): Promise<ObjectInfo> {
-    this.checkOpen();
-    validateKey(key, this.url);
-    validateCreateOptions(options, this.url);
-    throwIfAborted(options.signal);
-    await this.ensureRoot();
-    const staged = await this.stage(key, body, options);
+    const staged = await this.checkAndStage(key, body, options);
     let committed = false;
     try {
       const release = await this.lock(key, options.signal);
@@ -996,7 +995,8 @@ export class FolderStore implements ObjectStore {
     );
   }
 
-  private fail(op: string, key: string | undefined, err: unknown): WalArchiverError {
+  private fail(op: string, key: string | undefined, given: unknown): WalArchiverError {
+    const err = unwrapFsError(given);
     if (err instanceof WalArchiverError) return err;
     const code = errno(err);
     const what = oneLine(err instanceof Error ? err.message : String(err));

@@ -33,18 +33,4 @@ export {
   type RaftStorage,
 } from './storage.js';
 export { RaftError, RaftErrorKinds, isRaftError, type RaftErrorKind } from './errors.js';
-export {
-  NONE,
-  type Entry,
-  type EntryType,
-  type HardState,
-  type Message,
-  type MessageType,
-  type PeerProgress,
-  type ProgressState,
-  type Ready,
-  type Role,
-  type SnapshotMeta,
-  type SoftState,
-  type Status,
-} from './types.js';
+export * from './types.js';

@@ -10,11 +10,8 @@ import { setDurableObserver } from '../../contract/fs/durable-fs.js';
 import { isWalArchiverError } from '../../contract/errors.js';
 import { readAll } from '../../src/manifest/cas.js';
 import { baseBackupPrefix, segmentPrefix } from '../../src/manifest/keys.js';
-import {
-  coveringSegments,
-  readPartitionManifest,
-  type PartitionManifest,
-} from '../../src/manifest/partition-manifest.js';
+import { readPartitionManifest, type PartitionManifest } from '../../src/manifest/partition-manifest.js';
+import { archiveFromManifest, coverRange } from '../../src/restore/plan.js';
 import { takeBaseBackup, type BaseBackupResult } from '../../src/backup/take.js';
 import { verifyBaseBackup } from '../../src/backup/verify.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../../src/backup/retention.js';
@@ -244,13 +241,15 @@ describe.each([
     const kept = (await readPartitionManifest(s.store, P))!.value;
     expect(kept.backups.map((b) => b.key)).toEqual([second.record.key, third.record.key]);
     // Every point from the oldest kept backup on still restores: its backup plus the WAL after it.
-    expect(() => coveringSegments(kept, second.record.lsn + 1, kept.archived!.last_lsn)).not.toThrow();
+    expect(() =>
+      coverRange(archiveFromManifest(kept), second.record.lsn + 1, kept.archived!.last_lsn, 'the test'),
+    ).not.toThrow();
     // The latest point needs only the latest backup and the WAL after it.
     const tail =
       third.record.lsn < kept.archived!.last_lsn
-        ? coveringSegments(kept, third.record.lsn + 1, kept.archived!.last_lsn)
+        ? coverRange(archiveFromManifest(kept), third.record.lsn + 1, kept.archived!.last_lsn, 'the test')
         : [];
-    expect(tail.every((x) => x.last_lsn > third.record.lsn)).toBe(true);
+    expect(tail.every((x) => x.lastLsn > third.record.lsn)).toBe(true);
 
     // Twice is harmless.
     const twice = await applyRetention(

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
+import { capturingLogger } from '../helpers/capturing-logger.js';
 import type { ConsumedEvent, EventBus, Subscription } from '../../contract/events/event-bus.js';
 import { openEventBus } from '../../contract/events/open.js';
 import { waitFor } from './event-bus.conformance.js';
@@ -37,7 +38,7 @@ async function folder(params = ''): Promise<{ dir: string; url: string; open: ()
     open: async () => {
       const bus = await openEventBus(url, {
         folder: TUNING,
-        logger: (level, message) => logs.push(`${level} ${message}`),
+        logger: capturingLogger(logs),
       });
       buses.push(bus);
       return bus;

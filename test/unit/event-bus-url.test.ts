@@ -6,7 +6,8 @@ import { pathToFileURL } from 'node:url';
 import { Partitioners } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, isRetryable, isWalArchiverError } from '../../contract/errors.js';
-import { checkEventBus, openEventBus } from '../../contract/events/open.js';
+import { capturingLogger } from '../helpers/capturing-logger.js';
+import { openEventBus } from '../../contract/events/open.js';
 import { partitionForKey } from '../../contract/events/partitioner.js';
 
 async function failure(p: Promise<unknown>): Promise<unknown> {
@@ -93,7 +94,7 @@ describe('openEventBus URL handling', () => {
       const folder = await openEventBus(pathToFileURL(sub).href);
       expect(folder.topicName('leadership')).toBe('wal.leadership');
       expect((await stat(sub)).isDirectory()).toBe(true);
-      await checkEventBus(folder);
+      await folder.checkConnection();
       await folder.close();
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -121,7 +122,7 @@ describe('a Kafka bus whose broker is down', () => {
     const port = await closedPort();
     const url = `kafka://127.0.0.1:${port}?topicPrefix=down`;
     const logs: string[] = [];
-    const bus = await openEventBus(url, { logger: (level, message) => logs.push(`${level} ${message}`) });
+    const bus = await openEventBus(url, { logger: capturingLogger(logs) });
     const started = Date.now();
     const err = await failure(bus.publish('entries', [{ key: 'p1', value: { schema: 1, lsn: 1 } }]));
     const elapsed = Date.now() - started;
@@ -133,7 +134,7 @@ describe('a Kafka bus whose broker is down', () => {
     expect(message).toContain(`127.0.0.1:${port}`);
     expect(logs.every((l) => !l.startsWith('error'))).toBe(true);
 
-    const check = await failure(checkEventBus(bus));
+    const check = await failure(bus.checkConnection());
     expect(isWalArchiverError(check, ErrorCodes.UNAVAILABLE)).toBe(true);
 
     // A subscription reports the failure and keeps retrying until stopped.

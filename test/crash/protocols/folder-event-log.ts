@@ -21,13 +21,14 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 import type { ConsumedEvent } from '../../../contract/events/event-bus.js';
+import { silentLogger } from '../../../contract/log.js';
 import { FolderEventBus } from '../../../contract/events/folder-bus.js';
 import type { CrashOutcome, CrashProtocol } from '../runner.js';
 
 const TOPIC = 'entries';
 const GROUP = 'g';
 const KEY = '1';
-const TUNING = { heartbeatMs: 50, sessionTimeoutMs: 400, pollMs: 20, logger: () => undefined };
+const TUNING = { heartbeatMs: 50, sessionTimeoutMs: 400, pollMs: 20, logger: silentLogger };
 /** Long enough for a crashed member's session to run out several times over. */
 const BOUND_MS = 8_000;
 

@@ -5,9 +5,7 @@ import {
   applyPartitionUpdate,
   contiguousPrefix,
   contiguousRuns,
-  coveringSegments,
   latestBackupAtOrBefore,
-  lsnAtTime,
   parsePartitionManifest,
   readPartitionManifest,
   segmentFromArchivedEvent,
@@ -234,85 +232,10 @@ describe('queries', () => {
     backups: [backup('7', 4), backup('7', 25)],
   });
 
-  it('coveringSegments picks the fewest segments and reports a gap', () => {
-    expect(coveringSegments(m, 3, 40).map((s) => [s.first_lsn, s.last_lsn])).toEqual([
-      [1, 10],
-      [5, 20],
-      [21, 21],
-      [22, 40],
-    ]);
-    expect(coveringSegments(m, 6, 21).map((s) => s.first_lsn)).toEqual([5, 21]);
-    expect(codeOf(() => coveringSegments(m, 30, 41))).toBe(ErrorCodes.NOT_FOUND);
-  });
-
   it('latestBackupAtOrBefore', () => {
     expect(latestBackupAtOrBefore(m)?.lsn).toBe(25);
     expect(latestBackupAtOrBefore(m, 24)?.lsn).toBe(4);
     expect(latestBackupAtOrBefore(m, 3)).toBeUndefined();
-  });
-});
-
-describe('lsnAtTime', () => {
-  // LSN n committed at T0 + n s (fixtures). Segments 1-10, 11-20, 21-21, 22-40.
-  const m = build({
-    segments: [
-      segment('7', 1, 10),
-      segment('7', 11, 20),
-      segment('7', 21, 21),
-      segment('7', 22, 40),
-      segment('7', 50, 60),
-    ],
-  });
-
-  it('is undefined before the first archived commit, and for an empty manifest', () => {
-    expect(lsnAtTime(m, at(0.5))).toBeUndefined();
-    expect(lsnAtTime(build({}), at(5))).toBeUndefined();
-  });
-
-  it('is exact at and between adjacent boundaries', () => {
-    expect(lsnAtTime(m, at(10))).toEqual({ lsn: 10, maxLsn: 10, exact: true, atEnd: false });
-    expect(lsnAtTime(m, at(10.5))).toEqual({ lsn: 10, maxLsn: 10, exact: true, atEnd: false });
-    expect(lsnAtTime(m, at(11))).toMatchObject({ lsn: 11, exact: false, maxLsn: 19 });
-    expect(lsnAtTime(m, at(21.2))).toEqual({ lsn: 21, maxLsn: 21, exact: true, atEnd: false });
-  });
-
-  it('narrows to one segment inside a segment', () => {
-    const r = lsnAtTime(m, new Date(T0 + 15_500));
-    expect(r).toMatchObject({ lsn: 11, maxLsn: 19, exact: false, atEnd: false });
-    expect(r?.segment?.key).toBe(segment('7', 11, 20).key);
-    const r2 = lsnAtTime(m, at(30));
-    expect(r2).toMatchObject({ lsn: 22, maxLsn: 39, exact: false });
-    expect(r2?.segment?.first_lsn).toBe(22);
-  });
-
-  it('stops at the archived range (segments past a gap do not count)', () => {
-    expect(lsnAtTime(m, at(55))).toEqual({ lsn: 40, maxLsn: 40, exact: true, atEnd: true });
-    expect(lsnAtTime(m, '2030-01-01T00:00:00Z')).toMatchObject({ lsn: 40, atEnd: true });
-  });
-
-  it('works with overlapping segments', () => {
-    const o = build({ segments: [segment('7', 1, 10), segment('7', 5, 20)] });
-    const r = lsnAtTime(o, at(7));
-    expect(r).toMatchObject({ lsn: 5, maxLsn: 9, exact: false });
-    expect(r?.segment && r.segment.first_lsn <= 6 && r.segment.last_lsn >= 9).toBe(true);
-    expect(lsnAtTime(o, at(12))).toMatchObject({ lsn: 10, maxLsn: 19 });
-    expect(lsnAtTime(o, at(12))?.segment?.first_lsn).toBe(5);
-  });
-
-  it('treats commit times as a prefix when a clock steps back', () => {
-    const skew = build({
-      segments: [
-        segment('7', 1, 10),
-        segment('7', 11, 20, { first_committed_at: at(100), last_committed_at: at(101) }),
-        segment('7', 21, 30, { first_committed_at: at(50), last_committed_at: at(60) }),
-      ],
-    });
-    expect(lsnAtTime(skew, at(70))).toMatchObject({ lsn: 10, maxLsn: 10, exact: true });
-  });
-
-  it('rejects a malformed time', () => {
-    expect(codeOf(() => lsnAtTime(m, 'noon'))).toBe(ErrorCodes.INVALID_ARGUMENT);
-    expect(codeOf(() => lsnAtTime(m, new Date(Number.NaN)))).toBe(ErrorCodes.INVALID_ARGUMENT);
   });
 });
 

@@ -36,6 +36,7 @@ class HandBus implements EventBus {
     }));
     return this.handlers.get(topic)!(batch);
   }
+  async checkConnection(): Promise<void> {}
   async close(): Promise<void> {}
 }
 

@@ -3,12 +3,12 @@ import { isWalArchiverError } from '../../../contract/errors.js';
 import { baseBackupKey, segmentKey } from '../../../src/manifest/keys.js';
 import {
   applyPartitionUpdate,
-  coveringSegments,
   readPartitionManifest,
   updatePartitionManifest,
   type PartitionManifest,
 } from '../../../src/manifest/partition-manifest.js';
 import { applyRetention, planRetention, type RetentionPolicy } from '../../../src/backup/retention.js';
+import { archiveFromManifest, coverRange } from '../../../src/restore/plan.js';
 import { MemoryStore } from '../../helpers/memory-store.js';
 import { T0, backup, segment } from '../manifest/fixtures.js';
 
@@ -155,7 +155,8 @@ describe('planRetention', () => {
       ).manifest;
       expect(after.backups.some((b) => gone.has(b.key))).toBe(false);
       const last = after.archived!.last_lsn;
-      if (row.window < last) expect(() => coveringSegments(after, row.window! + 1, last)).not.toThrow();
+      if (row.window < last)
+        expect(() => coverRange(archiveFromManifest(after), row.window! + 1, last, 'the test')).not.toThrow();
     }
   });
 

@@ -38,7 +38,7 @@ describe('restore and verify command lines', () => {
       (await usage([...store, '--partition', '1', '--to-time', 'noon', '--target', '/tmp/x'])).line,
     ).toMatch(/^wal-archiver: --to-time: "noon" is not a time/);
     expect((await usage([...store, '--partition', '../1', '--latest', '--target', '/tmp/x'])).line).toBe(
-      'wal-archiver: --partition "../1" is not a partition ID\n',
+      'wal-archiver: flag --partition: "../1" is not a partition ID (1-64 of [A-Za-z0-9._-], starting with a letter or digit)\n',
     );
     expect((await usage([...store, '--partition', '1', '--to-lsn', '0', '--target', '/tmp/x'])).code).toBe(2);
     expect((await usage([...store, '--partition', '1', '--latest'])).line).toMatch(

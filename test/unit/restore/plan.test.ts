@@ -7,6 +7,7 @@ import {
   archiveFromManifest,
   archiveFromObjects,
   chooseBackup,
+  coverRange,
   parseTimeTarget,
   planRestore,
   resolveTarget,
@@ -192,6 +193,18 @@ describe('restore planning: backups and segments', () => {
     expect(exact.backup?.lsn).toBe(25);
     expect(exact.segments).toEqual([]);
     expect(planRestore(a, 5).backup).toBeUndefined();
+  });
+
+  it('coverRange picks the fewest segments, overlapping ones too, and reports a gap', async () => {
+    const a = archive([seg(1, 10), seg(5, 20), seg(21, 21), seg(22, 40)]);
+    expect(coverRange(a, 3, 40, 'the test').map((s) => [s.firstLsn, s.lastLsn])).toEqual([
+      [1, 10],
+      [5, 20],
+      [21, 21],
+      [22, 40],
+    ]);
+    expect(coverRange(a, 6, 21, 'the test').map((s) => s.firstLsn)).toEqual([5, 21]);
+    await expectError(() => coverRange(a, 30, 41, 'the test'), /no segment holds LSN 41/);
   });
 
   it('a backup lets the restore start after segments retention removed', () => {
