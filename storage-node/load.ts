@@ -7,11 +7,10 @@ import { join } from 'node:path';
 import { parseFlags, UsageError, type CommandHelp, type FlagSpecs } from '../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from '../contract/cli/runner.js';
 import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from '../contract/errors.js';
-import { isPartitionId } from '../contract/partition-id.js';
+import { comparePartitionIds, isPartitionId } from '../contract/partition-id.js';
 import { Backoff, sleep, type BackoffOptions } from '../contract/retry.js';
 import type { PartitionStatus, TransactionRequest, TransactionResponse } from './api.js';
 import { createWorkload, git, type RefState, type RepositoryWorkload } from './git-workload.js';
-import { comparePartitionIds } from '../contract/partition-id.js';
 
 /**
  * `storage-node load`: a steady write workload against a storage cluster.
