@@ -9,12 +9,7 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: [
-            'test/unit/**/*.test.ts',
-            'storage-node/**/*.test.ts',
-            'src/**/*.test.ts',
-            'contract/**/*.test.ts',
-          ],
+          include: ['test/unit/**/*.test.ts'],
           testTimeout: 60_000,
         },
       },

@@ -1,7 +1,7 @@
 /**
  * Benchmark figures and how they are shown: the ratio to a baseline, whether
  * a target is met, the table printed on stdout and the SVG chart. Pure
- * functions, no I/O (unit-tested in test/unit/bench-report.test.ts).
+ * functions, no I/O (unit-tested in test/unit/bench/report.test.ts).
  */
 
 export type Better = 'higher' | 'lower';

@@ -13,8 +13,8 @@
  * twice is merged, as the protobuf spec says.
  */
 
-import { modelCodec } from '../../contract/proto/codec.js';
-import { LogEntrySchema } from '../../contract/proto/gen/gitaly/log_pb.js';
+import { modelCodec } from '../proto/codec.js';
+import { LogEntrySchema } from '../proto/gen/gitaly/log_pb.js';
 
 export interface ReferenceChange {
   /** Fully qualified reference name, e.g. `refs/heads/main`. */

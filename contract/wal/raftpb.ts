@@ -13,7 +13,7 @@
  * (see contract/proto/codec.ts).
  */
 
-import { modelCodec } from '../../contract/proto/codec.js';
+import { modelCodec } from '../proto/codec.js';
 import {
   ConfChangeSchema,
   ConfChangeTransition as PbConfChangeTransition,
@@ -23,7 +23,7 @@ import {
   EntrySchema,
   EntryType as PbEntryType,
   HardStateSchema,
-} from '../../contract/proto/gen/raftpb/raft_pb.js';
+} from '../proto/gen/raftpb/raft_pb.js';
 import { ErrorCodes, WalArchiverError } from '../errors.js';
 
 export const EntryType = {

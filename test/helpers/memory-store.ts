@@ -28,7 +28,7 @@ function locked(url: string, key: string): WalArchiverError {
  * An ObjectStore in memory, for unit tests: conditional create, CAS replace
  * on an ETag that changes with every write, byte-ordered listing, retention.
  * It passes the same conformance suite as the folder and S3 stores
- * (test/unit/store/memory-store.conformance.test.ts). `beforeReplace` and
+ * (test/unit/test/helpers/memory-store.conformance.test.ts). `beforeReplace` and
  * `latency` let a test run code between the steps of an operation (to force races).
  */
 export class MemoryStore implements api.ObjectStore {

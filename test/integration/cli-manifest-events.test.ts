@@ -15,7 +15,7 @@ import {
 } from '../../src/manifest/index.js';
 import { silentLogger } from '../../contract/log.js';
 import { kafkaUrl, uniqueName } from '../helpers/services.js';
-import { archivedEvent, at, backupEvent, leadershipEvent, segment } from '../unit/manifest/fixtures.js';
+import { archivedEvent, at, backupEvent, leadershipEvent, segment } from '../unit/src/manifest/fixtures.js';
 import { createTestBucket, type TestBucket } from './object-store.s3-helpers.js';
 
 /**

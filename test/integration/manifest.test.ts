@@ -31,7 +31,7 @@ import {
   leadershipEvent,
   segment,
   segmentObject,
-} from '../unit/manifest/fixtures.js';
+} from '../unit/src/manifest/fixtures.js';
 
 /** A backend: `open()` gives a new client of one fresh, empty store (several clients share it). */
 interface StoreBackend {

@@ -18,7 +18,7 @@ import {
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { kafkaUrl, uniqueName } from '../helpers/services.js';
-import { archivedEvent, backupEvent, leadershipEvent } from '../unit/manifest/fixtures.js';
+import { archivedEvent, backupEvent, leadershipEvent } from '../unit/src/manifest/fixtures.js';
 import { createTestBucket } from './object-store.s3-helpers.js';
 
 /** One fresh object store and event bus; `open*` give new clients of them (one per simulated sidecar). */
