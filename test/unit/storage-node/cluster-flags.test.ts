@@ -120,9 +120,9 @@ describe('defaultStorageNodeBin', () => {
   it('finds bin/storage-node.js of this package from source and from dist', () => {
     const expected = join(process.cwd(), 'bin', 'storage-node.js');
     expect(defaultStorageNodeBin()).toBe(expected);
-    expect(defaultStorageNodeBin(new URL('../../../dist/storage-node/cluster.js', import.meta.url).href)).toBe(
-      expected,
-    );
+    expect(
+      defaultStorageNodeBin(new URL('../../../dist/storage-node/cluster.js', import.meta.url).href),
+    ).toBe(expected);
   });
 });
 

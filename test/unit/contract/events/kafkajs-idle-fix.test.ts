@@ -1,6 +1,9 @@
 import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { applyKafkajsIdleFix, scheduleCheckPendingRequests } from '../../../../contract/events/kafkajs-idle-fix.js';
+import {
+  applyKafkajsIdleFix,
+  scheduleCheckPendingRequests,
+} from '../../../../contract/events/kafkajs-idle-fix.js';
 
 function queue(pending: number, throttledUntil = -1) {
   return {

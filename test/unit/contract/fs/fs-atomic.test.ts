@@ -5,7 +5,12 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { isWalArchiverError } from '../../../../contract/errors.js';
-import { atomicWriteFile, ensureDir, fsyncDir, writeNewFileSynced } from '../../../../contract/fs/fs-atomic.js';
+import {
+  atomicWriteFile,
+  ensureDir,
+  fsyncDir,
+  writeNewFileSynced,
+} from '../../../../contract/fs/fs-atomic.js';
 
 let root: string;
 

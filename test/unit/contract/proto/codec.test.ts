@@ -6,7 +6,12 @@ import { describe, expect, it } from 'vitest';
 
 import { WalArchiverError, isWalArchiverError } from '../../../../contract/errors.js';
 import { decodeEntryInfo, encodeEntryInfo } from '../../../../contract/wal/entry-info.js';
-import { decodeLogEntry, encodeLogEntry, newLogEntry, operation } from '../../../../contract/wal/log-entry.js';
+import {
+  decodeLogEntry,
+  encodeLogEntry,
+  newLogEntry,
+  operation,
+} from '../../../../contract/wal/log-entry.js';
 import {
   decodeConfState,
   decodeHardState,

@@ -33,7 +33,12 @@ import {
   writeHardState,
   writeLsnFile,
 } from '../../../../contract/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../../contract/wal/log-entry.js';
+import {
+  encodeLogEntry,
+  newLogEntry,
+  operation,
+  referenceChange,
+} from '../../../../contract/wal/log-entry.js';
 import { encodeHardState, encodeRaftEntry, type RaftEntry } from '../../../../contract/wal/raftpb.js';
 
 let root: string;

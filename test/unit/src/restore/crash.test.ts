@@ -10,7 +10,12 @@ import { INCOMPLETE_MARKER, restorePartition } from '../../../../src/restore/res
 import type { ObjectStore } from '../../../../src/store/object-store.js';
 import { openObjectStore } from '../../../../src/store/open.js';
 import { entryDir, writeEntry } from '../../../../contract/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../../../contract/wal/log-entry.js';
+import {
+  encodeLogEntry,
+  newLogEntry,
+  operation,
+  referenceChange,
+} from '../../../../contract/wal/log-entry.js';
 
 /**
  * Restore's build-and-publish crashed at every durable step: after the crash
