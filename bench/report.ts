@@ -24,6 +24,18 @@ export interface FigureInput {
   note?: string;
 }
 
+/** One figure: what was measured, in which unit, which way is better, and optionally its baseline, target and note. */
+export function measured(
+  workload: string,
+  name: string,
+  value: number,
+  unit: string,
+  better: Better,
+  more: Pick<FigureInput, 'baseline' | 'target' | 'note'> = {},
+): FigureInput {
+  return { workload, name, value, unit, better, ...more };
+}
+
 export interface Figure extends FigureInput {
   /** How many times better than the baseline (>1: better), when there is a baseline. */
   ratio: number | null;

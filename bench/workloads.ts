@@ -35,7 +35,7 @@ import {
   writeWalEntry,
   type SidecarProcess,
 } from './harness.js';
-import type { FigureInput } from './report.js';
+import { measured, type FigureInput } from './report.js';
 
 export interface BenchContext {
   quick: boolean;
@@ -151,14 +151,9 @@ interface BacklogRun {
 
 /** The sidecar's peak memory over a run, held to the 256 MiB the design allows. */
 function peakRssFigure(workload: string, proc: BacklogRun['proc']): FigureInput {
-  return {
-    workload,
-    name: 'sidecar peak RSS',
-    value: proc.peakRssBytes / MiB,
-    unit: 'MiB',
-    better: 'lower',
+  return measured(workload, 'sidecar peak RSS', proc.peakRssBytes / MiB, 'MiB', 'lower', {
     target: { of: 'value', op: '<=', value: 256 },
-  };
+  });
 }
 
 /** The details of a backlog workload: the backlog, the sidecar's run over it, what only it measured (`own`). */
@@ -262,16 +257,11 @@ export async function small(ctx: BenchContext): Promise<WorkloadResult> {
   const rate = total / sidecar.elapsed;
   return {
     figures: [
-      {
-        workload: 'small',
-        name: 'throughput',
-        value: rate,
-        unit: 'entries/s',
-        better: 'higher',
+      measured('small', 'throughput', rate, 'entries/s', 'higher', {
         baseline: { name: 'per-entry uncompressed, 1 worker', value: baseRate },
         target: { of: 'ratio', op: '>=', value: 20 },
         note: `baseline timed over its first ${base.entries} entries`,
-      },
+      }),
       peakRssFigure('small', sidecar.proc),
     ],
     details: backlogDetails(ctx, { entries: total, partitions, entryBytes: 4096, walBytes: bytes }, sidecar, {
@@ -325,23 +315,13 @@ export async function large(ctx: BenchContext): Promise<WorkloadResult> {
   const rate = mb / sidecar.elapsed;
   return {
     figures: [
-      {
-        workload: 'large',
-        name: 'throughput',
-        value: rate,
-        unit: 'MB/s',
-        better: 'higher',
+      measured('large', 'throughput', rate, 'MB/s', 'higher', {
         baseline: { name: 'raw PUT ceiling', value: mb / putSeconds },
         target: { of: 'ratio', op: '>=', value: 0.8 },
-      },
-      {
-        workload: 'large',
-        name: 'throughput vs zstd',
-        value: rate,
-        unit: 'MB/s',
-        better: 'higher',
+      }),
+      measured('large', 'throughput vs zstd', rate, 'MB/s', 'higher', {
         baseline: { name: 'zstd ceiling (1 core)', value: (size * total) / 1e6 / zstdSeconds },
-      },
+      }),
       peakRssFigure('large', sidecar.proc),
     ],
     details: backlogDetails(ctx, { entries: total, partitions, entryBytes: size, walBytes: bytes }, sidecar, {
@@ -437,26 +417,21 @@ export async function steady(ctx: BenchContext): Promise<WorkloadResult> {
   }
   lags.sort((a, b) => a - b);
   const cpuPct = ((cpu1.cpuSeconds - cpu0.cpuSeconds) / writeSeconds) * 100;
-  const fig = (name: string, v: number, target?: number): FigureInput => ({
-    workload: 'steady',
-    name,
-    value: v,
-    unit: 's',
-    better: 'lower',
-    ...(target !== undefined ? { target: { of: 'value', op: '<=', value: target } } : {}),
-  });
+  const fig = (name: string, v: number, target?: number): FigureInput =>
+    measured(
+      'steady',
+      name,
+      v,
+      's',
+      'lower',
+      target !== undefined ? { target: { of: 'value', op: '<=', value: target } } : {},
+    );
   return {
     figures: [
       fig('commit-to-durable lag p50', percentile(lags, 50)),
       fig('commit-to-durable lag p99', percentile(lags, 99), 1),
       fig('commit-to-durable lag max', lags.at(-1) ?? NaN),
-      {
-        workload: 'steady',
-        name: 'sidecar CPU',
-        value: cpuPct,
-        unit: '% of a core',
-        better: 'lower',
-      },
+      measured('steady', 'sidecar CPU', cpuPct, '% of a core', 'lower'),
     ],
     details: {
       rate,
@@ -600,53 +575,21 @@ export async function many(ctx: BenchContext): Promise<WorkloadResult> {
   const bare = await bareNodeRss();
   return {
     figures: [
-      {
-        workload: 'many',
-        name: 'idle CPU',
-        value: idle.cpuPct,
-        unit: '% of a core',
-        better: 'lower',
+      measured('many', 'idle CPU', idle.cpuPct, '% of a core', 'lower', {
         target: { of: 'value', op: '<=', value: 2 },
-      },
-      {
-        workload: 'many',
-        name: 'idle CPU after a restart',
-        value: idleAfterRestart.cpuPct,
-        unit: '% of a core',
-        better: 'lower',
+      }),
+      measured('many', 'idle CPU after a restart', idleAfterRestart.cpuPct, '% of a core', 'lower', {
         target: { of: 'value', op: '<=', value: 2 },
-      },
-      {
-        workload: 'many',
-        name: `CPU, ${active.length} partitions active`,
-        value: busy.cpuPct,
-        unit: '% of a core',
-        better: 'lower',
-      },
-      {
-        workload: 'many',
-        name: 'RSS',
-        value: Math.max(idle.rss, busy.rss, idleAfterRestart.rss) / MiB,
-        unit: 'MiB',
-        better: 'lower',
+      }),
+      measured('many', `CPU, ${active.length} partitions active`, busy.cpuPct, '% of a core', 'lower'),
+      measured('many', 'RSS', Math.max(idle.rss, busy.rss, idleAfterRestart.rss) / MiB, 'MiB', 'lower', {
         baseline: { name: 'bare node process', value: bare / MiB },
         target: { of: 'value', op: '<=', value: 512 },
-      },
-      {
-        workload: 'many',
-        name: 'restart to all resumed',
-        value: resumeSeconds,
-        unit: 's',
-        better: 'lower',
+      }),
+      measured('many', 'restart to all resumed', resumeSeconds, 's', 'lower', {
         target: { of: 'value', op: '<=', value: 5 },
-      },
-      {
-        workload: 'many',
-        name: 'first start, archive all',
-        value: startSeconds,
-        unit: 's',
-        better: 'lower',
-      },
+      }),
+      measured('many', 'first start, archive all', startSeconds, 's', 'lower'),
     ],
     details: {
       partitions: n,
@@ -827,31 +770,16 @@ export async function restore(ctx: BenchContext): Promise<WorkloadResult> {
       throw new Error(`restore ended at LSN ${result.targetLsn}, expected ${entries + 1}`);
     return {
       figures: [
-        {
-          workload: 'restore',
-          name: 'throughput (to latest)',
-          value: mb / restoreSeconds,
-          unit: 'MB/s',
-          better: 'higher',
+        measured('restore', 'throughput (to latest)', mb / restoreSeconds, 'MB/s', 'higher', {
           baseline: { name: 'raw GET ceiling', value: mb / getSeconds },
           target: { of: 'ratio', op: '>=', value: 0.7 },
-        },
-        {
-          workload: 'restore',
-          name: 'time to restore',
-          value: restoreSeconds,
-          unit: 's',
-          better: 'lower',
+        }),
+        measured('restore', 'time to restore', restoreSeconds, 's', 'lower', {
           baseline: { name: 'raw GET of the same objects', value: getSeconds },
-        },
-        {
-          workload: 'restore',
-          name: 'time to restore vs its files',
-          value: restoreSeconds,
-          unit: 's',
-          better: 'lower',
+        }),
+        measured('restore', 'time to restore vs its files', restoreSeconds, 's', 'lower', {
           baseline: { name: 'writing the same files, nothing else', value: floor.seconds },
-        },
+        }),
       ],
       details: {
         backupRawBytes: backupMiB * MiB,

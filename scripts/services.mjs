@@ -165,16 +165,22 @@ function readPidFile(file) {
   }
 }
 
+/** A socket to host:port that `done(result)` destroys and settles with; false on timeout or error. */
+function probe(host, port, timeoutMs, resolve) {
+  const socket = connect({ host, port });
+  const done = (result) => {
+    socket.destroy();
+    resolve(result);
+  };
+  socket.setTimeout(timeoutMs, () => done(false));
+  socket.once('error', () => done(false));
+  return { socket, done };
+}
+
 function isPortOpen(host, port, timeoutMs = 1000) {
   return new Promise((resolve) => {
-    const socket = connect({ host, port });
-    const done = (open) => {
-      socket.destroy();
-      resolve(open);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
+    const { socket, done } = probe(host, port, timeoutMs, resolve);
     socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
   });
 }
 
@@ -514,13 +520,7 @@ function kafkaAnswers(host, port, timeoutMs = 3000) {
     offset = frame.writeInt16BE(clientId.length, offset);
     clientId.copy(frame, offset);
     let received = Buffer.alloc(0);
-    const socket = connect({ host, port });
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once('error', () => done(false));
+    const { socket, done } = probe(host, port, timeoutMs, resolve);
     socket.once('end', () => done(false));
     socket.once('connect', () => socket.write(frame));
     socket.on('data', (chunk) => {

@@ -6,10 +6,9 @@ import { HttpStorageNode } from '../node/http-node.js';
 import { assertLeader } from '../node/storage-node.js';
 import { takeBaseBackup } from '../backup/take.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../backup/retention.js';
-import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
+import { objectStoreFlag, openBusFlag, parseCommandFlags, withObjectStore } from './shared-flags.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
-import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
-import { openBusFlag, openStoreFlag } from './manifest.js';
+import { UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command } from '../../contract/cli/runner.js';
 
 /**
@@ -55,8 +54,7 @@ export function parseBackupFlags(
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
 ): ParsedFlags<typeof backupFlags> {
-  const f = parseFlags(argv, backupFlags, backupHelp, env);
-  checkPartitionFlag(f.partition);
+  const f = parseCommandFlags(argv, backupFlags, backupHelp, env);
   const mode = f['retention-mode'];
   if (mode !== undefined && mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') {
     throw new UsageError(`flag --retention-mode: "${mode}" is not GOVERNANCE or COMPLIANCE`);
@@ -71,8 +69,7 @@ export const backupCommand: Command = {
   summary: 'take one base backup of a partition now, from its leader',
   async run(argv, ctx) {
     const f = parseBackupFlags(argv, ctx.env);
-    const store = await openStoreFlag(f['object-store']);
-    try {
+    return withObjectStore(f['object-store'], async (store) => {
       await verifyConditionalWrites(store, { signal: ctx.signal });
       const storageNode = new HttpStorageNode(f['node-url']);
       const status = await assertLeader(storageNode, f.partition, undefined, ctx.signal);
@@ -103,9 +100,7 @@ export const backupCommand: Command = {
         `${JSON.stringify({ ...result.record, reused: result.reused, raw_bytes: result.rawBytes })}\n`,
       );
       return EXIT_OK;
-    } finally {
-      await store.close();
-    }
+    });
   },
 };
 
@@ -139,8 +134,7 @@ export function parseRetentionFlags(
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
 ): ParsedFlags<typeof retentionFlags> {
-  const f = parseFlags(argv, retentionFlags, retentionHelp, env);
-  checkPartitionFlag(f.partition);
+  const f = parseCommandFlags(argv, retentionFlags, retentionHelp, env);
   if ((f.partition === undefined) === !f.all) throw new UsageError('give one of --partition P or --all');
   return f;
 }
@@ -149,9 +143,8 @@ export const retentionCommand: Command = {
   summary: 'delete base backups and WAL segments no longer needed (by count and age)',
   async run(argv, ctx) {
     const f = parseRetentionFlags(argv, ctx.env);
-    const store = await openStoreFlag(f['object-store']);
-    let problems = 0;
-    try {
+    return withObjectStore(f['object-store'], async (store) => {
+      let problems = 0;
       if (!f['dry-run']) await verifyConditionalWrites(store, { signal: ctx.signal });
       const partitions =
         f.partition !== undefined
@@ -190,9 +183,7 @@ export const retentionCommand: Command = {
           ctx.stderr.write(`wal-archiver retention: ${x.key}: ${x.error}\n`);
         }
       }
-    } finally {
-      await store.close();
-    }
-    return problems > 0 ? EXIT_FAILURE : EXIT_OK;
+      return problems > 0 ? EXIT_FAILURE : EXIT_OK;
+    });
   },
 };

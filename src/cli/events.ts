@@ -3,7 +3,7 @@ import os from 'node:os';
 import { describeError } from '../../contract/errors.js';
 import { Topics, type ConsumedEvent, type Subscription } from '../../contract/events/event-bus.js';
 import { formatBytes } from '../manifest/format.js';
-import { checkPartitionFlag } from './shared-flags.js';
+import { openBusFlag, parseCommandFlags } from './shared-flags.js';
 import {
   parseTopicEvent,
   type TopicEvent,
@@ -12,8 +12,7 @@ import {
   type WalEntryEvent,
   type WalLeadershipEvent,
 } from '../../contract/events/schemas.js';
-import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
-import { openBusFlag } from './manifest.js';
+import { UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
@@ -103,11 +102,10 @@ const help = {
 
 /** Parses and checks the flags; exported for the unit tests. */
 export function parseEventsFlags(argv: readonly string[], env: NodeJS.ProcessEnv): Flags {
-  const f = parseFlags(argv, flags, help, env);
+  const f = parseCommandFlags(argv, flags, help, env);
   if (!(TOPIC_CHOICES as readonly string[]).includes(f.topic)) {
     throw new UsageError(`flag --topic: "${f.topic}" is not one of ${TOPIC_CHOICES.join(', ')}`);
   }
-  checkPartitionFlag(f.partition);
   return f;
 }
 

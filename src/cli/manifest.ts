@@ -1,6 +1,5 @@
 import { ErrorCodes, WalArchiverError, describeError, isWalArchiverError } from '../../contract/errors.js';
 import type { EventBus, SubscribeOptions } from '../../contract/events/event-bus.js';
-import { openEventBus } from '../../contract/events/open.js';
 import { encodeJson } from '../manifest/cas.js';
 import { formatGlobalManifest, formatPartitionManifest } from '../manifest/format.js';
 import {
@@ -15,11 +14,10 @@ import {
 } from '../manifest/global-manifest.js';
 import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
+import { objectStoreFlag, openBusFlag, parseCommandFlags, withObjectStore } from './shared-flags.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
-import { openObjectStore } from '../store/open.js';
-import { parseFlags, UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
+import { UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
 import { EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
@@ -97,8 +95,7 @@ const help = {
 
 /** Parses and cross-checks the flags; exported for the unit tests. */
 export function parseManifestFlags(argv: readonly string[], env: NodeJS.ProcessEnv): Flags {
-  const f = parseFlags(argv, flags, help, env);
-  checkPartitionFlag(f.partition);
+  const f = parseCommandFlags(argv, flags, help, env);
   if (!f.rebuild) {
     if (f['from-events'] !== undefined) throw new UsageError('flag --from-events needs --rebuild');
     if (f['dry-run']) throw new UsageError('flag --dry-run needs --rebuild');
@@ -110,42 +107,6 @@ export function parseManifestFlags(argv: readonly string[], env: NodeJS.ProcessE
     throw new UsageError('flag --idle needs --from-events');
   }
   return f;
-}
-
-/** Opening a service with a malformed URL is a usage error (exit 2): the flag is wrong. */
-function flagError(flag: string, err: unknown): unknown {
-  if (
-    isWalArchiverError(err, ErrorCodes.INVALID_ARGUMENT) ||
-    isWalArchiverError(err, ErrorCodes.UNSUPPORTED_SCHEME)
-  ) {
-    return new UsageError(`flag --${flag}: ${err.message}`);
-  }
-  return err;
-}
-
-export async function openStoreFlag(url: string): Promise<ObjectStore> {
-  try {
-    return await openObjectStore(url);
-  } catch (err) {
-    throw flagError('object-store', err);
-  }
-}
-
-/** Opens the bus a flag names and checks that it answers, so an unreachable bus fails at once, in one line. */
-export async function openBusFlag(flag: string, url: string): Promise<EventBus> {
-  let bus: EventBus;
-  try {
-    bus = await openEventBus(url);
-  } catch (err) {
-    throw flagError(flag, err);
-  }
-  try {
-    await bus.checkConnection();
-  } catch (err) {
-    await bus.close().catch(() => undefined);
-    throw err;
-  }
-  return bus;
 }
 
 function line(stream: NodeJS.WritableStream, text: string): void {
@@ -434,13 +395,10 @@ export const manifestCommand: Command = {
   summary: 'show the global manifest or one partition, or rebuild the global manifest',
   async run(argv, ctx) {
     const f = parseManifestFlags(argv, ctx.env);
-    const objectStore = await openStoreFlag(f['object-store']);
-    try {
-      if (f.rebuild) return await rebuild(objectStore, f, ctx);
-      if (f.partition !== undefined) return await showPartition(objectStore, f, f.partition, ctx);
-      return await showGlobal(objectStore, f, ctx);
-    } finally {
-      await objectStore.close().catch(() => undefined);
-    }
+    return withObjectStore(f['object-store'], async (objectStore) => {
+      if (f.rebuild) return rebuild(objectStore, f, ctx);
+      if (f.partition !== undefined) return showPartition(objectStore, f, f.partition, ctx);
+      return showGlobal(objectStore, f, ctx);
+    });
   },
 };

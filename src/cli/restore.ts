@@ -4,9 +4,9 @@ import { parseTimeTarget, type RestoreTarget } from '../restore/plan.js';
 import { DEFAULT_NODES, restoreAll } from '../restore/restore-all.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition, type RestoreProgress } from '../restore/restore.js';
 import { verifyArchive } from '../restore/verify.js';
-import { checkPartitionFlag, objectStoreFlag } from './shared-flags.js';
+import { objectStoreFlag, parseCommandFlags } from './shared-flags.js';
 import { openObjectStore } from '../store/open.js';
-import { parseFlags, UsageError } from '../../contract/cli/flags.js';
+import { UsageError } from '../../contract/cli/flags.js';
 import { EXIT_FAILURE, EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
@@ -177,10 +177,9 @@ function describeTarget(t: RestoreTarget): string {
 export const restoreCommand: Command = {
   summary: 'restore a partition, or every partition, to an LSN or a point in time',
   async run(argv: string[], ctx: CommandContext): Promise<number> {
-    const f = parseFlags(argv, restoreFlags, restoreHelp, ctx.env);
+    const f = parseCommandFlags(argv, restoreFlags, restoreHelp, ctx.env);
     if ((f.partition !== undefined) === f.all)
       throw new UsageError('give exactly one of --partition P or --all');
-    checkPartitionFlag(f.partition);
     const target = parseTarget(f);
     if (f.all && target.kind === 'lsn')
       throw new UsageError("--to-lsn names one partition's LSN: with --all use --to-time or --latest");
@@ -245,8 +244,7 @@ export const restoreCommand: Command = {
 export const verifyCommand: Command = {
   summary: 'check the archive: objects present, checksums, coverage, manifests',
   async run(argv: string[], ctx: CommandContext): Promise<number> {
-    const f = parseFlags(argv, verifyFlags, verifyHelp, ctx.env);
-    checkPartitionFlag(f.partition);
+    const f = parseCommandFlags(argv, verifyFlags, verifyHelp, ctx.env);
     const store = await openObjectStore(f['object-store']);
     try {
       const report = await verifyArchive(store, {

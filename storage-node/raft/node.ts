@@ -530,20 +530,19 @@ export class RaftNode {
   }
 
   private stepFollower(m: Message): void {
+    // A message from the leader of this term resets the election timer and names the leader.
+    if (m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot') {
+      this.electionElapsed = 0;
+      this.lead = m.from;
+    }
     switch (m.type) {
       case 'append':
-        this.electionElapsed = 0;
-        this.lead = m.from;
         this.handleAppend(m);
         break;
       case 'heartbeat':
-        this.electionElapsed = 0;
-        this.lead = m.from;
         this.handleHeartbeat(m);
         break;
       case 'snapshot':
-        this.electionElapsed = 0;
-        this.lead = m.from;
         this.handleSnapshot(m);
         break;
       case 'timeout-now':
