@@ -41,6 +41,7 @@ import {
 import { createRequire } from 'node:module';
 import { connect } from 'node:net';
 import { delimiter, join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import {
   KAFKA_SCALA_VERSION,
   KAFKA_VERSION,
@@ -546,8 +547,25 @@ function loadKafkajs() {
   }
 }
 
+/**
+ * The sidecar's fix for kafkajs' timer that re-arms with a negative delay after every response
+ * (contract/events/kafkajs-idle-fix.ts), which Node 24 warns about. Node 24 runs the TypeScript file
+ * as it is; an older Node without type stripping goes without the fix (and the warning).
+ */
+async function applyKafkajsFix() {
+  try {
+    const fix = await import(
+      pathToFileURL(join(REPO_ROOT, 'contract', 'events', 'kafkajs-idle-fix.ts')).href
+    );
+    fix.applyKafkajsIdleFix();
+  } catch {
+    // Not fatal: the readiness check works without it.
+  }
+}
+
 /** With kafkajs installed: an admin client can create a topic and it gets a leader. */
 async function kafkaCreatesTopics(kafkajs, brokers) {
+  await applyKafkajsFix();
   const { Kafka, logLevel } = kafkajs;
   const admin = new Kafka({
     clientId: 'wal-services',
