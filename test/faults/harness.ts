@@ -6,8 +6,7 @@ import { promisify } from 'node:util';
 import { readPartitionManifest } from '../../src/manifest/partition-manifest.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
 import type { PartitionStatus } from '../../storage-node/api.js';
-import { WriteClient } from '../../storage-node/load.js';
-import { statusOf } from '../helpers/node-cluster.js';
+import { statusOf, writeUntilStopped } from '../helpers/node-cluster.js';
 
 /** Shared pieces of the fault-injection suite: run figures, the workload, services control. */
 
@@ -71,60 +70,37 @@ export class RunReport {
 
 /** A steady write workload: `workers` writers, each pausing `pauseMs` between its writes. */
 export function steadyWorkload(urls: string[], partitions: string[], workers = 4, pauseMs = 15) {
-  let stopped = false;
-  let ok = 0;
-  let failed = 0;
-  const client = new WriteClient({
+  return writeUntilStopped({
     urls,
+    partitions,
+    workers,
     attempts: 40,
     requestTimeoutMs: 3_000,
-    backoff: { initialMs: 50, maxMs: 500 },
+    pauseMs,
+    request: (p, w, i) => {
+      const name = `w${w}-${i}`;
+      const withFile = i % 4 === 0;
+      return {
+        relativePath: `repo-${p}.git`,
+        files: withFile ? [Buffer.from(`blob ${name} `.repeat(20)).toString('base64')] : [],
+        operations: [
+          ...(withFile
+            ? [
+                { createDirectory: { path: `repo-${p}.git` } },
+                { createDirectory: { path: `repo-${p}.git/blobs` } },
+                { createHardLink: { source: '1', destination: `repo-${p}.git/blobs/${name}` } },
+              ]
+            : []),
+          {
+            setKey: {
+              key: Buffer.from(name).toString('base64'),
+              value: Buffer.alloc(200, w + i).toString('base64'),
+            },
+          },
+        ],
+      };
+    },
   });
-  const done = Promise.all(
-    Array.from({ length: workers }, async (_, w) => {
-      for (let i = 0; !stopped; i++) {
-        const p = partitions[(w + i) % partitions.length]!;
-        const name = `w${w}-${i}`;
-        const withFile = i % 4 === 0;
-        await client
-          .write(p, {
-            relativePath: `repo-${p}.git`,
-            files: withFile ? [Buffer.from(`blob ${name} `.repeat(20)).toString('base64')] : [],
-            operations: [
-              ...(withFile
-                ? [
-                    { createDirectory: { path: `repo-${p}.git` } },
-                    { createDirectory: { path: `repo-${p}.git/blobs` } },
-                    { createHardLink: { source: '1', destination: `repo-${p}.git/blobs/${name}` } },
-                  ]
-                : []),
-              {
-                setKey: {
-                  key: Buffer.from(name).toString('base64'),
-                  value: Buffer.alloc(200, w + i).toString('base64'),
-                },
-              },
-            ],
-          })
-          .then(
-            () => ok++,
-            () => failed++,
-          );
-        if (pauseMs > 0) await sleep(pauseMs);
-      }
-    }),
-  );
-  return {
-    get written() {
-      return ok;
-    },
-    async stop() {
-      stopped = true;
-      await done;
-      client.close();
-      return { ok, failed };
-    },
-  };
 }
 
 /** Every reachable node's view of a partition. */

@@ -53,6 +53,53 @@ export async function leaderOf(
   });
 }
 
+/**
+ * `workers` writers, each cycling over `partitions` with the transaction `request` makes until stopped
+ * (a failed write, e.g. during a failover, is counted and skipped), pausing `pauseMs` between its writes.
+ */
+export function writeUntilStopped(o: {
+  urls: string[];
+  partitions: string[];
+  workers: number;
+  attempts: number;
+  requestTimeoutMs: number;
+  pauseMs?: number;
+  request: (partition: string, worker: number, i: number) => TransactionRequest;
+}) {
+  let stopped = false;
+  let ok = 0;
+  let failed = 0;
+  const client = new WriteClient({
+    urls: o.urls,
+    attempts: o.attempts,
+    requestTimeoutMs: o.requestTimeoutMs,
+    backoff: { initialMs: 50, maxMs: 500 },
+  });
+  const done = Promise.all(
+    Array.from({ length: o.workers }, async (_, w) => {
+      for (let i = 0; !stopped; i++) {
+        const p = o.partitions[(w + i) % o.partitions.length]!;
+        await client.write(p, o.request(p, w, i)).then(
+          () => ok++,
+          () => failed++,
+        );
+        if (o.pauseMs) await new Promise<void>((r) => setTimeout(r, o.pauseMs));
+      }
+    }),
+  );
+  return {
+    get written() {
+      return ok;
+    },
+    async stop() {
+      stopped = true;
+      await done;
+      client.close();
+      return { ok, failed };
+    },
+  };
+}
+
 /** Writes `count` small transactions spread over `partitions`, `concurrency` at a time; returns the LSNs. */
 export async function writeMany(
   urls: string[],

@@ -8,10 +8,16 @@ import { openEventBus } from '../../contract/events/open.js';
 import { readPartitionManifest } from '../../src/manifest/partition-manifest.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { entryDir, partitionDir } from '../../contract/wal/entry.js';
-import { WriteClient } from '../../storage-node/load.js';
 import { startLocalCluster } from '../../storage-node/cluster.js';
 import { readArchive, replay } from '../helpers/archive-check.js';
-import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
+import {
+  leaderOf,
+  statusOf,
+  treeDigest,
+  waitFor,
+  writeMany,
+  writeUntilStopped,
+} from '../helpers/node-cluster.js';
 import { kafkaUrl, S3_ENDPOINT, uniqueName } from '../helpers/services.js';
 import { startSidecars, type ArchivingCluster, type SidecarProcess } from '../helpers/sidecars.js';
 import { createTestBucket } from './object-store.s3-helpers.js';
@@ -64,44 +70,24 @@ async function setup(o: {
 
 /** Keeps writing until stopped; failed writes (during failovers) are retried by the client, or skipped. */
 function backgroundWrites(urls: string[], partitions: string[]) {
-  let stop = false;
-  let ok = 0;
-  const client = new WriteClient({
+  const writes = writeUntilStopped({
     urls,
+    partitions,
+    workers: 8,
     attempts: 30,
     requestTimeoutMs: 5_000,
-    backoff: { initialMs: 50, maxMs: 500 },
-  });
-  const done = Promise.all(
-    Array.from({ length: 8 }, async (_, w) => {
-      for (let i = 0; !stop; i++) {
-        const p = partitions[(w + i) % partitions.length]!;
-        await client
-          .write(p, {
-            operations: [
-              {
-                setKey: {
-                  key: Buffer.from(`w${w}-${i}`).toString('base64'),
-                  value: Buffer.alloc(300, w).toString('base64'),
-                },
-              },
-            ],
-          })
-          .then(
-            () => ok++,
-            () => undefined,
-          );
-      }
+    request: (_p, w, i) => ({
+      operations: [
+        {
+          setKey: {
+            key: Buffer.from(`w${w}-${i}`).toString('base64'),
+            value: Buffer.alloc(300, w).toString('base64'),
+          },
+        },
+      ],
     }),
-  );
-  return {
-    async stop() {
-      stop = true;
-      await done;
-      client.close();
-      return ok;
-    },
-  };
+  });
+  return { stop: async () => (await writes.stop()).ok };
 }
 
 async function committedOf(urls: string[], partition: string): Promise<number> {

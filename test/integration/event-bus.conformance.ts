@@ -1,6 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
-import type { ConsumedEvent, EventBus, PublishEvent, Subscription } from '../../contract/events/event-bus.js';
+import type {
+  ConsumedEvent,
+  EventBus,
+  PublishEvent,
+  SubscribeOptions,
+  Subscription,
+} from '../../contract/events/event-bus.js';
 import { partitionForKey } from '../../contract/events/partitioner.js';
 
 /**
@@ -21,6 +27,15 @@ export async function waitFor(cond: () => boolean, timeoutMs: number, what: stri
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** Subscribes `bus` (to `entries` from the beginning unless `options` say otherwise); `subs` stops it after the test. */
+export async function subscribeTo(
+  subs: Subscription[],
+  bus: EventBus,
+  options: Omit<SubscribeOptions, 'topic'> & { topic?: string },
+): Promise<void> {
+  subs.push(await bus.subscribe({ topic: 'entries', fromBeginning: true, ...options }));
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -73,22 +88,18 @@ export function eventBusConformance(name: string, factory: EventBusFactory): voi
       const perKey = new Map<string, number[]>();
       let received = 0;
       const errors: unknown[] = [];
-      subs.push(
-        await consumer.subscribe({
-          topic: 'entries',
-          group: 'order',
-          fromBeginning: true,
-          onError: (e) => errors.push(e),
-          handler: async (events) => {
-            for (const e of events) {
-              let list = perKey.get(e.key);
-              if (!list) perKey.set(e.key, (list = []));
-              list.push(e.value.seq as number);
-              received++;
-            }
-          },
-        }),
-      );
+      await subscribeTo(subs, consumer, {
+        group: 'order',
+        onError: (e) => errors.push(e),
+        handler: async (events) => {
+          for (const e of events) {
+            let list = perKey.get(e.key);
+            if (!list) perKey.set(e.key, (list = []));
+            list.push(e.value.seq as number);
+            received++;
+          }
+        },
+      });
       const publishAll = async (bus: EventBus, keys: string[]): Promise<void> => {
         // 500 events per key, in batches of 25 per key (250 events), one after another.
         for (let from = 0; from < 500; from += 25)
@@ -145,16 +156,12 @@ export function eventBusConformance(name: string, factory: EventBusFactory): voi
 
       const busB = await open();
       const seenB: string[] = [];
-      subs.push(
-        await busB.subscribe({
-          topic: 'entries',
-          group: 'resume',
-          fromBeginning: true,
-          handler: async (events) => {
-            for (const e of events) seenB.push(id(e));
-          },
-        }),
-      );
+      await subscribeTo(subs, busB, {
+        group: 'resume',
+        handler: async (events) => {
+          for (const e of events) seenB.push(id(e));
+        },
+      });
       await waitFor(() => handledA.size + new Set(seenB).size >= 1000, 60_000, 'the rest of the events');
       await sleep(500);
       const setB = new Set(seenB);
@@ -171,21 +178,17 @@ export function eventBusConformance(name: string, factory: EventBusFactory): voi
       const seen: string[] = [];
       const errors: unknown[] = [];
       let failuresLeft = 2;
-      subs.push(
-        await bus.subscribe({
-          topic: 'entries',
-          group: 'retry',
-          fromBeginning: true,
-          onError: (e) => errors.push(e),
-          handler: async (events) => {
-            if (failuresLeft > 0) {
-              failuresLeft--;
-              throw new Error('handler failed');
-            }
-            for (const e of events) seen.push(id(e));
-          },
-        }),
-      );
+      await subscribeTo(subs, bus, {
+        group: 'retry',
+        onError: (e) => errors.push(e),
+        handler: async (events) => {
+          if (failuresLeft > 0) {
+            failuresLeft--;
+            throw new Error('handler failed');
+          }
+          for (const e of events) seen.push(id(e));
+        },
+      });
       await bus.publish('entries', seqEvents(['x'], 0, 20));
       await waitFor(() => seen.length >= 20, 60_000, 'the events after two handler failures');
       expect(errors.length).toBe(2);
@@ -212,22 +215,8 @@ export function eventBusConformance(name: string, factory: EventBusFactory): voi
           for (const e of events) byMember[member].add(id(e));
           for (const k of batchKeys) if (inFlight.get(k) === member) inFlight.delete(k);
         };
-      subs.push(
-        await busA.subscribe({
-          topic: 'entries',
-          group: 'share',
-          fromBeginning: true,
-          handler: handler('a'),
-        }),
-      );
-      subs.push(
-        await busB.subscribe({
-          topic: 'entries',
-          group: 'share',
-          fromBeginning: true,
-          handler: handler('b'),
-        }),
-      );
+      await subscribeTo(subs, busA, { group: 'share', handler: handler('a') });
+      await subscribeTo(subs, busB, { group: 'share', handler: handler('b') });
       let rounds = 0;
       const deadline = Date.now() + 60_000;
       while (rounds < 20 || byMember.a.size === 0 || byMember.b.size === 0) {
@@ -251,22 +240,15 @@ export function eventBusConformance(name: string, factory: EventBusFactory): voi
       await pub.publish('entries', seqEvents(['old'], 0, 5));
       const early: string[] = [];
       const late: string[] = [];
-      subs.push(
-        await consumer.subscribe({
-          topic: 'entries',
-          group: 'from-beginning',
-          fromBeginning: true,
-          handler: async (events) => void early.push(...events.map(id)),
-        }),
-      );
-      subs.push(
-        await consumer.subscribe({
-          topic: 'entries',
-          group: 'from-end',
-          fromBeginning: false,
-          handler: async (events) => void late.push(...events.map(id)),
-        }),
-      );
+      await subscribeTo(subs, consumer, {
+        group: 'from-beginning',
+        handler: async (events) => void early.push(...events.map(id)),
+      });
+      await subscribeTo(subs, consumer, {
+        group: 'from-end',
+        fromBeginning: false,
+        handler: async (events) => void late.push(...events.map(id)),
+      });
       // Wait until the new group's start position is fixed: a marker published now reaches it.
       let marker = 0;
       const deadline = Date.now() + 60_000;
@@ -320,14 +302,11 @@ export function eventBusConformance(name: string, factory: EventBusFactory): voi
       ];
       const events = values.map((value, i) => ({ key: `partition-${i}`, value }));
       const got: ConsumedEvent[] = [];
-      subs.push(
-        await bus.subscribe({
-          topic: 'archived',
-          group: 'json',
-          fromBeginning: true,
-          handler: async (batch) => void got.push(...batch),
-        }),
-      );
+      await subscribeTo(subs, bus, {
+        topic: 'archived',
+        group: 'json',
+        handler: async (batch) => void got.push(...batch),
+      });
       const before = Date.now();
       await bus.publish('archived', events);
       await waitFor(() => got.length >= events.length, 60_000, 'the JSON events');

@@ -8,7 +8,7 @@ import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
 import { capturingLogger } from '../helpers/capturing-logger.js';
 import type { ConsumedEvent, EventBus, Subscription } from '../../contract/events/event-bus.js';
 import { openEventBus } from '../../contract/events/open.js';
-import { waitFor } from './event-bus.conformance.js';
+import { subscribeTo, waitFor } from './event-bus.conformance.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const TUNING = { heartbeatMs: 200, sessionTimeoutMs: 2_000, pollMs: 100 };
@@ -73,6 +73,21 @@ function startChild(options: Record<string, unknown>): Child {
   return { ready, exit, go: () => child.stdin.write('go\n') };
 }
 
+/** Events of key `k` with the given sequence numbers. */
+const eventsOfK = (seqs: number[]) => seqs.map((seq) => ({ key: 'k', value: { schema: 1, seq } }));
+
+/** Follows `entries` in group `g` from the beginning, collecting the events and the errors. */
+async function collect(bus: EventBus): Promise<{ got: ConsumedEvent[]; errors: unknown[] }> {
+  const got: ConsumedEvent[] = [];
+  const errors: unknown[] = [];
+  await subscribeTo(subs, bus, {
+    group: 'g',
+    onError: (e) => errors.push(e),
+    handler: async (events) => void got.push(...events),
+  });
+  return { got, errors };
+}
+
 /** A pid that belonged to a process that has exited. */
 async function deadPid(): Promise<number> {
   const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' });
@@ -131,25 +146,12 @@ describe('folder event bus, across processes and crashes', () => {
   it('ignores a torn last line, and the next append repairs it', async () => {
     const { dir, open } = await folder('&partitions=1');
     const writer = await open();
-    await writer.publish(
-      'entries',
-      [0, 1, 2].map((seq) => ({ key: 'k', value: { schema: 1, seq } })),
-    );
+    await writer.publish('entries', eventsOfK([0, 1, 2]));
     const file = path.join(dir, 'wal.entries', '0000.log');
     await appendFile(file, '{"offset":3,"timestamp":1,"key":"k","value":{"sch');
 
     const reader = await open();
-    const got: ConsumedEvent[] = [];
-    const errors: unknown[] = [];
-    subs.push(
-      await reader.subscribe({
-        topic: 'entries',
-        group: 'g',
-        fromBeginning: true,
-        onError: (e) => errors.push(e),
-        handler: async (events) => void got.push(...events),
-      }),
-    );
+    const { got, errors } = await collect(reader);
     await waitFor(() => got.length >= 3, 10_000, 'the three complete records');
     await new Promise((r) => setTimeout(r, 400));
     expect(got.length).toBe(3);
@@ -158,10 +160,7 @@ describe('folder event bus, across processes and crashes', () => {
 
     // Another writer (no cached tail) appends: the torn bytes go, offsets continue at 3.
     const writer2 = await open();
-    await writer2.publish(
-      'entries',
-      [3, 4].map((seq) => ({ key: 'k', value: { schema: 1, seq } })),
-    );
+    await writer2.publish('entries', eventsOfK([3, 4]));
     await waitFor(() => got.length >= 5, 10_000, 'the records after the repair');
     expect(got.map((e) => [e.offset, e.value.seq])).toEqual([0, 1, 2, 3, 4].map((i) => [String(i), i]));
     const { text, records } = await readLog(file);
@@ -191,25 +190,12 @@ describe('folder event bus, across processes and crashes', () => {
   it('reports a corrupt record and does not skip past it', async () => {
     const { dir, open } = await folder('&partitions=1');
     const bus = await open();
-    await bus.publish(
-      'entries',
-      [0, 1, 2].map((seq) => ({ key: 'k', value: { schema: 1, seq } })),
-    );
+    await bus.publish('entries', eventsOfK([0, 1, 2]));
     const file = path.join(dir, 'wal.entries', '0000.log');
     const lines = (await readFile(file, 'utf8')).split('\n');
     lines[1] = '#'.repeat(lines[1]!.length);
     await writeFile(file, lines.join('\n'));
-    const got: ConsumedEvent[] = [];
-    const errors: unknown[] = [];
-    subs.push(
-      await bus.subscribe({
-        topic: 'entries',
-        group: 'g',
-        fromBeginning: true,
-        onError: (e) => errors.push(e),
-        handler: async (events) => void got.push(...events),
-      }),
-    );
+    const { got, errors } = await collect(bus);
     await waitFor(() => errors.length >= 1, 10_000, 'the corruption to be reported');
     await new Promise((r) => setTimeout(r, 500));
     expect(isWalArchiverError(errors[0], ErrorCodes.CORRUPT)).toBe(true);
@@ -240,14 +226,10 @@ describe('folder event bus, across processes and crashes', () => {
       );
     }
     const got = new Set<string>();
-    subs.push(
-      await bus.subscribe({
-        topic: 'entries',
-        group: 'g',
-        fromBeginning: true,
-        handler: async (batch) => batch.forEach((e) => got.add(e.key)),
-      }),
-    );
+    await subscribeTo(subs, bus, {
+      group: 'g',
+      handler: async (batch) => batch.forEach((e) => got.add(e.key)),
+    });
     await waitFor(() => got.size >= 40, 10_000, 'all partitions to move to the live member');
     const members = await readdir(path.join(groupDir, 'members'));
     expect(members.some((m) => m.startsWith('a-gone') || m.startsWith('b-silent'))).toBe(false);

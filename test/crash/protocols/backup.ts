@@ -24,7 +24,7 @@ import type { CrashProtocol } from '../runner.js';
 import { archiveThrough } from '../sidecar-helpers/archiver.js';
 import {
   auditArchive,
-  CrashWatcher,
+  runWatched,
   makeRig,
   openStore,
   readAll,
@@ -87,15 +87,7 @@ const backupProtocol: CrashProtocol<Ctx> = {
     return { rig, wal: await readWalFiles(rig.pdir), server, stateAtN };
   },
   async run(ctx) {
-    const store = await openStore(ctx.rig);
-    const watcher = new CrashWatcher();
-    try {
-      await backupAt(ctx.rig, store, ctx.server, N);
-    } finally {
-      await store.close().catch(() => undefined);
-      watcher.release();
-    }
-    watcher.finish();
+    await runWatched(ctx.rig, (store) => backupAt(ctx.rig, store, ctx.server, N));
   },
   async check(ctx, outcome) {
     const when = outcome.crashed ? 'after the crash' : 'after the run';

@@ -24,7 +24,7 @@ import type { CrashProtocol } from '../runner.js';
 import {
   auditArchive,
   committedAtOf,
-  CrashWatcher,
+  runWatched,
   openStore,
   PARTITION,
   readAll,
@@ -112,15 +112,7 @@ const retentionProtocol: CrashProtocol<Ctx> = {
     }
   },
   async run(ctx) {
-    const store = await openStore(ctx.rig);
-    const watcher = new CrashWatcher();
-    try {
-      await retentionOnce(store);
-    } finally {
-      await store.close().catch(() => undefined);
-      watcher.release();
-    }
-    watcher.finish();
+    await runWatched(ctx.rig, (store) => retentionOnce(store));
   },
   async check(ctx, outcome) {
     const when = outcome.crashed ? 'after the crash' : 'after the run';

@@ -106,6 +106,23 @@ export function openStore(rig: Rig): Promise<ObjectStore> {
   return openObjectStore(rig.storeUrl);
 }
 
+/**
+ * A run() against a freshly opened store, watched for the crash: closes the
+ * store and puts the controller back in front whatever happens, then rethrows
+ * the crash if there was one.
+ */
+export async function runWatched(rig: Rig, work: (store: ObjectStore) => Promise<unknown>): Promise<void> {
+  const store = await openStore(rig);
+  const watcher = new CrashWatcher();
+  try {
+    await work(store);
+  } finally {
+    await store.close().catch(() => undefined);
+    watcher.release();
+  }
+  watcher.finish();
+}
+
 /** Commit times: entry `lsn` was committed at `BASE_TIME + lsn` seconds. */
 export const BASE_TIME = Date.parse('2026-01-01T00:00:00Z');
 export function committedAtOf(lsn: number): number {

@@ -6,9 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { comparePartitionIds, isPartitionId, parsePartitionId } from '../../../contract/partition-id.js';
 import { listPartitionIds, partitionDir } from '../../../contract/wal/entry.js';
-import { createLogger } from '../../../contract/log.js';
 import { partitionManifestKey, tryParsePartitionManifestKey } from '../../../src/manifest/keys.js';
-import { StorageNode } from '../../../storage-node/node.js';
+import { startSingleNode } from '../../helpers/single-node.js';
 
 /** IDs the manifest keys cannot hold. */
 const UNREPRESENTABLE = [
@@ -80,16 +79,7 @@ describe('PartitionId', () => {
   it('the storage node opens only partitions the manifest keys can hold, and lists them in the one order', async () => {
     for (const name of ['10', '1'.padEnd(65, '0'), 'a b'])
       await fsp.mkdir(path.join(root, 'partitions', name), { recursive: true });
-    const node = await StorageNode.start({
-      id: 1,
-      dataDir: root,
-      listen: '127.0.0.1:0',
-      peers: new Map([[1, 'http://127.0.0.1:1']]),
-      partitions: 2,
-      logger: createLogger({}, { write: () => undefined }),
-      tickMs: 10,
-      electionTick: 2,
-    });
+    const node = await startSingleNode(root);
     try {
       const statuses = (await (await fetch(`${node.url}/v1/partitions`)).json()) as Array<{
         partition: string;

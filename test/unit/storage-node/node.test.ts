@@ -2,8 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '../../../contract/log.js';
-import { StorageNode } from '../../../storage-node/node.js';
+import { startSingleNode } from '../../helpers/single-node.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -40,16 +39,7 @@ describe('StorageNode /metrics', () => {
   it('declares every _total metric a counter, and only counters end in _total; counters never go down', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'storage-node-metrics-'));
     cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
-    const node = await StorageNode.start({
-      id: 1,
-      dataDir,
-      listen: '127.0.0.1:0',
-      peers: new Map([[1, 'http://127.0.0.1:1']]),
-      partitions: 2,
-      logger: createLogger({}, { write: () => undefined }),
-      tickMs: 10,
-      electionTick: 2,
-    });
+    const node = await startSingleNode(dataDir);
     cleanups.push(() => node.stop());
     const scrape = async () => parseExposition(await (await fetch(`${node.url}/metrics`)).text());
 

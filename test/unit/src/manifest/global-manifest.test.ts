@@ -1,12 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, isWalArchiverError } from '../../../../contract/errors.js';
-import type {
-  ConsumedEvent,
-  EventBus,
-  PublishEvent,
-  SubscribeOptions,
-  Subscription,
-} from '../../../../contract/events/event-bus.js';
 import {
   GlobalManifestWriter,
   emptyGlobalManifest,
@@ -29,6 +22,7 @@ import {
 } from '../../../../src/manifest/keys.js';
 import { updatePartitionManifest } from '../../../../src/manifest/partition-manifest.js';
 import { MemoryStore } from '../../../helpers/memory-store.js';
+import { ArrayBus } from './buses.js';
 import {
   T0,
   archivedEvent,
@@ -342,47 +336,6 @@ describe('rebuildFromObjects (memory store)', () => {
     });
   });
 });
-
-/** An in-memory EventBus: enough of one for a replay. */
-class ArrayBus implements EventBus {
-  readonly url = 'memory://bus';
-  readonly topics = new Map<string, ConsumedEvent[]>();
-  topicName(topic: string): string {
-    return `wal.${topic}`;
-  }
-  async publish(topic: string, events: readonly PublishEvent[]): Promise<void> {
-    const list = this.topics.get(topic) ?? [];
-    for (const e of events) {
-      list.push({
-        topic: this.topicName(topic),
-        key: e.key,
-        value: e.value,
-        partition: 0,
-        offset: String(list.length),
-        timestamp: new Date(),
-      });
-    }
-    this.topics.set(topic, list);
-  }
-  async subscribe(options: SubscribeOptions): Promise<Subscription> {
-    let stopped = false;
-    const events = this.topics.get(options.topic) ?? [];
-    const run = (async () => {
-      for (let i = 0; i < events.length && !stopped; i += 2) {
-        await new Promise((r) => setTimeout(r, 5));
-        await options.handler(events.slice(i, i + 2));
-      }
-    })();
-    return {
-      stop: async () => {
-        stopped = true;
-        await run;
-      },
-    };
-  }
-  async checkConnection(): Promise<void> {}
-  async close(): Promise<void> {}
-}
 
 describe('rebuildFromEvents (in-memory bus)', () => {
   it('folds every topic from the beginning, skipping malformed events', async () => {

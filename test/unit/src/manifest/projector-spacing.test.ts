@@ -1,44 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import type {
-  ConsumedEvent,
-  EventBus,
-  PublishEvent,
-  SubscribeOptions,
-  Subscription,
-} from '../../../../contract/events/event-bus.js';
 import { silentLogger } from '../../../../contract/log.js';
 import { readGlobalManifest } from '../../../../src/manifest/global-manifest.js';
 import { GlobalManifestProjector } from '../../../../src/manifest/projector.js';
 import { MemoryStore } from '../../../helpers/memory-store.js';
+import { HandBus } from './buses.js';
 import { archivedEvent, backupEvent, leadershipEvent } from './fixtures.js';
-
-/** A bus whose test hands each topic's handler a batch when it says so (as Kafka delivers fetches). */
-class HandBus implements EventBus {
-  readonly url = 'memory://hand';
-  private readonly handlers = new Map<string, SubscribeOptions['handler']>();
-  private offset = 0;
-  topicName(topic: string): string {
-    return `wal.${topic}`;
-  }
-  async publish(_topic: string, _events: readonly PublishEvent[]): Promise<void> {}
-  async subscribe(options: SubscribeOptions): Promise<Subscription> {
-    this.handlers.set(options.topic, options.handler);
-    return { stop: async () => void this.handlers.delete(options.topic) };
-  }
-  deliver(topic: string, values: Array<Record<string, unknown>>): Promise<void> {
-    const batch: ConsumedEvent[] = values.map((value) => ({
-      topic: this.topicName(topic),
-      key: String(value.partition),
-      value,
-      partition: 0,
-      offset: String(this.offset++),
-      timestamp: new Date(),
-    }));
-    return this.handlers.get(topic)!(batch);
-  }
-  async checkConnection(): Promise<void> {}
-  async close(): Promise<void> {}
-}
 
 async function run(minWriteIntervalMs: number) {
   const store = new MemoryStore();

@@ -1,17 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { commit, makeEntry, writeWalEntry } from '../../../../bench/harness.js';
-import { silentLogger } from '../../../../contract/log.js';
-import { readPartitionManifest } from '../../../../src/manifest/partition-manifest.js';
-import { createArchiverMetrics } from '../../../../src/pipeline/metrics.js';
-import { DEFAULT_ARCHIVER_CONFIG, PartitionArchiver } from '../../../../src/pipeline/partition-archiver.js';
-import { Semaphore } from '../../../../src/semaphore.js';
-import { openObjectStore } from '../../../../src/store/open.js';
 import type { ObjectStore } from '../../../../src/store/object-store.js';
-import { partitionDir } from '../../../../contract/wal/entry.js';
+import { archivedThrough, archiverRig, eventually } from './rig.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -21,26 +12,8 @@ afterEach(async () => {
 const AGE_MS = 20_000;
 
 async function rig() {
-  const root = await mkdtemp(join(tmpdir(), 'segment-age-'));
-  cleanups.push(() => rm(root, { recursive: true, force: true }));
-  await mkdir(join(root, 'archive'));
-  const store = await openObjectStore(`file://${join(root, 'archive')}`);
-  cleanups.push(() => store.close());
-  const dir = partitionDir(join(root, 'data'), '1');
-  await mkdir(dir, { recursive: true });
-  const archiver = new PartitionArchiver({
-    partition: '1',
-    partitionDir: dir,
-    node: 1,
-    term: 1,
-    store,
-    spoolDir: join(root, 'spool'),
-    uploads: new Semaphore(2),
-    config: { ...DEFAULT_ARCHIVER_CONFIG, segmentMaxAgeMs: AGE_MS },
-    metrics: createArchiverMetrics(),
-    logger: silentLogger,
-  });
-  cleanups.push(() => archiver.stop());
+  const { dir, store, make } = await archiverRig(cleanups, 'segment-age');
+  const { archiver } = make({ segmentMaxAgeMs: AGE_MS });
   return { dir, store, archiver };
 }
 
@@ -51,17 +24,8 @@ async function write(dir: string, from: number, to: number, committedAt: number)
   await commit(dir, 1, to);
 }
 
-async function archivedThrough(store: ObjectStore): Promise<number> {
-  return (await readPartitionManifest(store, '1'))?.value.archived?.last_lsn ?? 0;
-}
-
-async function waitArchived(store: ObjectStore, lsn: number, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if ((await archivedThrough(store)) >= lsn) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return false;
+function waitArchived(store: ObjectStore, lsn: number, ms: number): Promise<boolean> {
+  return eventually(async () => (await archivedThrough(store)) >= lsn, ms);
 }
 
 describe('segment age', () => {

@@ -41,114 +41,84 @@ const backupFor = (reason: string): Decision => ({ action: 'backup', reason }) a
 const noneFor = (why: string): Decision => ({ action: 'none', why }) as Decision;
 
 describe('decide', () => {
-  const table: Array<[string, Partial<PolicyState>, number, Decision]> = [
-    ['below every threshold', {}, NOW, noneFor('below-thresholds')],
-    ['size reached exactly', { walBytesSinceBackup: 1000 }, NOW, backupFor('size')],
-    ['size passed', { walBytesSinceBackup: 5000 }, NOW, backupFor('size')],
-    ['one byte short of size', { walBytesSinceBackup: 999 }, NOW, noneFor('below-thresholds')],
-    ['entries reached', { walEntriesSinceBackup: 50 }, NOW, backupFor('entries')],
-    [
-      'size wins over entries',
-      { walBytesSinceBackup: 1000, walEntriesSinceBackup: 50 },
-      NOW,
-      backupFor('size'),
-    ],
+  // [name, state over the base, decision, now (NOW unless given)]
+  const table: Array<[string, Partial<PolicyState>, Decision, number?]> = [
+    ['below every threshold', {}, noneFor('below-thresholds')],
+    ['size reached exactly', { walBytesSinceBackup: 1000 }, backupFor('size')],
+    ['size passed', { walBytesSinceBackup: 5000 }, backupFor('size')],
+    ['one byte short of size', { walBytesSinceBackup: 999 }, noneFor('below-thresholds')],
+    ['entries reached', { walEntriesSinceBackup: 50 }, backupFor('entries')],
+    ['size wins over entries', { walBytesSinceBackup: 1000, walEntriesSinceBackup: 50 }, backupFor('size')],
     [
       'entries win over age',
       { walEntriesSinceBackup: 50, lastBackupAt: NOW - 7 * HOUR },
-      NOW,
       backupFor('entries'),
     ],
-    ['age reached exactly', { lastBackupAt: NOW - 6 * HOUR }, NOW, backupFor('age')],
-    ['one ms short of age', { lastBackupAt: NOW - 6 * HOUR + 1 }, NOW, noneFor('below-thresholds')],
-    ['the clock moved on to the age', {}, NOW + 5 * HOUR, backupFor('age')],
-    ['clock went backwards: no elapsed time', { lastBackupAt: NOW + HOUR }, NOW, noneFor('min-interval')],
+    ['age reached exactly', { lastBackupAt: NOW - 6 * HOUR }, backupFor('age')],
+    ['one ms short of age', { lastBackupAt: NOW - 6 * HOUR + 1 }, noneFor('below-thresholds')],
+    ['the clock moved on to the age', {}, backupFor('age'), NOW + 5 * HOUR],
+    ['clock went backwards: no elapsed time', { lastBackupAt: NOW + HOUR }, noneFor('min-interval')],
     [
       'age reached but nothing changed',
       { lastBackupAt: NOW - 30 * HOUR, archivedLsn: 40 },
-      NOW,
       noneFor('unchanged'),
     ],
     [
       'size reached but nothing changed',
       { walBytesSinceBackup: 5000, archivedLsn: 40 },
-      NOW,
       noneFor('unchanged'),
     ],
     [
       'backup LSN ahead of the archive (snapshot at applied LSN)',
       { archivedLsn: 38, lastBackupAt: NOW - 30 * HOUR },
-      NOW,
       noneFor('unchanged'),
     ],
-    ['not leading', { walBytesSinceBackup: 5000, leading: false }, NOW, noneFor('not-leader')],
-    ['one already running', { walBytesSinceBackup: 5000, backupRunning: true }, NOW, noneFor('running')],
+    ['not leading', { walBytesSinceBackup: 5000, leading: false }, noneFor('not-leader')],
+    ['one already running', { walBytesSinceBackup: 5000, backupRunning: true }, noneFor('running')],
     [
       'first backup of an archived partition',
       { lastBackupAt: undefined, lastBackupLsn: 0, archivedLsn: 1 },
-      NOW,
       backupFor('first'),
     ],
     [
       'first backup ignores min interval and thresholds',
       { lastBackupAt: undefined, lastBackupLsn: 0, walBytesSinceBackup: 0, walEntriesSinceBackup: 1 },
-      NOW,
       backupFor('first'),
     ],
     [
       'nothing archived yet',
       { lastBackupAt: undefined, lastBackupLsn: 0, archivedLsn: 0 },
-      NOW,
       noneFor('nothing-archived'),
     ],
     [
       'size reached inside min interval',
       { walBytesSinceBackup: 5000, lastBackupAt: NOW - 9 * MIN },
-      NOW,
       noneFor('min-interval'),
     ],
     [
       'size reached just after min interval',
       { walBytesSinceBackup: 5000, lastBackupAt: NOW - 10 * MIN },
-      NOW,
       backupFor('size'),
     ],
-    ['manual', { manualRequested: true }, NOW, backupFor('manual')],
-    [
-      'manual inside min interval',
-      { manualRequested: true, lastBackupAt: NOW - MIN },
-      NOW,
-      backupFor('manual'),
-    ],
-    ['manual with nothing new', { manualRequested: true, archivedLsn: 40 }, NOW, backupFor('manual')],
-    ['manual on a follower', { manualRequested: true, leading: false }, NOW, noneFor('not-leader')],
-    ['manual while one runs', { manualRequested: true, backupRunning: true }, NOW, noneFor('running')],
-    [
-      'failed a minute ago',
-      { walBytesSinceBackup: 5000, lastFailureAt: NOW - MIN },
-      NOW,
-      noneFor('retry-later'),
-    ],
+    ['manual', { manualRequested: true }, backupFor('manual')],
+    ['manual inside min interval', { manualRequested: true, lastBackupAt: NOW - MIN }, backupFor('manual')],
+    ['manual with nothing new', { manualRequested: true, archivedLsn: 40 }, backupFor('manual')],
+    ['manual on a follower', { manualRequested: true, leading: false }, noneFor('not-leader')],
+    ['manual while one runs', { manualRequested: true, backupRunning: true }, noneFor('running')],
+    ['failed a minute ago', { walBytesSinceBackup: 5000, lastFailureAt: NOW - MIN }, noneFor('retry-later')],
     [
       'failed long enough ago',
       { walBytesSinceBackup: 5000, lastFailureAt: NOW - 2 * MIN },
-      NOW,
       backupFor('size'),
     ],
     [
       'first backup failed a minute ago',
       { lastBackupAt: undefined, lastBackupLsn: 0, lastFailureAt: NOW - MIN },
-      NOW,
       noneFor('retry-later'),
     ],
-    [
-      'manual right after a failure',
-      { manualRequested: true, lastFailureAt: NOW - 1 },
-      NOW,
-      backupFor('manual'),
-    ],
+    ['manual right after a failure', { manualRequested: true, lastFailureAt: NOW - 1 }, backupFor('manual')],
   ];
-  it.each(table)('%s', (_name, overrides, now, expected) => {
+  it.each(table)('%s', (_name, overrides, expected, now = NOW) => {
     expect(decide({ ...base, ...overrides }, now, thresholds)).toEqual(expected);
   });
 
