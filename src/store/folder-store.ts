@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
-import { fsyncDir } from '../../contract/fs/fs-atomic.js';
+import { fsyncDir, pathKind } from '../../contract/fs/fs-atomic.js';
 import { sleep } from '../../contract/retry.js';
 import { maskUrl, parseServiceUrl } from '../../contract/url.js';
 import {
@@ -221,23 +221,20 @@ export class FolderStore implements ObjectStore {
       );
     }
     const store = new FolderStore(url, root, options);
-    try {
-      const st = await fs.stat(root);
-      if (!st.isDirectory()) {
-        throw new WalArchiverError(
-          ErrorCodes.INVALID_ARGUMENT,
-          `object store ${url}: ${root} is not a folder`,
-          {
-            retryable: false,
-          },
-        );
-      }
-      store.rootReady = true;
-    } catch (err) {
-      if (err instanceof WalArchiverError) throw err;
-      if (errno(err) !== 'ENOENT') throw store.fail('open', undefined, err);
-      await store.checkParent();
+    const kind = await pathKind(root).catch((err: unknown) => {
+      throw store.fail('open', undefined, err);
+    });
+    if (kind === 'other') {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `object store ${url}: ${root} is not a folder`,
+        {
+          retryable: false,
+        },
+      );
     }
+    if (kind === 'directory') store.rootReady = true;
+    else await store.checkParent();
     return store;
   }
 
