@@ -12,15 +12,8 @@ import { maskUrl, parseServiceUrl } from '../url.js';
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
 import type { Logger } from '../log.js';
 import { defaultBusLogger } from './log.js';
-import {
-  checkKey,
-  checkName,
-  checkParams,
-  encodeValue,
-  invalid,
-  partitionsParam,
-  topicPrefixParam,
-} from './params.js';
+import { busParams, checkParams, invalid, type BusOptions, type PublishOptions } from './params.js';
+import { busTuning, checkCall, checkSubscribe, encodeEvents, fullTopicName } from './params.js';
 import { partitionForKey } from './partitioner.js';
 
 /**
@@ -52,22 +45,20 @@ import { partitionForKey } from './partitioner.js';
  * claims may be broken.
  */
 
-export interface FolderBusOptions {
-  logger?: Logger;
+/** The folder bus's tuning, with its defaults (each can be set in FolderBusOptions). */
+export const FOLDER_TUNING = {
   /** How often a member touches its heartbeat and re-checks the assignment. */
-  heartbeatMs?: number;
+  heartbeatMs: 500,
   /** A member whose heartbeat is older than this is dead. */
-  sessionTimeoutMs?: number;
+  sessionTimeoutMs: 5_000,
   /** Poll interval when fs.watch reports nothing. */
-  pollMs?: number;
+  pollMs: 250,
   /** Most records handed to the handler at once. */
-  maxBatchRecords?: number;
-}
+  maxBatchRecords: 500,
+};
+type FolderTuning = typeof FOLDER_TUNING;
+export type FolderBusOptions = BusOptions<FolderTuning>;
 
-export const FOLDER_HEARTBEAT_MS = 500;
-export const FOLDER_SESSION_TIMEOUT_MS = 5_000;
-export const FOLDER_POLL_MS = 250;
-export const FOLDER_MAX_BATCH_RECORDS = 500;
 const MAX_BATCH_BYTES = 1 << 20;
 const RETRY_MIN_MS = 200;
 const RETRY_MAX_MS = 5_000;
@@ -371,8 +362,7 @@ export function parseFolderUrl(raw: string): { root: string; topicPrefix: string
   if (root === '/' || root === '') throw invalid('event bus file: URL must name a folder, not /', raw);
   return {
     root: root.replace(/\/+$/, ''),
-    topicPrefix: topicPrefixParam(url, raw),
-    partitions: partitionsParam(url, raw),
+    ...busParams(url, raw),
   };
 }
 
@@ -382,7 +372,7 @@ export class FolderEventBus implements EventBus {
   readonly topicPrefix: string;
   readonly defaultPartitions: number;
   private readonly log: Logger;
-  private readonly options: Required<Omit<FolderBusOptions, 'logger'>>;
+  private readonly options: FolderTuning;
   private readonly topics = new Map<string, Promise<TopicState>>();
   private readonly subscriptions = new Set<FolderSubscription>();
   private closed = false;
@@ -394,16 +384,11 @@ export class FolderEventBus implements EventBus {
     this.topicPrefix = parsed.topicPrefix;
     this.defaultPartitions = parsed.partitions;
     this.log = options.logger ?? defaultBusLogger();
-    this.options = {
-      heartbeatMs: options.heartbeatMs ?? FOLDER_HEARTBEAT_MS,
-      sessionTimeoutMs: options.sessionTimeoutMs ?? FOLDER_SESSION_TIMEOUT_MS,
-      pollMs: options.pollMs ?? FOLDER_POLL_MS,
-      maxBatchRecords: options.maxBatchRecords ?? FOLDER_MAX_BATCH_RECORDS,
-    };
+    this.options = busTuning(FOLDER_TUNING, options);
   }
 
   topicName(topic: string): string {
-    return `${this.topicPrefix}.${checkName('topic', topic)}`;
+    return fullTopicName(this.topicPrefix, topic);
   }
 
   /** The folder is usable: it exists (or can be made) and is writable. */
@@ -463,17 +448,12 @@ export class FolderEventBus implements EventBus {
     return path.join(topic.dir, `${partName(partition)}.log`);
   }
 
-  async publish(
-    topic: string,
-    events: readonly PublishEvent[],
-    options: { signal?: AbortSignal } = {},
-  ): Promise<void> {
-    if (this.closed) throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `event bus ${this.url} is closed`);
-    throwIfAborted(options.signal);
+  async publish(topic: string, events: readonly PublishEvent[], options: PublishOptions = {}): Promise<void> {
+    checkCall(this.closed, this.url, options.signal);
     // Validate and encode everything first: a bad event fails the call before anything is written.
     const byPartition = new Map<number, { key: string; value: string }[]>();
     const state = this.openTopic(topic);
-    const encoded = events.map((e) => ({ key: checkKey(e?.key), value: encodeValue(e?.value) }));
+    const encoded = encodeEvents(events);
     const t = await state;
     for (const e of encoded) {
       const p = partitionForKey(e.key, t.partitions);
@@ -551,9 +531,8 @@ export class FolderEventBus implements EventBus {
   }
 
   async subscribe(options: SubscribeOptions): Promise<Subscription> {
-    if (this.closed) throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `event bus ${this.url} is closed`);
-    checkName('consumer group', options.group);
-    if (typeof options.handler !== 'function') throw invalid('subscribe needs a handler');
+    checkCall(this.closed, this.url);
+    checkSubscribe(options);
     const t = await this.openTopic(options.topic);
     const sub = new FolderSubscription(this, t, options, this.options, this.log);
     this.subscriptions.add(sub);
@@ -620,7 +599,7 @@ class FolderSubscription implements Subscription {
     private readonly bus: FolderEventBus,
     private readonly topic: TopicState,
     private readonly options: SubscribeOptions,
-    private readonly tuning: Required<Omit<FolderBusOptions, 'logger'>>,
+    private readonly tuning: FolderTuning,
     private readonly log: Logger,
   ) {
     this.groupDir = path.join(topic.dir, 'groups', options.group);

@@ -17,15 +17,8 @@ applyKafkajsIdleFix();
 import type { ConsumedEvent, EventBus, PublishEvent, SubscribeOptions, Subscription } from './event-bus.js';
 import type { Logger, LogLevel } from '../log.js';
 import { defaultBusLogger } from './log.js';
-import {
-  checkKey,
-  checkName,
-  checkParams,
-  encodeValue,
-  invalid,
-  partitionsParam,
-  topicPrefixParam,
-} from './params.js';
+import { busParams, checkParams, invalid, type BusOptions, type PublishOptions } from './params.js';
+import { busTuning, checkCall, checkSubscribe, encodeEvents, fullTopicName } from './params.js';
 
 /**
  * The Kafka event bus: `kafka://host:port[,host:port]?topicPrefix=wal[&partitions=4][&replicationFactor=1][&clientId=…]`.
@@ -46,22 +39,19 @@ import {
  *   as a warning: by default the bus is silent.
  */
 
-export interface KafkaBusOptions {
-  logger?: Logger;
+/** The Kafka bus's tuning, with its defaults (each can be set in KafkaBusOptions). */
+export const KAFKA_TUNING = {
   /** Per-connection timeout. */
-  connectionTimeoutMs?: number;
+  connectionTimeoutMs: 3_000,
   /** Per-request timeout. */
-  requestTimeoutMs?: number;
+  requestTimeoutMs: 5_000,
   /** The longest one publish call may take before failing with UNAVAILABLE. */
-  publishTimeoutMs?: number;
+  publishTimeoutMs: 12_000,
   /** Consumer group session timeout. */
-  sessionTimeoutMs?: number;
-}
+  sessionTimeoutMs: 10_000,
+};
+export type KafkaBusOptions = BusOptions<typeof KAFKA_TUNING>;
 
-export const KAFKA_CONNECTION_TIMEOUT_MS = 3_000;
-export const KAFKA_REQUEST_TIMEOUT_MS = 5_000;
-export const KAFKA_PUBLISH_TIMEOUT_MS = 12_000;
-export const KAFKA_SESSION_TIMEOUT_MS = 10_000;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10_000;
 
@@ -106,8 +96,7 @@ export function parseKafkaUrl(raw: string): KafkaBusConfig {
   }
   return {
     brokers,
-    topicPrefix: topicPrefixParam(url, raw),
-    partitions: partitionsParam(url, raw),
+    ...busParams(url, raw),
     replicationFactor: rf === null ? 1 : Number(rf),
     clientId,
   };
@@ -161,14 +150,15 @@ export class KafkaEventBus implements EventBus {
     this.config = parseKafkaUrl(raw);
     this.url = maskUrl(raw);
     this.log = options.logger ?? defaultBusLogger();
-    this.publishTimeoutMs = options.publishTimeoutMs ?? KAFKA_PUBLISH_TIMEOUT_MS;
-    this.sessionTimeoutMs = options.sessionTimeoutMs ?? KAFKA_SESSION_TIMEOUT_MS;
+    const tuning = busTuning(KAFKA_TUNING, options);
+    this.publishTimeoutMs = tuning.publishTimeoutMs;
+    this.sessionTimeoutMs = tuning.sessionTimeoutMs;
     const log = this.log;
     this.kafka = new Kafka({
       clientId: this.config.clientId,
       brokers: this.config.brokers,
-      connectionTimeout: options.connectionTimeoutMs ?? KAFKA_CONNECTION_TIMEOUT_MS,
-      requestTimeout: options.requestTimeoutMs ?? KAFKA_REQUEST_TIMEOUT_MS,
+      connectionTimeout: tuning.connectionTimeoutMs,
+      requestTimeout: tuning.requestTimeoutMs,
       retry: { retries: 3, initialRetryTime: 300, maxRetryTime: 2_000 },
       logLevel: KafkaLogLevel.INFO,
       logCreator:
@@ -186,7 +176,7 @@ export class KafkaEventBus implements EventBus {
   }
 
   topicName(topic: string): string {
-    return `${this.config.topicPrefix}.${checkName('topic', topic)}`;
+    return fullTopicName(this.config.topicPrefix, topic);
   }
 
   /** Fails with UNAVAILABLE unless a broker answers (for the CLI's start-up check). */
@@ -292,15 +282,10 @@ export class KafkaEventBus implements EventBus {
     return p;
   }
 
-  async publish(
-    topic: string,
-    events: readonly PublishEvent[],
-    options: { signal?: AbortSignal } = {},
-  ): Promise<void> {
-    if (this.closed) throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `event bus ${this.url} is closed`);
-    throwIfAborted(options.signal);
+  async publish(topic: string, events: readonly PublishEvent[], options: PublishOptions = {}): Promise<void> {
+    checkCall(this.closed, this.url, options.signal);
     const name = this.topicName(topic);
-    const messages = events.map((e) => ({ key: checkKey(e?.key), value: encodeValue(e?.value) }));
+    const messages = encodeEvents(events);
     if (messages.length === 0) return;
     // One send at a time: calls from this publisher stay in order per key.
     const run = this.publishQueue.then(() =>
@@ -331,9 +316,8 @@ export class KafkaEventBus implements EventBus {
   }
 
   async subscribe(options: SubscribeOptions): Promise<Subscription> {
-    if (this.closed) throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `event bus ${this.url} is closed`);
-    const group = checkName('consumer group', options.group);
-    if (typeof options.handler !== 'function') throw invalid('subscribe needs a handler');
+    checkCall(this.closed, this.url);
+    const group = checkSubscribe(options);
     const sub = new KafkaSubscription(this, this.kafka, this.topicName(options.topic), group, options, {
       log: this.log,
       sessionTimeoutMs: this.sessionTimeoutMs,

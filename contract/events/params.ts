@@ -1,6 +1,7 @@
-import { ErrorCodes, WalArchiverError } from '../errors.js';
+import { ErrorCodes, WalArchiverError, throwIfAborted } from '../errors.js';
 import { maskUrl } from '../url.js';
-import { DEFAULT_TOPIC_PREFIX } from './event-bus.js';
+import type { Logger } from '../log.js';
+import { DEFAULT_TOPIC_PREFIX, type PublishEvent, type SubscribeOptions } from './event-bus.js';
 
 /** Default number of bus partitions per topic (Kafka partitions, or folder-log partition files). */
 export const DEFAULT_PARTITIONS = 4;
@@ -46,6 +47,52 @@ export function partitionsParam(url: URL, raw: string): number {
     );
   }
   return Number(v);
+}
+
+/** The parameters every bus URL takes (after `checkParams`): the topic prefix and the partition count. */
+export function busParams(url: URL, raw: string): { topicPrefix: string; partitions: number } {
+  return { topicPrefix: topicPrefixParam(url, raw), partitions: partitionsParam(url, raw) };
+}
+
+/**
+ * A bus's options: its logger and any of its tuning knobs, named (and documented) by the bus's
+ * table of defaults; `busTuning` fills in what is not given.
+ */
+export type BusOptions<Tuning> = { logger?: Logger } & Partial<Tuning>;
+
+/** Each tuning knob of a bus as given in `options`, else its default. */
+export function busTuning<T extends Record<string, number>>(defaults: T, options: Partial<T>): T {
+  const tuning = { ...defaults };
+  for (const knob of Object.keys(defaults) as (keyof T)[]) tuning[knob] = options[knob] ?? defaults[knob];
+  return tuning;
+}
+
+/** The options of `EventBus.publish`. */
+export interface PublishOptions {
+  signal?: AbortSignal;
+}
+
+/** Refuses a call on a closed bus, or one whose signal has fired already. */
+export function checkCall(closed: boolean, url: string, signal?: AbortSignal): void {
+  if (closed) throw new WalArchiverError(ErrorCodes.UNAVAILABLE, `event bus ${url} is closed`);
+  throwIfAborted(signal);
+}
+
+/** The bus's name of a logical topic: `<topicPrefix>.<topic>`. */
+export function fullTopicName(topicPrefix: string, topic: string): string {
+  return `${topicPrefix}.${checkName('topic', topic)}`;
+}
+
+/** Validates and serialises a publish call's events (all of them, before anything is sent). */
+export function encodeEvents(events: readonly PublishEvent[]): { key: string; value: string }[] {
+  return events.map((e) => ({ key: checkKey(e?.key), value: encodeValue(e?.value) }));
+}
+
+/** Validates a subscription's group and handler; returns the group. */
+export function checkSubscribe(options: SubscribeOptions): string {
+  const group = checkName('consumer group', options.group);
+  if (typeof options.handler !== 'function') throw invalid('subscribe needs a handler');
+  return group;
 }
 
 /** Validates a logical topic or group name: it becomes part of a file or Kafka topic name. */

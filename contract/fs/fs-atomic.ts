@@ -8,6 +8,7 @@
  * - `writeNewFileSynced`: create a file that must not exist yet and fsync it
  *   (the caller fsyncs the folder once it has created all its files).
  * - `fsyncDir` / `ensureDir`: make directory entries durable.
+ * - `pathExists` / `pathKind`: what is at a path (a missing one is no error).
  *
  * File system errors come back as WalArchiverError: ENOENT as NOT_FOUND,
  * EEXIST as ALREADY_EXISTS, anything else as INTERNAL, each naming the path.
@@ -61,11 +62,22 @@ export function isNotFound(err: unknown): boolean {
  * thrown. `followLinks: false` asks about the path itself (a dangling link exists).
  */
 export async function pathExists(p: string, options: { followLinks?: boolean } = {}): Promise<boolean> {
+  return (await pathKind(p, options)) !== 'missing';
+}
+
+/**
+ * What is at a path: a directory, nothing, or something else; any stat error
+ * but ENOENT is thrown. `followLinks: false` asks about the path itself.
+ */
+export async function pathKind(
+  p: string,
+  options: { followLinks?: boolean } = {},
+): Promise<'directory' | 'missing' | 'other'> {
   try {
-    await (options.followLinks === false ? fsp.lstat(p) : fsp.stat(p));
-    return true;
+    const st = await (options.followLinks === false ? fsp.lstat(p) : fsp.stat(p));
+    return st.isDirectory() ? 'directory' : 'other';
   } catch (err) {
-    if (isNotFound(err)) return false;
+    if (isNotFound(err)) return 'missing';
     throw fsError(err, 'stat', p);
   }
 }
@@ -98,23 +110,15 @@ export async function ensureDir(dir: string, mode = DEFAULT_DIR_MODE): Promise<b
   const abs = path.resolve(dir);
   const missing: string[] = [];
   for (let cur = abs; ; cur = path.dirname(cur)) {
-    try {
-      const st = await fsp.stat(cur);
-      if (!st.isDirectory()) {
-        throw new WalArchiverError(
-          ErrorCodes.INTERNAL,
-          `create directory ${abs}: ${cur} is not a directory`,
-          {
-            details: { path: cur },
-          },
-        );
-      }
-      break;
-    } catch (err) {
-      if (!isNotFound(err)) throw fsError(err, 'stat', cur);
-      missing.push(cur);
-      if (path.dirname(cur) === cur) break;
+    const kind = await pathKind(cur);
+    if (kind === 'directory') break;
+    if (kind === 'other') {
+      throw new WalArchiverError(ErrorCodes.INTERNAL, `create directory ${abs}: ${cur} is not a directory`, {
+        details: { path: cur },
+      });
     }
+    missing.push(cur);
+    if (path.dirname(cur) === cur) break;
   }
   if (missing.length === 0) return false;
   for (const level of missing.reverse()) {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, WalArchiverError, throwIfAborted } from '../../contract/errors.js';
-import { fsyncDir } from '../../contract/fs/fs-atomic.js';
+import { fsyncDir, pathKind } from '../../contract/fs/fs-atomic.js';
 import { sleep } from '../../contract/retry.js';
 import { maskUrl, parseServiceUrl } from '../../contract/url.js';
 import {
@@ -20,17 +20,9 @@ import {
   validatePrefix,
   validateRange,
 } from './keys.js';
-import type {
-  Body,
-  CallOptions,
-  CreateOptions,
-  GetOptions,
-  ListOptions,
-  ObjectInfo,
-  ObjectStore,
-  ReplaceOptions,
-  Retention,
-} from './object-store.js';
+import { changedError, goneError, lockedError, notFoundError, storeError } from './store-errors.js';
+import type { Body, ObjectInfo, ObjectStore, Retention } from './object-store.js';
+import type { CallOptions, CreateOptions, GetOptions, ListOptions, ReplaceOptions } from './object-store.js';
 
 /** How long a replace or delete waits for another writer's lock on the same key. */
 export const DEFAULT_LOCK_TIMEOUT_MS = 30_000;
@@ -52,6 +44,7 @@ const META_DIR = '.meta';
 const LOCK_DIR = '.locks';
 const VERSIONS_DIR = '.versions';
 const VERSION_NAME = /^[0-9]+$/;
+const KEY_CONFLICT = 'key conflicts with another key (a folder store cannot hold both "a" and "a/b")';
 /** A file in `.tmp/` untouched for this long was left by a crashed writer. */
 const TMP_STALE_MS = 24 * 3_600_000;
 
@@ -221,23 +214,20 @@ export class FolderStore implements ObjectStore {
       );
     }
     const store = new FolderStore(url, root, options);
-    try {
-      const st = await fs.stat(root);
-      if (!st.isDirectory()) {
-        throw new WalArchiverError(
-          ErrorCodes.INVALID_ARGUMENT,
-          `object store ${url}: ${root} is not a folder`,
-          {
-            retryable: false,
-          },
-        );
-      }
-      store.rootReady = true;
-    } catch (err) {
-      if (err instanceof WalArchiverError) throw err;
-      if (errno(err) !== 'ENOENT') throw store.fail('open', undefined, err);
-      await store.checkParent();
+    const kind = await pathKind(root).catch((err: unknown) => {
+      throw store.fail('open', undefined, err);
+    });
+    if (kind === 'other') {
+      throw new WalArchiverError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `object store ${url}: ${root} is not a folder`,
+        {
+          retryable: false,
+        },
+      );
     }
+    if (kind === 'directory') store.rootReady = true;
+    else await store.checkParent();
     return store;
   }
 
@@ -315,19 +305,20 @@ export class FolderStore implements ObjectStore {
     let fh: FileHandle | undefined;
     for (let attempt = 0; fh === undefined; attempt++) {
       const current = await this.lookup(key, 'get');
-      if (current === undefined) throw this.notFound('get', key);
+      if (current === undefined) throw notFoundError(this.url, 'get', key);
       try {
         fh = await fs.open(current.file, 'r');
       } catch (err) {
         // A newer replace may have removed the version just resolved: resolve again.
         if (errno(err) === 'ENOENT' && attempt < 5) continue;
-        if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(err) ?? '')) throw this.notFound('get', key);
+        if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(err) ?? ''))
+          throw notFoundError(this.url, 'get', key);
         throw this.fail('get', key, err);
       }
     }
     try {
       const st = await fh.stat();
-      if (!st.isFile()) throw this.notFound('get', key);
+      if (!st.isFile()) throw notFoundError(this.url, 'get', key);
       const start = options.offset ?? 0;
       const stop = options.length === undefined ? st.size : Math.min(st.size, start + options.length);
       if (stop <= start) {
@@ -356,7 +347,7 @@ export class FolderStore implements ObjectStore {
     try {
       // A key whose <root>/K is gone while versions remain is an unfinished delete: it still exists.
       if ((await this.newestVersion(key, 'create')) !== undefined)
-        throw this.error(ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists');
+        throw storeError(this.url, ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists');
       await this.linkInto(key, staged, 'create');
     } catch (err) {
       await this.discard(staged);
@@ -375,28 +366,24 @@ export class FolderStore implements ObjectStore {
         const current = await this.lookup(key, 'replace');
         if (options.ifMatch === undefined) {
           if (current !== undefined)
-            throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object exists already');
+            throw storeError(
+              this.url,
+              ErrorCodes.PRECONDITION_FAILED,
+              'replace',
+              key,
+              'object exists already',
+            );
           await this.beforeCommit?.(key);
           await this.linkInto(key, staged, 'replace');
           committed = true;
         } else {
           if (current === undefined) {
-            throw this.error(
-              ErrorCodes.PRECONDITION_FAILED,
-              'replace',
-              key,
-              'object does not exist (any more)',
-            );
+            throw goneError(this.url, 'replace', key);
           }
           if (isRetained(this.retentionOf(current.meta), this.now()))
-            throw this.locked('replace', key, current.meta);
+            throw lockedError(this.url, 'replace', key, current.meta.retention);
           if (current.meta.etag !== options.ifMatch) {
-            throw this.error(
-              ErrorCodes.PRECONDITION_FAILED,
-              'replace',
-              key,
-              'object changed since it was read',
-            );
+            throw changedError(this.url, 'replace', key);
           }
           await this.beforeCommit?.(key);
           await this.commitVersion(key, current, staged);
@@ -425,7 +412,7 @@ export class FolderStore implements ObjectStore {
       const current = await this.lookup(key, 'delete');
       if (current === undefined) return;
       if (isRetained(this.retentionOf(current.meta), this.now()))
-        throw this.locked('delete', key, current.meta);
+        throw lockedError(this.url, 'delete', key, current.meta.retention);
       // <root>/K first: until the versions go too, the object still reads as its newest version.
       const target = this.dataPath(key);
       await ignoreMissing(dfs.unlink(target));
@@ -490,7 +477,8 @@ export class FolderStore implements ObjectStore {
         }
         throwIfAborted(options.signal);
         if (options.size !== undefined && options.size !== size) {
-          throw this.error(
+          throw storeError(
+            this.url,
             ErrorCodes.INVALID_ARGUMENT,
             'create',
             key,
@@ -555,8 +543,9 @@ export class FolderStore implements ObjectStore {
       if (code === 'EEXIST') {
         const st = await fs.lstat(target).catch(() => undefined);
         if (st?.isDirectory()) throw this.conflict(op, key);
-        if (op === 'create') throw this.error(ErrorCodes.ALREADY_EXISTS, op, key, 'object already exists');
-        throw this.error(ErrorCodes.PRECONDITION_FAILED, op, key, 'object exists already');
+        if (op === 'create')
+          throw storeError(this.url, ErrorCodes.ALREADY_EXISTS, op, key, 'object already exists');
+        throw storeError(this.url, ErrorCodes.PRECONDITION_FAILED, op, key, 'object exists already');
       }
       if (code === 'ENOTDIR') throw this.conflict(op, key);
       throw this.fail(op, key, err);
@@ -579,7 +568,7 @@ export class FolderStore implements ObjectStore {
     if (gen === 1) {
       const now = await fs.stat(current.file, { bigint: true }).catch(() => undefined);
       if (now?.ino !== current.stat.ino) {
-        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object changed since it was read');
+        throw changedError(this.url, 'replace', key);
       }
       await this.ensureDir(dir, key);
     }
@@ -587,7 +576,7 @@ export class FolderStore implements ObjectStore {
       await dfs.link(staged.tmpPath, path.join(dir, String(gen)));
     } catch (err) {
       if (['EEXIST', 'ENOENT', 'ENOTDIR'].includes(errno(err) ?? '')) {
-        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, 'object changed since it was read');
+        throw changedError(this.url, 'replace', key);
       }
       throw err;
     }
@@ -668,10 +657,17 @@ export class FolderStore implements ObjectStore {
       const again = await fs.stat(target, { bigint: true }).catch(() => undefined);
       if (again === undefined) continue;
       if (again.ino === st.ino && (await this.newestVersion(key, op)) === gen) {
-        throw this.error(ErrorCodes.CORRUPT, op, key, 'object has no metadata file in .meta/', false);
+        throw storeError(
+          this.url,
+          ErrorCodes.CORRUPT,
+          op,
+          key,
+          'object has no metadata file in .meta/',
+          false,
+        );
       }
     }
-    throw this.error(ErrorCodes.UNAVAILABLE, op, key, 'object keeps changing while being read');
+    throw storeError(this.url, ErrorCodes.UNAVAILABLE, op, key, 'object keeps changing while being read');
   }
 
   /** The number of the key's newest version in `.versions/K.v/`, or undefined when it has none. */
@@ -739,7 +735,14 @@ export class FolderStore implements ObjectStore {
         throw new Error('bad shape');
       return meta;
     } catch {
-      throw this.error(ErrorCodes.CORRUPT, op, key, `metadata file ${metaPath} is not valid`, false);
+      throw storeError(
+        this.url,
+        ErrorCodes.CORRUPT,
+        op,
+        key,
+        `metadata file ${metaPath} is not valid`,
+        false,
+      );
     }
   }
 
@@ -816,7 +819,7 @@ export class FolderStore implements ObjectStore {
           continue;
         }
         if (Date.now() > deadline) {
-          throw this.error(ErrorCodes.UNAVAILABLE, 'lock', key, `another writer holds ${lockPath}`);
+          throw storeError(this.url, ErrorCodes.UNAVAILABLE, 'lock', key, `another writer holds ${lockPath}`);
         }
         await sleep(Math.min(50, 1 + attempt * 2) + Math.random() * 5);
       }
@@ -958,41 +961,8 @@ export class FolderStore implements ObjectStore {
     }
   }
 
-  private error(
-    code: (typeof ErrorCodes)[keyof typeof ErrorCodes],
-    op: string,
-    key: string,
-    what: string,
-    retryable?: boolean,
-  ) {
-    return new WalArchiverError(code, `object store ${this.url}: ${op} "${key}": ${what}`, {
-      retryable: retryable ?? code === ErrorCodes.UNAVAILABLE,
-      details: { url: this.url, key, op },
-    });
-  }
-
-  private notFound(op: string, key: string): WalArchiverError {
-    return this.error(ErrorCodes.NOT_FOUND, op, key, 'object does not exist', false);
-  }
-
-  private locked(op: string, key: string, meta: MetaFile): WalArchiverError {
-    return this.error(
-      ErrorCodes.OBJECT_LOCKED,
-      op,
-      key,
-      `object is under ${meta.retention?.mode ?? ''} retention until ${meta.retention?.retainUntil ?? '?'}`,
-      false,
-    );
-  }
-
   private conflict(op: string, key: string): WalArchiverError {
-    return this.error(
-      ErrorCodes.INVALID_ARGUMENT,
-      op,
-      key,
-      'key conflicts with another key (a folder store cannot hold both "a" and "a/b")',
-      false,
-    );
+    return storeError(this.url, ErrorCodes.INVALID_ARGUMENT, op, key, KEY_CONFLICT, false);
   }
 
   private fail(op: string, key: string | undefined, given: unknown): WalArchiverError {

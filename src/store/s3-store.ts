@@ -18,17 +18,9 @@ import type { ErrorCode } from '../../contract/errors.js';
 import { Backoff, sleep } from '../../contract/retry.js';
 import { boolParam, maskUrl, parseServiceUrl } from '../../contract/url.js';
 import { isRetained, validateCreateOptions, validateKey, validatePrefix, validateRange } from './keys.js';
-import type {
-  Body,
-  CallOptions,
-  CreateOptions,
-  GetOptions,
-  ListOptions,
-  ObjectInfo,
-  ObjectStore,
-  ReplaceOptions,
-  Retention,
-} from './object-store.js';
+import { goneError, lockedError, notFoundError, storeError } from './store-errors.js';
+import type { Body, ObjectInfo, ObjectStore, Retention } from './object-store.js';
+import type { CallOptions, CreateOptions, GetOptions, ListOptions, ReplaceOptions } from './object-store.js';
 
 const SILENT_LOGGER = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
 
@@ -357,7 +349,8 @@ export class S3Store implements ObjectStore {
     validateRange(options.offset, options.length, this.url);
     const start = options.offset ?? 0;
     if (options.length === 0) {
-      if ((await this.headRaw(key, 'get', options.signal)) === undefined) throw this.notFound('get', key);
+      if ((await this.headRaw(key, 'get', options.signal)) === undefined)
+        throw notFoundError(this.url, 'get', key);
       return Readable.from([]);
     }
     const range =
@@ -377,18 +370,25 @@ export class S3Store implements ObjectStore {
     } catch (err) {
       if (statusOf(err) === 416 || sdkError(err).name === 'InvalidRange') {
         // The range starts at or past the end: an empty read of an existing object.
-        if ((await this.headRaw(key, 'get', options.signal)) === undefined) throw this.notFound('get', key);
+        if ((await this.headRaw(key, 'get', options.signal)) === undefined)
+          throw notFoundError(this.url, 'get', key);
         return Readable.from([]);
       }
       throw this.fail('get', key, err);
     }
     const body = out.Body;
     if (!(body instanceof Readable)) {
-      throw this.error(ErrorCodes.INTERNAL, 'get', key, 'the response body is not a stream', false);
+      throw storeError(this.url, ErrorCodes.INTERNAL, 'get', key, 'the response body is not a stream', false);
     }
     const expected = out.ContentLength;
     const checked = new LengthCheck(expected, (seen) =>
-      this.error(ErrorCodes.UNAVAILABLE, 'get', key, `transfer cut after ${seen} of ${expected} bytes`),
+      storeError(
+        this.url,
+        ErrorCodes.UNAVAILABLE,
+        'get',
+        key,
+        `transfer cut after ${seen} of ${expected} bytes`,
+      ),
     );
     pipeline(body, checked, () => undefined);
     return checked;
@@ -437,7 +437,7 @@ export class S3Store implements ObjectStore {
           const broken = counter.errored;
           counter.destroy();
           if (broken && /announced/.test(broken.message))
-            throw this.error(ErrorCodes.INVALID_ARGUMENT, 'create', key, broken.message, false);
+            throw storeError(this.url, ErrorCodes.INVALID_ARGUMENT, 'create', key, broken.message, false);
           throw err;
         }
         size = announced;
@@ -468,7 +468,7 @@ export class S3Store implements ObjectStore {
     } catch (err) {
       if (err instanceof WalArchiverError) throw err;
       if (this.isConditionFailure(err)) {
-        throw this.error(ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists', false);
+        throw storeError(this.url, ErrorCodes.ALREADY_EXISTS, 'create', key, 'object already exists', false);
       }
       // A streamed body cannot be sent again from here: the caller's loop retries.
       if (this.isConditionalConflict(err)) throw this.conflictError('create', key);
@@ -485,16 +485,10 @@ export class S3Store implements ObjectStore {
     if (options.ifMatch !== undefined && (await this.isLockEnabled(options.signal))) {
       const current = await this.headRaw(key, 'replace', options.signal);
       if (current === undefined) {
-        throw this.error(
-          ErrorCodes.PRECONDITION_FAILED,
-          'replace',
-          key,
-          'object does not exist (any more)',
-          false,
-        );
+        throw goneError(this.url, 'replace', key);
       }
       const retention = this.retentionOf(current);
-      if (isRetained(retention, this.now())) throw this.locked('replace', key, retention);
+      if (isRetained(retention, this.now())) throw lockedError(this.url, 'replace', key, retention);
     }
     const condition =
       options.ifMatch === undefined ? { IfNoneMatch: '*' } : { IfMatch: `"${options.ifMatch}"` };
@@ -517,7 +511,7 @@ export class S3Store implements ObjectStore {
       if (this.isConditionFailure(err) || name === 'NoSuchKey' || statusOf(err) === 404) {
         const why =
           options.ifMatch === undefined ? 'object exists already' : 'object changed since it was read';
-        throw this.error(ErrorCodes.PRECONDITION_FAILED, 'replace', key, why, false);
+        throw storeError(this.url, ErrorCodes.PRECONDITION_FAILED, 'replace', key, why, false);
       }
       throw this.fail('replace', key, err, options.signal);
     }
@@ -529,7 +523,7 @@ export class S3Store implements ObjectStore {
     const current = await this.headRaw(key, 'delete', options.signal);
     if (current === undefined) return;
     const retention = this.retentionOf(current);
-    if (isRetained(retention, this.now())) throw this.locked('delete', key, retention);
+    if (isRetained(retention, this.now())) throw lockedError(this.url, 'delete', key, retention);
     if (current.VersionId === undefined || current.VersionId === 'null') {
       const command = new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key });
       await this.call('delete', key, options.signal, () =>
@@ -593,7 +587,8 @@ export class S3Store implements ObjectStore {
         if (e.name === 'NoSuchVersion' || statusOf(err) === 404) continue;
         const text = `${e.name ?? ''} ${e.message ?? ''}`;
         if (/WORM|lock|retention|protected/i.test(text) || e.name === 'AccessDenied') {
-          throw this.error(
+          throw storeError(
+            this.url,
             ErrorCodes.OBJECT_LOCKED,
             'delete',
             key,
@@ -655,7 +650,8 @@ export class S3Store implements ObjectStore {
       if (e.name === 'NotFound' || e.name === 'NoSuchKey' || statusOf(err) === 404) return undefined;
       // HEAD responses have no body, so a 403 says nothing more precise.
       if (statusOf(err) === 403) {
-        throw this.error(
+        throw storeError(
+          this.url,
           ErrorCodes.ACCESS_DENIED,
           op,
           key,
@@ -743,7 +739,8 @@ export class S3Store implements ObjectStore {
   }
 
   private conflictError(op: string, key: string): WalArchiverError {
-    return this.error(
+    return storeError(
+      this.url,
       ErrorCodes.UNAVAILABLE,
       op,
       key,
@@ -777,34 +774,13 @@ export class S3Store implements ObjectStore {
     }
   }
 
-  private error(code: ErrorCode, op: string, key: string | undefined, what: string, retryable?: boolean) {
-    const where = key === undefined ? op : `${op} "${key}"`;
-    return new WalArchiverError(code, `object store ${this.url}: ${where}: ${what}`, {
-      retryable: retryable ?? code === ErrorCodes.UNAVAILABLE,
-      details: { url: this.url, key, op },
-    });
-  }
-
-  private notFound(op: string, key: string): WalArchiverError {
-    return this.error(ErrorCodes.NOT_FOUND, op, key, 'object does not exist', false);
-  }
-
-  private locked(op: string, key: string, retention: Retention | undefined): WalArchiverError {
-    return this.error(
-      ErrorCodes.OBJECT_LOCKED,
-      op,
-      key,
-      `object is under ${retention?.mode ?? ''} retention until ${retention?.retainUntil.toISOString() ?? '?'}`,
-      false,
-    );
-  }
-
   private bucketError(err: unknown): WalArchiverError {
     const status = statusOf(err);
     const name = sdkError(err).name;
     if (status === 404 || name === 'NoSuchBucket' || name === 'NotFound') {
       return this.withCause(
-        this.error(
+        storeError(
+          this.url,
           ErrorCodes.BUCKET_NOT_FOUND,
           'open',
           undefined,
@@ -816,7 +792,8 @@ export class S3Store implements ObjectStore {
     }
     if (status === 403) {
       return this.withCause(
-        this.error(
+        storeError(
+          this.url,
           ErrorCodes.ACCESS_DENIED,
           'open',
           undefined,
@@ -828,7 +805,8 @@ export class S3Store implements ObjectStore {
     }
     if (status === 301 || status === 400) {
       return this.withCause(
-        this.error(
+        storeError(
+          this.url,
           ErrorCodes.INVALID_ARGUMENT,
           'open',
           undefined,
