@@ -67,10 +67,12 @@ export const STAGING_DIR = 'staging';
 export const STATE_DIR = 'state';
 export const MANIFEST_FILE = 'MANIFEST';
 export const RAFT_FILE = 'RAFT';
-export const HARD_STATE_FILE = path.join('raft', 'hard_state');
-export const CONF_STATE_FILE = path.join('raft', 'conf_state');
+export const RAFT_DIR = 'raft';
+export const ARCHIVER_DIR = 'archiver';
+export const HARD_STATE_FILE = path.join(RAFT_DIR, 'hard_state');
+export const CONF_STATE_FILE = path.join(RAFT_DIR, 'conf_state');
 export const APPLIED_LSN_FILE = 'applied_lsn';
-export const ARCHIVER_POSITION_FILE = path.join('archiver', 'position');
+export const ARCHIVER_POSITION_FILE = path.join(ARCHIVER_DIR, 'position');
 
 // ---------------------------------------------------------------- paths
 
@@ -657,10 +659,10 @@ export async function writeSnapshotMeta(
   stamp = 0,
   whole = true,
 ): Promise<void> {
-  await ensureDir(path.join(dir, 'raft'));
+  await ensureDir(path.join(dir, RAFT_DIR));
   const extra = stamp > 0 ? { stamp, ...(whole ? {} : { stamps: 'partial' }) } : {};
   await atomicWriteFile(
-    path.join(dir, 'raft', 'snapshot'),
+    path.join(dir, RAFT_DIR, 'snapshot'),
     `${JSON.stringify({ index: meta.index, term: meta.term, voters: [...meta.voters], ...extra })}\n`,
   );
 }
