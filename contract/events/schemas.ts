@@ -301,6 +301,27 @@ function checkOrder(r: FieldReader, earlier: string, later: string, a: string, b
   if (a > b) throw r.fail(later, `is before ${earlier}`);
 }
 
+/** The fields every event starts with. */
+interface EventHead {
+  schema: 1;
+  partition: string;
+}
+
+/**
+ * The parser of one event type: checks the schema version, reads the fields
+ * every event starts with, then the event's own fields with `read`.
+ */
+function eventParser<T extends EventHead>(
+  what: string,
+  read: (r: FieldReader) => Omit<T, keyof EventHead>,
+): (value: unknown) => T {
+  return (value) => {
+    const r = new FieldReader(value, what);
+    r.schema(EVENT_SCHEMA_VERSION);
+    return { schema: 1, partition: r.partition(), ...read(r) } as T;
+  };
+}
+
 function parseRefChange(value: unknown, index: number): RefChange {
   const r = new FieldReader(value, `wal.entries ref change ${index}`);
   const oid = r.obj.new_oid;
@@ -312,28 +333,18 @@ function parseRefChange(value: unknown, index: number): RefChange {
 }
 
 /** Parses a `wal.entries` value. */
-export function parseWalEntryEvent(value: unknown): WalEntryEvent {
-  const r = new FieldReader(value, 'wal.entries event');
-  r.schema(EVENT_SCHEMA_VERSION);
-  return {
-    schema: 1,
-    partition: r.partition(),
-    lsn: r.lsn('lsn'),
-    term: r.term('term'),
-    node: r.node('node'),
-    bytes: r.int('bytes'),
-    refs: r.array('refs').map(parseRefChange),
-    committed_at: r.time('committed_at'),
-  };
-}
+export const parseWalEntryEvent = eventParser<WalEntryEvent>('wal.entries event', (r) => ({
+  lsn: r.lsn('lsn'),
+  term: r.term('term'),
+  node: r.node('node'),
+  bytes: r.int('bytes'),
+  refs: r.array('refs').map(parseRefChange),
+  committed_at: r.time('committed_at'),
+}));
 
 /** Parses a `wal.archived` value. */
-export function parseWalArchivedEvent(value: unknown): WalArchivedEvent {
-  const r = new FieldReader(value, 'wal.archived event');
-  r.schema(EVENT_SCHEMA_VERSION);
-  const event: WalArchivedEvent = {
-    schema: 1,
-    partition: r.partition(),
+export const parseWalArchivedEvent = eventParser<WalArchivedEvent>('wal.archived event', (r) => {
+  const event = {
     first_lsn: r.lsn('first_lsn'),
     last_lsn: r.lsn('last_lsn'),
     key: r.string('key'),
@@ -357,15 +368,11 @@ export function parseWalArchivedEvent(value: unknown): WalArchivedEvent {
   // No order between first_committed_at and last_committed_at: archives written before stamps were
   // monotonic across leaders may hold a segment whose last entry is stamped before its first.
   return event;
-}
+});
 
 /** Parses a `wal.backups` value. */
-export function parseWalBackupEvent(value: unknown): WalBackupEvent {
-  const r = new FieldReader(value, 'wal.backups event');
-  r.schema(EVENT_SCHEMA_VERSION);
-  const event: WalBackupEvent = {
-    schema: 1,
-    partition: r.partition(),
+export const parseWalBackupEvent = eventParser<WalBackupEvent>('wal.backups event', (r) => {
+  const event = {
     lsn: r.lsn('lsn'),
     key: r.string('key'),
     bytes: r.int('bytes'),
@@ -378,7 +385,7 @@ export function parseWalBackupEvent(value: unknown): WalBackupEvent {
   };
   checkOrder(r, 'started_at', 'finished_at', event.started_at, event.finished_at);
   return event;
-}
+});
 
 /** Parses a `wal.leadership` value. A leader of 0 or null means "no leader" and comes back as null. */
 export function parseWalLeadershipEvent(value: unknown): WalLeadershipEvent {

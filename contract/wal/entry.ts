@@ -67,10 +67,12 @@ export const STAGING_DIR = 'staging';
 export const STATE_DIR = 'state';
 export const MANIFEST_FILE = 'MANIFEST';
 export const RAFT_FILE = 'RAFT';
-export const HARD_STATE_FILE = path.join('raft', 'hard_state');
-export const CONF_STATE_FILE = path.join('raft', 'conf_state');
+export const RAFT_DIR = 'raft';
+export const ARCHIVER_DIR = 'archiver';
+export const HARD_STATE_FILE = path.join(RAFT_DIR, 'hard_state');
+export const CONF_STATE_FILE = path.join(RAFT_DIR, 'conf_state');
 export const APPLIED_LSN_FILE = 'applied_lsn';
-export const ARCHIVER_POSITION_FILE = path.join('archiver', 'position');
+export const ARCHIVER_POSITION_FILE = path.join(ARCHIVER_DIR, 'position');
 
 // ---------------------------------------------------------------- paths
 
@@ -84,36 +86,21 @@ export function partitionIdOf(partitionDirPath: string): string {
   return path.basename(path.resolve(partitionDirPath));
 }
 
-export function walDir(partitionDirPath: string): string {
-  return path.join(partitionDirPath, WAL_DIR);
+/** The path of `name` (a layout name above) inside a partition directory. */
+function inPartition(name: string): (partitionDirPath: string) => string {
+  return (partitionDirPath) => path.join(partitionDirPath, name);
 }
+
+export const walDir = inPartition(WAL_DIR);
+export const stagingDir = inPartition(STAGING_DIR);
+export const stateDir = inPartition(STATE_DIR);
+export const hardStatePath = inPartition(HARD_STATE_FILE);
+export const confStatePath = inPartition(CONF_STATE_FILE);
+export const appliedLsnPath = inPartition(APPLIED_LSN_FILE);
+export const archiverPositionPath = inPartition(ARCHIVER_POSITION_FILE);
 
 export function entryDir(partitionDirPath: string, lsn: number): string {
   return path.join(partitionDirPath, WAL_DIR, formatLsn(lsn));
-}
-
-export function stagingDir(partitionDirPath: string): string {
-  return path.join(partitionDirPath, STAGING_DIR);
-}
-
-export function stateDir(partitionDirPath: string): string {
-  return path.join(partitionDirPath, STATE_DIR);
-}
-
-export function hardStatePath(partitionDirPath: string): string {
-  return path.join(partitionDirPath, HARD_STATE_FILE);
-}
-
-export function confStatePath(partitionDirPath: string): string {
-  return path.join(partitionDirPath, CONF_STATE_FILE);
-}
-
-export function appliedLsnPath(partitionDirPath: string): string {
-  return path.join(partitionDirPath, APPLIED_LSN_FILE);
-}
-
-export function archiverPositionPath(partitionDirPath: string): string {
-  return path.join(partitionDirPath, ARCHIVER_POSITION_FILE);
 }
 
 /**
@@ -122,18 +109,30 @@ export function archiverPositionPath(partitionDirPath: string): string {
  * (temporary ones, say) are not partitions.
  */
 export async function listPartitionIds(dataDir: string): Promise<string[]> {
-  const dir = path.join(dataDir, PARTITIONS_DIR);
-  let names: Dirent[];
-  try {
-    names = await fsp.readdir(dir, { withFileTypes: true });
-  } catch (err) {
-    if (isNotFound(err)) return [];
-    throw fsError(err, 'list', dir);
-  }
+  const names = await listDir(path.join(dataDir, PARTITIONS_DIR));
   return names
     .filter((d) => d.isDirectory() && isPartitionId(d.name))
     .map((d) => d.name)
     .sort(comparePartitionIds);
+}
+
+/** The entries of directory `dir`; none when it does not exist. */
+async function listDir(dir: string): Promise<Dirent[]> {
+  try {
+    return await fsp.readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    if (isNotFound(err)) return [];
+    throw fsError(err, 'list', dir);
+  }
+}
+
+/** Runs one file-system step; its failure is reported as what was being done to which path. */
+async function fsStep<T>(action: string, target: string, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    throw fsError(err, action, target);
+  }
 }
 
 function corrupt(partitionDirPath: string, lsn: number | undefined, message: string, cause?: unknown) {
@@ -205,12 +204,8 @@ async function makeStagingEntry(partitionDirPath: string, prefix: string): Promi
   const root = stagingDir(partitionDirPath);
   await ensureDir(root);
   const dir = path.join(root, `${prefix}${randomBytes(6).toString('hex')}`);
-  try {
-    await dfs.mkdir(dir, { mode: 0o700 });
-    return dir;
-  } catch (err) {
-    throw fsError(err, 'create staging directory in', root);
-  }
+  await fsStep('create staging directory in', root, () => dfs.mkdir(dir, { mode: 0o700 }));
+  return dir;
 }
 
 /**
@@ -266,11 +261,7 @@ export async function writeEntry(
         await writeNewFileSynced(dest, f.data);
         size = f.data.length;
       } else {
-        try {
-          await dfs.link(f.linkFrom, dest);
-        } catch (err) {
-          throw fsError(err, `hard-link ${f.linkFrom} to`, dest);
-        }
+        await fsStep(`hard-link ${f.linkFrom} to`, dest, () => dfs.link(f.linkFrom, dest));
         await fsyncFile(dest);
         size = (await fsp.stat(dest)).size;
       }
@@ -279,13 +270,9 @@ export async function writeEntry(
     }
     await writeNewFileSynced(path.join(staging, RAFT_FILE), raftBytes);
     await fsyncDir(staging);
-    try {
-      // rename(2) replaces an empty directory silently; the check above and
-      // ENOTEMPTY for a non-empty one keep an existing entry from being replaced.
-      await dfs.rename(staging, target);
-    } catch (err) {
-      throw fsError(err, 'move entry into place at', target);
-    }
+    // rename(2) replaces an empty directory silently; the check above and
+    // ENOTEMPTY for a non-empty one keep an existing entry from being replaced.
+    await fsStep('move entry into place at', target, () => dfs.rename(staging, target));
     await fsyncDir(wal);
     await fsyncDir(stagingDir(partitionDirPath));
     return { lsn, dir: target, files: written, totalBytes };
@@ -301,17 +288,9 @@ export async function removeEntry(partitionDirPath: string, lsn: number): Promis
   const root = stagingDir(partitionDirPath);
   await ensureDir(root);
   const trash = path.join(root, `deleted-${formatLsn(lsn)}-${randomBytes(6).toString('hex')}`);
-  try {
-    await dfs.rename(source, trash);
-  } catch (err) {
-    throw fsError(err, 'remove entry', source);
-  }
+  await fsStep('remove entry', source, () => dfs.rename(source, trash));
   await fsyncDir(walDir(partitionDirPath));
-  try {
-    await dfs.rm(trash, { recursive: true, force: true });
-  } catch (err) {
-    throw fsError(err, 'delete', trash);
-  }
+  await fsStep('delete', trash, () => dfs.rm(trash, { recursive: true, force: true }));
 }
 
 /**
@@ -363,20 +342,10 @@ export async function pruneThrough(partitionDirPath: string, throughLsn: number)
 /** Removes what a crash left in `staging/` (half-written and half-deleted entries). Call before writing. */
 export async function cleanStaging(partitionDirPath: string): Promise<void> {
   const root = stagingDir(partitionDirPath);
-  let names: string[];
-  try {
-    names = await fsp.readdir(root);
-  } catch (err) {
-    if (isNotFound(err)) return;
-    throw fsError(err, 'list', root);
-  }
+  const names = (await listDir(root)).map((d) => d.name);
   for (const name of names) {
     const p = path.join(root, name);
-    try {
-      await dfs.rm(p, { recursive: true, force: true });
-    } catch (err) {
-      throw fsError(err, 'delete', p);
-    }
+    await fsStep('delete', p, () => dfs.rm(p, { recursive: true, force: true }));
   }
   if (names.length > 0) await fsyncDir(root);
 }
@@ -390,13 +359,7 @@ export async function cleanStaging(partitionDirPath: string): Promise<void> {
  */
 export async function listEntryLsns(partitionDirPath: string): Promise<number[]> {
   const dir = walDir(partitionDirPath);
-  let dirents: Dirent[];
-  try {
-    dirents = await fsp.readdir(dir, { withFileTypes: true });
-  } catch (err) {
-    if (isNotFound(err)) return [];
-    throw fsError(err, 'list', dir);
-  }
+  const dirents = await listDir(dir);
   const lsns: number[] = [];
   for (const d of dirents) {
     if (d.name.startsWith('.')) continue;
@@ -513,12 +476,8 @@ export async function readEntry(partitionDirPath: string, lsn: number): Promise<
   const files: EntryFile[] = [];
   let totalBytes = manifestRaw.length + raftRaw.length;
   for (const d of stagedDirents(partitionDirPath, lsn, dir, dirents)) {
-    let size: number;
-    try {
-      size = (await fsp.stat(path.join(dir, d.name))).size;
-    } catch (err) {
-      throw fsError(err, 'stat', path.join(dir, d.name));
-    }
+    const file = path.join(dir, d.name);
+    const size = (await fsStep('stat', file, () => fsp.stat(file))).size;
     files.push({ name: d.name, size });
     totalBytes += size;
   }
@@ -700,10 +659,10 @@ export async function writeSnapshotMeta(
   stamp = 0,
   whole = true,
 ): Promise<void> {
-  await ensureDir(path.join(dir, 'raft'));
+  await ensureDir(path.join(dir, RAFT_DIR));
   const extra = stamp > 0 ? { stamp, ...(whole ? {} : { stamps: 'partial' }) } : {};
   await atomicWriteFile(
-    path.join(dir, 'raft', 'snapshot'),
+    path.join(dir, RAFT_DIR, 'snapshot'),
     `${JSON.stringify({ index: meta.index, term: meta.term, voters: [...meta.voters], ...extra })}\n`,
   );
 }

@@ -40,7 +40,12 @@
 
 import { randomBytes } from 'node:crypto';
 import { ErrorCodes, isWalArchiverError, throwIfAborted } from '../../contract/errors.js';
-import { Topics, type EventBus, type Subscription } from '../../contract/events/event-bus.js';
+import {
+  Topics,
+  type ConsumedEvent,
+  type EventBus,
+  type Subscription,
+} from '../../contract/events/event-bus.js';
 import { comparePartitionIds, isPartitionId } from '../../contract/partition-id.js';
 import { sleep } from '../../contract/retry.js';
 import {
@@ -367,10 +372,33 @@ export function entryFromPartitionManifest(m: PartitionManifest): GlobalPartitio
   return entry;
 }
 
-/** Parses consumed event values into manifest events; malformed ones go to `onSkip`. */
-export function toManifestEvent(topic: string, value: unknown): ManifestEvent | undefined {
+/** Parses one consumed event value into a manifest event; none for `wal.entries` (nothing to fold). */
+function toManifestEvent(topic: string, value: unknown): ManifestEvent | undefined {
   const parsed = parseTopicEvent(topic, value);
   return parsed.topic === Topics.ENTRIES ? undefined : parsed;
+}
+
+/**
+ * Parses a batch of consumed events of `topic` into manifest events; each
+ * one that does not parse goes to `onSkip` (which may throw to stop the batch).
+ */
+export function toManifestEvents(
+  topic: string,
+  batch: readonly ConsumedEvent[],
+  onSkip: (consumed: ConsumedEvent, err: unknown) => void,
+): ManifestEvent[] {
+  const events: ManifestEvent[] = [];
+  for (const consumed of batch) {
+    let event: ManifestEvent | undefined;
+    try {
+      event = toManifestEvent(topic, consumed.value);
+    } catch (err) {
+      onSkip(consumed, err);
+      continue;
+    }
+    if (event) events.push(event);
+  }
+  return events;
 }
 
 // ---------------------------------------------------------------------------
@@ -534,17 +562,11 @@ export async function rebuildFromEvents(
           group: `${group}.${topic}`,
           fromBeginning: true,
           handler: async (batch) => {
-            const parsed: ManifestEvent[] = [];
-            for (const consumed of batch) {
-              try {
-                const event = toManifestEvent(topic, consumed.value);
-                if (event) parsed.push(event);
-              } catch (err) {
-                if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
-                skipped++;
-                options.onSkip?.(topic, err);
-              }
-            }
+            const parsed = toManifestEvents(topic, batch, (_consumed, err) => {
+              if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
+              skipped++;
+              options.onSkip?.(topic, err);
+            });
             state = foldEvents(state, parsed);
             events += batch.length;
             lastActivity = Date.now();

@@ -143,8 +143,24 @@ export interface PartitionManifestUpdate {
 // ---------------------------------------------------------------------------
 // Parsing
 
-function parseSegmentRecord(value: unknown, partition: string, index: number): SegmentRecord {
-  const r = new FieldReader(value, `partition ${partition} manifest segment ${index}`);
+/**
+ * The parser of one kind of record (`segment`, `backup`) of a partition
+ * manifest's lists: a reader named after the record, its fields read by `read`.
+ */
+function recordParser<T>(
+  kind: string,
+  read: (r: FieldReader, partition: string) => T,
+): (value: unknown, partition: string, index: number) => T {
+  return (value, partition, index) =>
+    read(new FieldReader(value, `partition ${partition} manifest ${kind} ${index}`), partition);
+}
+
+/** `max_committed_at`, which records written before it existed lack. */
+function maxCommittedAt(r: FieldReader): { max_committed_at?: string } {
+  return r.has('max_committed_at') ? { max_committed_at: r.time('max_committed_at') } : {};
+}
+
+function readSegmentRecord(r: FieldReader, partition: string): SegmentRecord {
   const s: SegmentRecord = {
     key: r.string('key'),
     first_lsn: r.lsn('first_lsn'),
@@ -155,7 +171,7 @@ function parseSegmentRecord(value: unknown, partition: string, index: number): S
     sha256: r.sha256(),
     first_committed_at: r.time('first_committed_at'),
     last_committed_at: r.time('last_committed_at'),
-    ...(r.has('max_committed_at') ? { max_committed_at: r.time('max_committed_at') } : {}),
+    ...maxCommittedAt(r),
     archived_at: r.time('archived_at'),
     term: r.term('term'),
     node: r.node('node'),
@@ -178,13 +194,12 @@ function parseSegmentRecord(value: unknown, partition: string, index: number): S
   return s;
 }
 
-function parseBackupRecord(value: unknown, partition: string, index: number): BackupRecord {
-  const r = new FieldReader(value, `partition ${partition} manifest backup ${index}`);
+function readBackupRecord(r: FieldReader, partition: string): BackupRecord {
   const b: BackupRecord = {
     key: r.string('key'),
     lsn: r.lsn('lsn'),
     taken_at: r.time('taken_at'),
-    ...(r.has('max_committed_at') ? { max_committed_at: r.time('max_committed_at') } : {}),
+    ...maxCommittedAt(r),
     bytes: r.int('bytes'),
     sha256: r.sha256(),
     trigger: r.oneOf('trigger', BACKUP_TRIGGERS),
@@ -197,6 +212,9 @@ function parseBackupRecord(value: unknown, partition: string, index: number): Ba
   }
   return b;
 }
+
+const parseSegmentRecord = recordParser('segment', readSegmentRecord);
+const parseBackupRecord = recordParser('backup', readBackupRecord);
 
 function parseLeader(r: FieldReader): LeaderRef | null {
   if (!r.has('leader')) return null;

@@ -34,7 +34,7 @@ import type { CasOptions } from './cas.js';
 import {
   GlobalManifestWriter,
   MANIFEST_TOPICS,
-  toManifestEvent,
+  toManifestEvents,
   type ManifestEvent,
 } from './global-manifest.js';
 
@@ -301,23 +301,17 @@ export class GlobalManifestProjector {
 
   /** One handler batch: parse, fold and write; resolves only once the write is durable. */
   private async handle(topic: string, batch: ConsumedEvent[]): Promise<void> {
-    const events: ManifestEvent[] = [];
     const skips: Skip[] = [];
-    for (const consumed of batch) {
-      try {
-        const event = toManifestEvent(topic, consumed.value);
-        if (event) events.push(event);
-      } catch (err) {
-        // Parsing is deterministic: whatever it throws, the event will never fold. Skip it.
-        skips.push({
-          topic: consumed.topic,
-          partition: consumed.partition,
-          offset: consumed.offset,
-          key: consumed.key,
-          error: describeError(err),
-        });
-      }
-    }
+    // Parsing is deterministic: whatever it throws, the event will never fold. Skip it.
+    const events = toManifestEvents(topic, batch, (consumed, err) => {
+      skips.push({
+        topic: consumed.topic,
+        partition: consumed.partition,
+        offset: consumed.offset,
+        key: consumed.key,
+        error: describeError(err),
+      });
+    });
     if (events.length > 0) await this.fold(events);
     // Counted once the batch is done, so a batch retried after a failed write is not counted twice.
     this.counters.eventsFolded += events.length;

@@ -14,13 +14,6 @@ import type { Semaphore } from '../semaphore.js';
 import { KV_STATE_FILE, applyEntry } from '../../contract/state/apply.js';
 import { extractState } from '../../contract/state/snapshot.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
-import {
-  writeAppliedLsn,
-  writeArchiverPosition,
-  writeVoters,
-  writeHardState,
-  writeSnapshotMeta,
-} from '../../contract/wal/entry.js';
 import { decodeLogEntry, type LogEntry } from '../../contract/wal/log-entry.js';
 import { parseStagedFileName } from '../../contract/wal/lsn.js';
 import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
@@ -35,6 +28,18 @@ import {
   type RestorePlan,
   type RestoreTarget,
 } from './plan.js';
+import {
+  APPLIED_LSN_FILE,
+  ARCHIVER_DIR,
+  RAFT_DIR,
+  STAGING_DIR,
+  STATE_DIR,
+  writeAppliedLsn,
+  writeArchiverPosition,
+  writeVoters,
+  writeHardState,
+  writeSnapshotMeta,
+} from '../../contract/wal/entry.js';
 
 /**
  * Restoring one partition: base backup plus WAL replay, up to the target LSN
@@ -358,11 +363,9 @@ async function exists(path: string): Promise<boolean> {
  */
 async function isFinishedBuild(dir: string): Promise<boolean> {
   const names = await readdir(dir);
-  const ours = names.every(
-    (n) =>
-      /^node-\d+$/.test(n) || ['state', 'raft', 'applied_lsn', 'archiver', WORK_DIR, 'staging'].includes(n),
-  );
-  return ours && (names.includes('applied_lsn') || names.includes('node-1'));
+  const written = [STATE_DIR, RAFT_DIR, APPLIED_LSN_FILE, ARCHIVER_DIR, WORK_DIR, STAGING_DIR];
+  const ours = names.every((n) => /^node-\d+$/.test(n) || written.includes(n));
+  return ours && (names.includes(APPLIED_LSN_FILE) || names.includes('node-1'));
 }
 
 function incompleteText(what: Record<string, unknown>): string {
