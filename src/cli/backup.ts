@@ -6,10 +6,10 @@ import { HttpStorageNode } from '../node/http-node.js';
 import { assertLeader } from '../node/storage-node.js';
 import { takeBaseBackup } from '../backup/take.js';
 import { applyRetention, listPartitionObjects, planRetention } from '../backup/retention.js';
-import { objectStoreFlag, openBusFlag, parseCommandFlags, withObjectStore } from './shared-flags.js';
+import { archiveCommand, flagParser, objectStoreFlag, openBusFlag } from './shared-flags.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
-import { UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
-import { EXIT_FAILURE, EXIT_OK, type Command } from '../../contract/cli/runner.js';
+import { UsageError } from '../../contract/cli/flags.js';
+import { EXIT_FAILURE, EXIT_OK } from '../../contract/cli/runner.js';
 
 /**
  * `wal-archiver backup`: one base backup by hand (trigger `manual`) from the
@@ -50,11 +50,7 @@ const backupHelp = {
     'the partition; otherwise the error names the leader. Prints the backup as JSON.',
 };
 
-export function parseBackupFlags(
-  argv: readonly string[],
-  env: NodeJS.ProcessEnv,
-): ParsedFlags<typeof backupFlags> {
-  const f = parseCommandFlags(argv, backupFlags, backupHelp, env);
+export const parseBackupFlags = flagParser(backupFlags, backupHelp, (f) => {
   const mode = f['retention-mode'];
   if (mode !== undefined && mode !== 'GOVERNANCE' && mode !== 'COMPLIANCE') {
     throw new UsageError(`flag --retention-mode: "${mode}" is not GOVERNANCE or COMPLIANCE`);
@@ -62,47 +58,44 @@ export function parseBackupFlags(
   if ((mode === undefined) !== (f['retention-days'] === undefined)) {
     throw new UsageError('flags --retention-mode and --retention-days go together');
   }
-  return f;
-}
+});
 
-export const backupCommand: Command = {
-  summary: 'take one base backup of a partition now, from its leader',
-  async run(argv, ctx) {
-    const f = parseBackupFlags(argv, ctx.env);
-    return withObjectStore(f['object-store'], async (store) => {
-      await verifyConditionalWrites(store, { signal: ctx.signal });
-      const storageNode = new HttpStorageNode(f['node-url']);
-      const status = await assertLeader(storageNode, f.partition, undefined, ctx.signal);
-      const mode = f['retention-mode'] as 'GOVERNANCE' | 'COMPLIANCE' | undefined;
-      const result = await takeBaseBackup({
-        store,
-        storageNode,
-        partition: f.partition,
-        node: status.node,
-        term: status.term,
-        trigger: 'manual',
-        ...(mode !== undefined ? { retention: { mode, days: f['retention-days']! } } : {}),
-        ...(f['spool-dir'] !== undefined ? { spoolDir: f['spool-dir'] } : {}),
-        signal: ctx.signal,
-        logger: createLogger({ component: 'backup' }),
-      });
-      if (f.events !== undefined) {
-        const bus = await openBusFlag('events', f.events);
-        try {
-          await bus.publish(Topics.BACKUPS, [{ key: f.partition, value: { ...result.event } }], {
-            signal: ctx.signal,
-          });
-        } finally {
-          await bus.close().catch(() => undefined);
-        }
-      }
-      ctx.stdout.write(
-        `${JSON.stringify({ ...result.record, reused: result.reused, raw_bytes: result.rawBytes })}\n`,
-      );
-      return EXIT_OK;
+export const backupCommand = archiveCommand(
+  'take one base backup of a partition now, from its leader',
+  parseBackupFlags,
+  async (f, store, ctx) => {
+    await verifyConditionalWrites(store, { signal: ctx.signal });
+    const storageNode = new HttpStorageNode(f['node-url']);
+    const status = await assertLeader(storageNode, f.partition, undefined, ctx.signal);
+    const mode = f['retention-mode'] as 'GOVERNANCE' | 'COMPLIANCE' | undefined;
+    const result = await takeBaseBackup({
+      store,
+      storageNode,
+      partition: f.partition,
+      node: status.node,
+      term: status.term,
+      trigger: 'manual',
+      ...(mode !== undefined ? { retention: { mode, days: f['retention-days']! } } : {}),
+      ...(f['spool-dir'] !== undefined ? { spoolDir: f['spool-dir'] } : {}),
+      signal: ctx.signal,
+      logger: createLogger({ component: 'backup' }),
     });
+    if (f.events !== undefined) {
+      const bus = await openBusFlag('events', f.events);
+      try {
+        await bus.publish(Topics.BACKUPS, [{ key: f.partition, value: { ...result.event } }], {
+          signal: ctx.signal,
+        });
+      } finally {
+        await bus.close().catch(() => undefined);
+      }
+    }
+    ctx.stdout.write(
+      `${JSON.stringify({ ...result.record, reused: result.reused, raw_bytes: result.rawBytes })}\n`,
+    );
+    return EXIT_OK;
   },
-};
+);
 
 const retentionFlags = {
   'object-store': objectStoreFlag,
@@ -130,60 +123,52 @@ const retentionHelp = {
     'Objects under object lock are kept and reported. Safe to run twice, and beside running sidecars.',
 };
 
-export function parseRetentionFlags(
-  argv: readonly string[],
-  env: NodeJS.ProcessEnv,
-): ParsedFlags<typeof retentionFlags> {
-  const f = parseCommandFlags(argv, retentionFlags, retentionHelp, env);
+export const parseRetentionFlags = flagParser(retentionFlags, retentionHelp, (f) => {
   if ((f.partition === undefined) === !f.all) throw new UsageError('give one of --partition P or --all');
-  return f;
-}
+});
 
-export const retentionCommand: Command = {
-  summary: 'delete base backups and WAL segments no longer needed (by count and age)',
-  async run(argv, ctx) {
-    const f = parseRetentionFlags(argv, ctx.env);
-    return withObjectStore(f['object-store'], async (store) => {
-      let problems = 0;
-      if (!f['dry-run']) await verifyConditionalWrites(store, { signal: ctx.signal });
-      const partitions =
-        f.partition !== undefined
-          ? [f.partition]
-          : [...(await listArchivedPartitions(store, { signal: ctx.signal })).keys()];
-      for (const partition of partitions) {
-        const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
-        if (!stored) {
-          ctx.stderr.write(`wal-archiver retention: partition ${partition} has no manifest; skipped\n`);
-          continue;
-        }
-        const now = new Date();
-        const plan = planRetention(
-          stored.value,
-          { keepCount: f['keep-count'], ...(f['keep-age'] !== undefined ? { keepAge: f['keep-age'] } : {}) },
-          now,
-          { objects: await listPartitionObjects(store, partition, ctx.signal) },
-        );
-        const result = await applyRetention(store, partition, undefined, plan, {
-          dryRun: f['dry-run'],
-          signal: ctx.signal,
-        });
-        const verb = f['dry-run'] ? 'would delete' : 'deleted';
-        ctx.stdout.write(
-          `partition ${partition}: ${verb} ${result.deleted.length} objects ` +
-            `(${plan.deleteBackups.length} base backups, ${plan.deleteSegments.length} segments, ${plan.orphans.length} leftovers); ` +
-            `kept ${plan.keepBackups.length} base backups from LSN ${plan.windowStartLsn ?? '-'} on, ${plan.keepSegments} segments\n`,
-        );
-        for (const key of result.deleted)
-          ctx.stdout.write(`  ${verb} ${key}  (${plan.reasons[key] ?? ''})\n`);
-        for (const l of result.locked) {
-          ctx.stdout.write(`  locked  ${l.key}${l.retainUntil ? ` until ${l.retainUntil}` : ''}: kept\n`);
-        }
-        for (const x of result.failed) {
-          problems++;
-          ctx.stderr.write(`wal-archiver retention: ${x.key}: ${x.error}\n`);
-        }
+export const retentionCommand = archiveCommand(
+  'delete base backups and WAL segments no longer needed (by count and age)',
+  parseRetentionFlags,
+  async (f, store, ctx) => {
+    let problems = 0;
+    if (!f['dry-run']) await verifyConditionalWrites(store, { signal: ctx.signal });
+    const partitions =
+      f.partition !== undefined
+        ? [f.partition]
+        : [...(await listArchivedPartitions(store, { signal: ctx.signal })).keys()];
+    for (const partition of partitions) {
+      const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
+      if (!stored) {
+        ctx.stderr.write(`wal-archiver retention: partition ${partition} has no manifest; skipped\n`);
+        continue;
       }
-      return problems > 0 ? EXIT_FAILURE : EXIT_OK;
-    });
+      const now = new Date();
+      const plan = planRetention(
+        stored.value,
+        { keepCount: f['keep-count'], ...(f['keep-age'] !== undefined ? { keepAge: f['keep-age'] } : {}) },
+        now,
+        { objects: await listPartitionObjects(store, partition, ctx.signal) },
+      );
+      const result = await applyRetention(store, partition, undefined, plan, {
+        dryRun: f['dry-run'],
+        signal: ctx.signal,
+      });
+      const verb = f['dry-run'] ? 'would delete' : 'deleted';
+      ctx.stdout.write(
+        `partition ${partition}: ${verb} ${result.deleted.length} objects ` +
+          `(${plan.deleteBackups.length} base backups, ${plan.deleteSegments.length} segments, ${plan.orphans.length} leftovers); ` +
+          `kept ${plan.keepBackups.length} base backups from LSN ${plan.windowStartLsn ?? '-'} on, ${plan.keepSegments} segments\n`,
+      );
+      for (const key of result.deleted) ctx.stdout.write(`  ${verb} ${key}  (${plan.reasons[key] ?? ''})\n`);
+      for (const l of result.locked) {
+        ctx.stdout.write(`  locked  ${l.key}${l.retainUntil ? ` until ${l.retainUntil}` : ''}: kept\n`);
+      }
+      for (const x of result.failed) {
+        problems++;
+        ctx.stderr.write(`wal-archiver retention: ${x.key}: ${x.error}\n`);
+      }
+    }
+    return problems > 0 ? EXIT_FAILURE : EXIT_OK;
   },
-};
+);

@@ -14,11 +14,11 @@ import {
 } from '../manifest/global-manifest.js';
 import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
 import { readPartitionManifest } from '../manifest/partition-manifest.js';
-import { objectStoreFlag, openBusFlag, parseCommandFlags, withObjectStore } from './shared-flags.js';
+import { objectStoreFlag, openBusFlag, parseCommandFlags, archiveCommand } from './shared-flags.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { UsageError, type ParsedFlags } from '../../contract/cli/flags.js';
-import { EXIT_OK, type Command, type CommandContext } from '../../contract/cli/runner.js';
+import { EXIT_OK, type CommandContext } from '../../contract/cli/runner.js';
 
 /**
  * `wal-archiver manifest`: shows the global manifest (every partition), one
@@ -391,14 +391,12 @@ async function rebuild(objectStore: ObjectStore, f: Flags, ctx: CommandContext):
   return EXIT_OK;
 }
 
-export const manifestCommand: Command = {
-  summary: 'show the global manifest or one partition, or rebuild the global manifest',
-  async run(argv, ctx) {
-    const f = parseManifestFlags(argv, ctx.env);
-    return withObjectStore(f['object-store'], async (objectStore) => {
-      if (f.rebuild) return rebuild(objectStore, f, ctx);
-      if (f.partition !== undefined) return showPartition(objectStore, f, f.partition, ctx);
-      return showGlobal(objectStore, f, ctx);
-    });
+export const manifestCommand = archiveCommand(
+  'show the global manifest or one partition, or rebuild the global manifest',
+  parseManifestFlags,
+  async (f, objectStore, ctx) => {
+    if (f.rebuild) return rebuild(objectStore, f, ctx);
+    if (f.partition !== undefined) return showPartition(objectStore, f, f.partition, ctx);
+    return showGlobal(objectStore, f, ctx);
   },
-};
+);

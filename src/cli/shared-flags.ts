@@ -11,6 +11,7 @@ import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
 import type { EventBus } from '../../contract/events/event-bus.js';
 import { openEventBus } from '../../contract/events/open.js';
 import { isPartitionId } from '../../contract/partition-id.js';
+import type { Command, CommandContext } from '../../contract/cli/runner.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { openObjectStore } from '../store/open.js';
 
@@ -43,6 +44,19 @@ export function parseCommandFlags<S extends FlagSpecs>(
   const partition = (f as Record<string, unknown>)['partition'];
   if (typeof partition === 'string') checkPartitionFlag(partition);
   return f;
+}
+
+/** A command's flag parser: parseCommandFlags, then the command's own checks of how its flags combine. */
+export function flagParser<S extends FlagSpecs>(
+  specs: S,
+  help: CommandHelp,
+  check: (f: ParsedFlags<S>) => void,
+): (argv: readonly string[], env: NodeJS.ProcessEnv) => ParsedFlags<S> {
+  return (argv, env) => {
+    const f = parseCommandFlags(argv, specs, help, env);
+    check(f);
+    return f;
+  };
 }
 
 /** Opening a service with a malformed URL is a usage error (exit 2): the flag is wrong. */
@@ -89,4 +103,19 @@ export async function openBusFlag(flag: string, url: string): Promise<EventBus> 
     throw err;
   }
   return bus;
+}
+
+/** A command that parses its flags, then works on the archive `--object-store` names (closed when it is done). */
+export function archiveCommand<F extends { 'object-store': string }>(
+  summary: string,
+  parse: (argv: readonly string[], env: NodeJS.ProcessEnv) => F,
+  work: (f: F, store: ObjectStore, ctx: CommandContext) => Promise<number>,
+): Command {
+  return {
+    summary,
+    run(argv, ctx) {
+      const f = parse(argv, ctx.env);
+      return withObjectStore(f['object-store'], (store) => work(f, store, ctx));
+    },
+  };
 }

@@ -265,15 +265,12 @@ export class RaftNode {
     }
     switch (this.role) {
       case 'leader':
-        this.stepLeader(m);
-        break;
+        return this.stepLeader(m);
       case 'candidate':
       case 'pre-candidate':
-        this.stepCandidate(m);
-        break;
+        return this.stepCandidate(m);
       case 'follower':
-        this.stepFollower(m);
-        break;
+        return this.stepFollower(m);
     }
   }
 
@@ -537,19 +534,15 @@ export class RaftNode {
     }
     switch (m.type) {
       case 'append':
-        this.handleAppend(m);
-        break;
+        return this.handleAppend(m);
       case 'heartbeat':
-        this.handleHeartbeat(m);
-        break;
+        return this.handleHeartbeat(m);
       case 'snapshot':
-        this.handleSnapshot(m);
-        break;
+        return this.handleSnapshot(m);
       case 'timeout-now':
-        this.hup('transfer');
-        break;
+        return this.hup('transfer');
       default:
-        break;
+        return;
     }
   }
 
