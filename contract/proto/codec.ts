@@ -29,13 +29,14 @@
 import {
   create,
   fromBinary,
-  isFieldSet,
   ScalarType,
   toBinary,
   type DescField,
   type DescMessage,
   type Message,
 } from '@bufbuild/protobuf';
+import { isUtf8 } from 'node:buffer';
+
 import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { FeatureSet_FieldPresence } from '@bufbuild/protobuf/wkt';
 
@@ -45,8 +46,8 @@ const MAX_FIELD_NUMBER = 2 ** 29 - 1;
 const MAX_VARINT_BYTES = 10;
 const MAX_GROUP_DEPTH = 64;
 const MAX_MESSAGE_DEPTH = 100;
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+/** A 64-bit varint whose high 32 bits reach this is above 2^53-1. */
+const HI_OVER_2_53 = 2 ** 21;
 
 /** A CORRUPT error for bad protobuf input. */
 export function protoCorrupt(what: string, offset: number, problem: string): WalArchiverError {
@@ -60,6 +61,186 @@ function invalid(what: string, problem: string): WalArchiverError {
   return new WalArchiverError(ErrorCodes.INVALID_ARGUMENT, `cannot encode ${what}: ${problem}`);
 }
 
+// ---------------------------------------------------------------- field plans
+
+/** The range a varint field's value must lie in (and, on encode, the model's number). */
+const enum Range {
+  Any,
+  /** An enum: 0 to 2^31-1. */
+  Enum,
+  /** A uint32: 0 to 2^32-1. */
+  Uint32,
+  /** A 64-bit integer: 0 to 2^53-1, a bigint in the generated message. */
+  Long,
+}
+
+/** How a generated value becomes the model's. */
+const enum Convert {
+  /** Kept as it is (strings, booleans, 32-bit numbers). */
+  Same,
+  /** A `Buffer` copy of the bytes. */
+  Bytes,
+  /** A bigint as a number. */
+  Number,
+  /** A nested message, through its own plan. */
+  Message,
+}
+
+/**
+ * Everything the wire check, the model and the encoder need to know about one
+ * field, worked out once per message type (see planOf) so that no value asks
+ * the descriptor again.
+ */
+interface FieldPlan {
+  field: DescField;
+  /** The generated property. */
+  local: string;
+  /** The model's property: the generated one with a lower-case first letter. */
+  model: string;
+  list: boolean;
+  /** The wire type of one value (one element of a repeated field). */
+  wireType: WireType;
+  /** A repeated scalar or enum field, which may also come as a packed run. */
+  packable: boolean;
+  /** The plan of a message field's (or each element's) type. */
+  message: MessagePlan | undefined;
+  /** A string field whose bytes must be valid UTF-8. */
+  utf8: boolean;
+  range: Range;
+  convert: Convert;
+  /** A bytes field with explicit presence: absent from the model when unset. */
+  optionalBytes: boolean;
+}
+
+/** The flattened oneof of a message that only holds a oneof of messages. */
+interface OneofPlan {
+  /** The generated property holding `{ case, value }`. */
+  local: string;
+  /** The model's property for the message's own unknown fields. */
+  unknownKey: string;
+  /** The oneof's message cases by generated name. */
+  cases: Map<string, FieldPlan>;
+  name: string;
+}
+
+interface MessagePlan {
+  desc: DescMessage;
+  fields: FieldPlan[];
+  byNumber: Map<number, FieldPlan>;
+  oneof: OneofPlan | undefined;
+}
+
+const plans = new WeakMap<DescMessage, MessagePlan>();
+
+function planOf(desc: DescMessage): MessagePlan {
+  let plan = plans.get(desc);
+  if (plan === undefined) {
+    // Registered before its fields are planned, so a recursive type finds itself.
+    plan = { desc, fields: [], byNumber: new Map(), oneof: undefined };
+    plans.set(desc, plan);
+    for (const field of desc.fields) {
+      const fp = fieldPlan(field);
+      plan.fields.push(fp);
+      plan.byNumber.set(field.number, fp);
+    }
+    const oneof = desc.oneofs[0];
+    if (oneof !== undefined) {
+      const cases = new Map<string, FieldPlan>();
+      for (const field of oneof.fields) {
+        const fp = plan.byNumber.get(field.number);
+        if (fp?.message !== undefined) cases.set(field.localName, fp);
+      }
+      plan.oneof = {
+        local: oneof.localName,
+        unknownKey: `${oneof.localName}UnknownFields`,
+        cases,
+        name: oneof.name,
+      };
+    }
+  }
+  return plan;
+}
+
+/** What a field holds: a message, a scalar or an enum (for a repeated field, each element). */
+interface ValueKind {
+  message: DescMessage | undefined;
+  scalar: ScalarType | undefined;
+  isEnum: boolean;
+  /** A message field written as a group. */
+  delimited: boolean;
+  /** A 64-bit field the generated code holds as a string rather than a bigint. */
+  longAsString: boolean;
+  utf8Validation: boolean;
+}
+
+function valueKindOf(field: DescField): ValueKind {
+  const none = { message: undefined, scalar: undefined, isEnum: false, delimited: false };
+  const text = { longAsString: false, utf8Validation: false };
+  switch (field.fieldKind) {
+    case 'message':
+      return { ...none, ...text, message: field.message, delimited: field.delimitedEncoding };
+    case 'scalar':
+      return {
+        ...none,
+        ...text,
+        scalar: field.scalar,
+        longAsString: field.longAsString,
+        utf8Validation: field.utf8Validation,
+      };
+    case 'enum':
+      return { ...none, ...text, isEnum: true };
+    case 'map':
+      return { ...none, ...text };
+    case 'list':
+      switch (field.listKind) {
+        case 'message':
+          return { ...none, ...text, message: field.message, delimited: field.delimitedEncoding };
+        case 'scalar':
+          return {
+            ...none,
+            ...text,
+            scalar: field.scalar,
+            longAsString: field.longAsString,
+            utf8Validation: field.utf8Validation,
+          };
+        case 'enum':
+          return { ...none, ...text, isEnum: true };
+      }
+  }
+}
+
+function fieldPlan(field: DescField): FieldPlan {
+  const list = field.fieldKind === 'list';
+  const value = valueKindOf(field);
+  const { message, scalar } = value;
+  const long = scalar !== undefined && isLong(scalar);
+  let range = Range.Any;
+  if (value.isEnum) range = Range.Enum;
+  else if (scalar === ScalarType.UINT32) range = Range.Uint32;
+  else if (long) range = Range.Long;
+  let convert = Convert.Same;
+  if (message !== undefined) convert = Convert.Message;
+  else if (scalar === ScalarType.BYTES) convert = Convert.Bytes;
+  else if (long && !value.longAsString) convert = Convert.Number;
+  const wireType = wireTypeOf(value);
+  return {
+    field,
+    local: field.localName,
+    model: field.localName.charAt(0).toLowerCase() + field.localName.slice(1),
+    list,
+    wireType,
+    packable: list && wireType !== WireType.LengthDelimited,
+    message: message === undefined ? undefined : planOf(message),
+    utf8: scalar === ScalarType.STRING && value.utf8Validation,
+    range,
+    convert,
+    optionalBytes:
+      field.fieldKind === 'scalar' &&
+      field.scalar === ScalarType.BYTES &&
+      field.presence !== FeatureSet_FieldPresence.IMPLICIT,
+  };
+}
+
 function isLong(scalar: ScalarType): boolean {
   return (
     scalar === ScalarType.UINT64 ||
@@ -70,31 +251,10 @@ function isLong(scalar: ScalarType): boolean {
   );
 }
 
-/** The message type of a message field (or of each element of a repeated one). */
-function messageOf(field: DescField): DescMessage | undefined {
-  if (field.fieldKind === 'message') return field.message;
-  if (field.fieldKind === 'list' && field.listKind === 'message') return field.message;
-  return undefined;
-}
-
-/** The scalar type of a scalar field (or of each element of a repeated one). */
-function scalarOf(field: DescField): ScalarType | undefined {
-  if (field.fieldKind === 'scalar') return field.scalar;
-  if (field.fieldKind === 'list' && field.listKind === 'scalar') return field.scalar;
-  return undefined;
-}
-
-function isEnumField(field: DescField): boolean {
-  return field.fieldKind === 'enum' || (field.fieldKind === 'list' && field.listKind === 'enum');
-}
-
 /** The wire type of one value of a field (one element of a repeated field). */
-function wireTypeOf(field: DescField): WireType {
-  if (field.fieldKind === 'message' || (field.fieldKind === 'list' && field.listKind === 'message')) {
-    return field.delimitedEncoding ? WireType.StartGroup : WireType.LengthDelimited;
-  }
-  if (isEnumField(field)) return WireType.Varint;
-  const scalar = scalarOf(field);
+function wireTypeOf({ message, scalar, isEnum, delimited }: ValueKind): WireType {
+  if (message !== undefined) return delimited ? WireType.StartGroup : WireType.LengthDelimited;
+  if (isEnum) return WireType.Varint;
   if (scalar === undefined) return WireType.LengthDelimited; // a map entry
   switch (scalar) {
     case ScalarType.STRING:
@@ -113,149 +273,179 @@ function wireTypeOf(field: DescField): WireType {
   }
 }
 
-const fieldMaps = new WeakMap<DescMessage, Map<number, DescField>>();
+// ---------------------------------------------------------------- wire check
 
-function fieldsByNumber(desc: DescMessage): Map<number, DescField> {
-  let map = fieldMaps.get(desc);
-  if (map === undefined) {
-    map = new Map(desc.fields.map((f) => [f.number, f]));
-    fieldMaps.set(desc, map);
+/**
+ * Where the check is, for naming the message in an error. Names are only
+ * worked out when an error is thrown (see nameOf).
+ */
+interface Scope {
+  parent: Scope | undefined;
+  message: DescMessage;
+  /** The field that holds this message in its parent; undefined at the root. */
+  field: FieldPlan | undefined;
+  /** The root's name, as the caller gave it. */
+  rootName: string;
+  root: DescMessage;
+}
+
+/** `LogEntry.Operation.CreateDirectory` for a message nested in the root's type, `<parent>.<field>` otherwise. */
+function nameOf(scope: Scope): string {
+  if (scope.parent === undefined || scope.field === undefined) return scope.rootName;
+  const rootType = scope.root.typeName;
+  if (scope.message.typeName.startsWith(`${rootType}.`)) {
+    return scope.rootName + scope.message.typeName.slice(rootType.length);
   }
-  return map;
+  return `${nameOf(scope.parent)}.${scope.field.field.name}`;
 }
 
-interface Tag {
-  no: number;
-  wireType: number;
-  offset: number;
+function corrupt(scope: Scope, offset: number, problem: string): WalArchiverError {
+  return protoCorrupt(nameOf(scope), offset, problem);
 }
 
-/** Checks a message's bytes against its schema; see the top of this file for what it rejects. */
+/**
+ * Checks a message's bytes against its schema; see the top of this file for
+ * what it rejects. A tag is passed around as its varint (`field number * 8 +
+ * wire type`, below 2^32 once checked) and a varint as its low 32 bits with
+ * the high 32 in `hi`, so that checking allocates nothing per value.
+ */
 class WireCheck {
   private pos = 0;
+  /** The high 32 bits of the varint read last. */
+  private hi = 0;
 
-  constructor(
-    private readonly buf: Uint8Array,
-    private readonly root: DescMessage,
-    private readonly rootName: string,
-  ) {}
+  constructor(private readonly buf: Uint8Array) {}
 
-  run(): void {
-    this.message(this.root, this.buf.length, this.rootName, 0);
+  run(root: MessagePlan, rootName: string): void {
+    const scope: Scope = {
+      parent: undefined,
+      message: root.desc,
+      field: undefined,
+      rootName,
+      root: root.desc,
+    };
+    this.message(root, this.buf.length, scope, 0);
   }
 
-  /** Reads a varint as its low and high 32 bits. */
-  private varint(end: number, what: string): { lo: number; hi: number } {
+  /** Reads a varint; returns its low 32 bits (unsigned) and leaves the high 32 in `this.hi`. */
+  private varint(end: number, scope: Scope): number {
+    const buf = this.buf;
     const start = this.pos;
+    let pos = start;
     let lo = 0;
     let hi = 0;
     for (let i = 0; i < MAX_VARINT_BYTES; i++) {
-      if (this.pos >= end) throw protoCorrupt(what, start, 'truncated varint');
-      const b = this.buf[this.pos++]!;
+      if (pos >= end) throw corrupt(scope, start, 'truncated varint');
+      const b = buf[pos++]!;
       const bits = b & 0x7f;
       if (i < 4) {
-        lo += bits * 2 ** (7 * i);
+        lo |= bits << (7 * i);
       } else if (i === 4) {
-        lo += (bits & 0x0f) * 2 ** 28;
-        hi += bits >>> 4;
+        lo |= (bits & 0x0f) << 28;
+        hi = bits >>> 4;
       } else {
-        if (i === 9 && b > 1) throw protoCorrupt(what, start, 'varint overflows 64 bits');
-        hi += bits * 2 ** (7 * i - 32);
+        if (i === 9 && b > 1) throw corrupt(scope, start, 'varint overflows 64 bits');
+        hi |= bits << (7 * i - 32);
       }
-      if (b < 0x80) return { lo, hi };
+      if (b < 0x80) {
+        this.pos = pos;
+        this.hi = hi >>> 0;
+        return lo >>> 0;
+      }
     }
-    throw protoCorrupt(what, start, 'varint longer than 10 bytes');
+    throw corrupt(scope, start, 'varint longer than 10 bytes');
   }
 
-  private tag(end: number, what: string): Tag {
+  /** Reads a tag and returns it as its varint (field number * 8 + wire type). */
+  private tag(end: number, scope: Scope): number {
     const offset = this.pos;
-    const { lo, hi } = this.varint(end, what);
-    if (hi !== 0) throw protoCorrupt(what, offset, 'field number out of range');
-    const wireType = lo & 7;
-    const no = Math.floor(lo / 8);
-    if (wireType > 5) throw protoCorrupt(what, offset, `bad wire type ${wireType} (field ${no})`);
-    if (no === 0) throw protoCorrupt(what, offset, 'field number 0');
-    if (no > MAX_FIELD_NUMBER) throw protoCorrupt(what, offset, `field number ${no} out of range`);
-    return { no, wireType, offset };
+    const key = this.varint(end, scope);
+    if (this.hi !== 0) throw corrupt(scope, offset, 'field number out of range');
+    const wireType = key & 7;
+    const no = key >>> 3;
+    if (wireType > 5) throw corrupt(scope, offset, `bad wire type ${wireType} (field ${no})`);
+    if (no === 0) throw corrupt(scope, offset, 'field number 0');
+    if (no > MAX_FIELD_NUMBER) throw corrupt(scope, offset, `field number ${no} out of range`);
+    return key;
   }
 
   /** Reads a length prefix; returns the payload's end, checked against the message's end. */
-  private length(end: number, what: string): number {
+  private length(end: number, scope: Scope): number {
     const offset = this.pos;
-    const { lo, hi } = this.varint(end, what);
+    const len = this.varint(end, scope);
     const remaining = end - this.pos;
-    if (hi !== 0 || lo > remaining) {
-      const len = hi === 0 ? String(lo) : 'over 2^32';
-      throw protoCorrupt(what, offset, `length ${len} exceeds the ${remaining} bytes left`);
+    if (this.hi !== 0 || len > remaining) {
+      const shown = this.hi === 0 ? String(len) : 'over 2^32';
+      throw corrupt(scope, offset, `length ${shown} exceeds the ${remaining} bytes left`);
     }
-    return this.pos + lo;
+    return this.pos + len;
   }
 
-  private fixed(bytes: number, end: number, what: string): void {
-    if (end - this.pos < bytes) throw protoCorrupt(what, this.pos, `truncated fixed${bytes * 8} value`);
+  private fixed(bytes: number, end: number, scope: Scope): void {
+    if (end - this.pos < bytes) throw corrupt(scope, this.pos, `truncated fixed${bytes * 8} value`);
     this.pos += bytes;
   }
 
-  private message(desc: DescMessage, end: number, what: string, depth: number): void {
-    if (depth > MAX_MESSAGE_DEPTH) throw protoCorrupt(what, this.pos, 'messages nested too deeply');
-    const fields = fieldsByNumber(desc);
+  private message(plan: MessagePlan, end: number, scope: Scope, depth: number): void {
+    if (depth > MAX_MESSAGE_DEPTH) throw corrupt(scope, this.pos, 'messages nested too deeply');
     while (this.pos < end) {
-      const tag = this.tag(end, what);
-      const field = fields.get(tag.no);
-      if (field === undefined) this.skip(tag, end, what, 0);
-      else this.field(field, tag, end, what, depth);
+      const tagOffset = this.pos;
+      const key = this.tag(end, scope);
+      const field = plan.byNumber.get(key >>> 3);
+      if (field === undefined) this.skip(key >>> 3, key & 7, tagOffset, end, scope, 0);
+      else this.field(field, key & 7, tagOffset, end, scope, depth);
     }
   }
 
-  private field(field: DescField, tag: Tag, end: number, what: string, depth: number): void {
-    const wireType = wireTypeOf(field);
-    if (
-      field.fieldKind === 'list' &&
-      tag.wireType === WireType.LengthDelimited &&
-      wireType !== WireType.LengthDelimited
-    ) {
-      // A packed run of a repeated scalar field.
-      const runEnd = this.length(end, what);
-      while (this.pos < runEnd) this.value(field, wireType, tag, runEnd, what, depth);
-      return;
-    }
-    if (tag.wireType !== wireType) {
-      throw protoCorrupt(
-        what,
-        tag.offset,
-        `wire type ${tag.wireType} for field ${field.name} (${tag.no}), expected ${wireType}`,
-      );
-    }
-    this.value(field, wireType, tag, end, what, depth);
-  }
-
-  private value(
-    field: DescField,
-    wireType: WireType,
-    tag: Tag,
+  private field(
+    field: FieldPlan,
+    wireType: number,
+    tagOffset: number,
     end: number,
-    what: string,
+    scope: Scope,
     depth: number,
   ): void {
+    if (field.packable && wireType === WireType.LengthDelimited) {
+      // A packed run of a repeated scalar field.
+      const runEnd = this.length(end, scope);
+      while (this.pos < runEnd) this.value(field, tagOffset, runEnd, scope, depth);
+      return;
+    }
+    if (wireType !== field.wireType) {
+      const { name, number } = field.field;
+      throw corrupt(
+        scope,
+        tagOffset,
+        `wire type ${wireType} for field ${name} (${number}), expected ${field.wireType}`,
+      );
+    }
+    this.value(field, tagOffset, end, scope, depth);
+  }
+
+  /** Checks one value of `field`, of the field's wire type. */
+  private value(field: FieldPlan, tagOffset: number, end: number, scope: Scope, depth: number): void {
     const offset = this.pos;
-    switch (wireType) {
+    switch (field.wireType) {
       case WireType.Varint: {
-        const problem = varintProblem(field, this.varint(end, what));
-        if (problem !== undefined) throw protoCorrupt(what, offset, problem);
+        const lo = this.varint(end, scope);
+        const problem = rangeProblem(field.range, lo, this.hi);
+        if (problem !== undefined) throw corrupt(scope, offset, problem);
         return;
       }
       case WireType.LengthDelimited: {
-        const payloadEnd = this.length(end, what);
-        const message = messageOf(field);
-        if (message !== undefined) {
-          this.message(message, payloadEnd, this.childName(message, field, what), depth + 1);
+        const payloadEnd = this.length(end, scope);
+        if (field.message !== undefined) {
+          const child: Scope = {
+            parent: scope,
+            message: field.message.desc,
+            field,
+            rootName: scope.rootName,
+            root: scope.root,
+          };
+          this.message(field.message, payloadEnd, child, depth + 1);
         } else {
-          if (scalarOf(field) === ScalarType.STRING && field.utf8Validation) {
-            try {
-              utf8.decode(this.buf.subarray(this.pos, payloadEnd));
-            } catch {
-              throw protoCorrupt(what, offset, 'invalid UTF-8 in string field');
-            }
+          if (field.utf8 && !isUtf8(this.buf.subarray(this.pos, payloadEnd))) {
+            throw corrupt(scope, offset, 'invalid UTF-8 in string field');
           }
           this.pos = payloadEnd;
         }
@@ -263,103 +453,71 @@ class WireCheck {
       }
       default:
         // Fixed-width values need no check beyond their length; a group is checked as skipped.
-        this.skip({ ...tag, wireType }, end, what, 0);
+        this.skip(field.field.number, field.wireType, tagOffset, end, scope, 0);
     }
   }
 
-  /** `LogEntry.Operation.CreateDirectory` for a message nested in the root's type, `<parent>.<field>` otherwise. */
-  private childName(message: DescMessage, field: DescField, what: string): string {
-    const rootType = this.root.typeName;
-    if (message.typeName.startsWith(`${rootType}.`)) {
-      return this.rootName + message.typeName.slice(rootType.length);
-    }
-    return `${what}.${field.name}`;
-  }
-
-  private skip(tag: Tag, end: number, what: string, depth: number): void {
-    switch (tag.wireType) {
+  /** Skips one value of wire type `wireType`, whose tag (for field `no`) began at `tagOffset`. */
+  private skip(
+    no: number,
+    wireType: number,
+    tagOffset: number,
+    end: number,
+    scope: Scope,
+    depth: number,
+  ): void {
+    switch (wireType) {
       case WireType.Varint:
-        this.varint(end, what);
+        this.varint(end, scope);
         return;
       case WireType.Bit64:
-        this.fixed(8, end, what);
+        this.fixed(8, end, scope);
         return;
       case WireType.Bit32:
-        this.fixed(4, end, what);
+        this.fixed(4, end, scope);
         return;
       case WireType.LengthDelimited:
-        this.pos = this.length(end, what);
+        this.pos = this.length(end, scope);
         return;
       case WireType.StartGroup:
-        if (depth >= MAX_GROUP_DEPTH) throw protoCorrupt(what, tag.offset, 'groups nested too deeply');
+        if (depth >= MAX_GROUP_DEPTH) throw corrupt(scope, tagOffset, 'groups nested too deeply');
         for (;;) {
-          if (this.pos >= end) throw protoCorrupt(what, tag.offset, `truncated group (field ${tag.no})`);
-          const inner = this.tag(end, what);
-          if (inner.wireType === WireType.EndGroup) {
-            if (inner.no !== tag.no) {
-              throw protoCorrupt(
-                what,
-                inner.offset,
-                `group end for field ${inner.no} inside group ${tag.no}`,
-              );
+          if (this.pos >= end) throw corrupt(scope, tagOffset, `truncated group (field ${no})`);
+          const innerOffset = this.pos;
+          const inner = this.tag(end, scope);
+          const innerNo = inner >>> 3;
+          if ((inner & 7) === WireType.EndGroup) {
+            if (innerNo !== no) {
+              throw corrupt(scope, innerOffset, `group end for field ${innerNo} inside group ${no}`);
             }
             return;
           }
-          this.skip(inner, end, what, depth + 1);
+          this.skip(innerNo, inner & 7, innerOffset, end, scope, depth + 1);
         }
       default:
-        throw protoCorrupt(what, tag.offset, `unexpected group end (field ${tag.no})`);
+        throw corrupt(scope, tagOffset, `unexpected group end (field ${no})`);
     }
   }
 }
 
-/** Why a varint cannot be the value of `field`, if it cannot. */
-function varintProblem(field: DescField, { lo, hi }: { lo: number; hi: number }): string | undefined {
-  if (isEnumField(field)) return hi !== 0 || lo > 0x7fffffff ? 'enum value exceeds 2^31-1' : undefined;
-  const scalar = scalarOf(field);
-  if (scalar === ScalarType.UINT32) return hi !== 0 ? 'uint32 value exceeds 2^32-1' : undefined;
-  if (scalar !== undefined && isLong(scalar) && hi >= 2 ** 21) return 'varint value exceeds 2^53-1';
-  return undefined;
+/** Why a varint (low and high 32 bits) is out of a field's range, if it is. */
+function rangeProblem(range: Range, lo: number, hi: number): string | undefined {
+  switch (range) {
+    case Range.Enum:
+      return hi !== 0 || lo > 0x7fffffff ? 'enum value exceeds 2^31-1' : undefined;
+    case Range.Uint32:
+      return hi !== 0 ? 'uint32 value exceeds 2^32-1' : undefined;
+    case Range.Long:
+      return hi >= HI_OVER_2_53 ? 'varint value exceeds 2^53-1' : undefined;
+    default:
+      return undefined;
+  }
 }
 
 // ---------------------------------------------------------------- model <-> message
 
 type Fields = Record<string, unknown>;
 type UnknownField = NonNullable<Message['$unknown']>[number];
-
-/** How one field maps to the model, worked out once per message type. */
-interface FieldPlan {
-  field: DescField;
-  /** The generated property. */
-  local: string;
-  /** The model's property: the generated one with a lower-case first letter. */
-  model: string;
-  list: boolean;
-  message: DescMessage | undefined;
-  /** A bytes field with explicit presence: absent from the model when unset. */
-  optionalBytes: boolean;
-}
-
-const plans = new WeakMap<DescMessage, FieldPlan[]>();
-
-function planOf(desc: DescMessage): FieldPlan[] {
-  let plan = plans.get(desc);
-  if (plan === undefined) {
-    plan = desc.fields.map((field) => ({
-      field,
-      local: field.localName,
-      model: field.localName.charAt(0).toLowerCase() + field.localName.slice(1),
-      list: field.fieldKind === 'list',
-      message: messageOf(field),
-      optionalBytes:
-        field.fieldKind === 'scalar' &&
-        field.scalar === ScalarType.BYTES &&
-        field.presence !== FeatureSet_FieldPresence.IMPLICIT,
-    }));
-    plans.set(desc, plan);
-  }
-  return plan;
-}
 
 function unknownToBuffer(unknown: readonly UnknownField[]): Buffer {
   const w = new BinaryWriter();
@@ -377,80 +535,108 @@ function bufferToUnknown(raw: Uint8Array): UnknownField[] {
   return out;
 }
 
-function valueToModel(plan: FieldPlan, value: unknown): unknown {
-  if (plan.message !== undefined) return toModel(plan.message, value as Message);
-  if (value instanceof Uint8Array) return Buffer.from(value);
-  if (typeof value === 'bigint') return Number(value);
-  return value;
+function valueToModel(field: FieldPlan, value: unknown): unknown {
+  switch (field.convert) {
+    case Convert.Message:
+      return toModel(field.message!, value as Message, {});
+    case Convert.Bytes:
+      return Buffer.from(value as Uint8Array);
+    case Convert.Number:
+      return Number(value as bigint);
+    default:
+      return value;
+  }
 }
 
-function toModel(desc: DescMessage, message: Message): Fields {
+/** Adds the model of `message` to `out` (a new object, or the flattened oneof holding it) and returns it. */
+function toModel(plan: MessagePlan, message: Message, out: Fields): Fields {
   const msg = message as unknown as Fields;
-  const out: Fields = {};
-  const oneof = desc.oneofs[0];
+  const unknown = message.$unknown;
+  const oneof = plan.oneof;
   if (oneof !== undefined) {
-    const chosen = msg[oneof.localName] as { case?: string; value?: Message };
-    const field = oneof.fields.find((f) => f.localName === chosen.case);
-    Object.assign(out, { kind: 'unknown' });
-    if (field?.message !== undefined && chosen.value !== undefined) {
-      Object.assign(out, { kind: field.localName }, toModel(field.message, chosen.value));
+    const chosen = msg[oneof.local] as { case?: string; value?: Message };
+    const field = chosen.case === undefined ? undefined : oneof.cases.get(chosen.case);
+    out.kind = 'unknown';
+    if (field !== undefined && chosen.value !== undefined) {
+      out.kind = field.local;
+      toModel(field.message!, chosen.value, out);
     }
-    if (message.$unknown?.length) out[`${oneof.localName}UnknownFields`] = unknownToBuffer(message.$unknown);
+    if (unknown !== undefined && unknown.length > 0) out[oneof.unknownKey] = unknownToBuffer(unknown);
     return out;
   }
-  for (const plan of planOf(desc)) {
-    const value = msg[plan.local];
-    if (plan.list) {
-      out[plan.model] = (value as unknown[]).map((v) => valueToModel(plan, v));
-    } else if (value !== undefined && !(plan.optionalBytes && !isFieldSet(message, plan.field))) {
-      out[plan.model] = valueToModel(plan, value);
+  for (const field of plan.fields) {
+    const value = msg[field.local];
+    if (field.list) {
+      const values = value as unknown[];
+      const models = new Array<unknown>(values.length);
+      for (let i = 0; i < values.length; i++) models[i] = valueToModel(field, values[i]);
+      out[field.model] = models;
+    } else if (value !== undefined && !(field.optionalBytes && !Object.hasOwn(msg, field.local))) {
+      // An unset field with explicit presence reads its default from the prototype.
+      out[field.model] = valueToModel(field, value);
     }
   }
-  if (message.$unknown?.length) out.unknownFields = unknownToBuffer(message.$unknown);
+  if (unknown !== undefined && unknown.length > 0) out.unknownFields = unknownToBuffer(unknown);
   return out;
 }
 
-function scalarFromModel(field: DescField, value: unknown, what: string): unknown {
-  const scalar = scalarOf(field);
-  const number = (max: number, range: string) => {
-    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > max) {
-      throw invalid(what, `field ${field.name} must be an integer from 0 to ${range}, got ${String(value)}`);
-    }
-    return value;
-  };
-  if (isEnumField(field)) return number(0x7fffffff, '2^31-1');
-  if (scalar === ScalarType.UINT32) return number(0xffffffff, '2^32-1');
-  if (scalar !== undefined && isLong(scalar)) return BigInt(number(Number.MAX_SAFE_INTEGER, '2^53-1'));
-  const message = messageOf(field);
-  return message === undefined ? value : fromModel(message, value as Fields, what);
+function valueFromModel(field: FieldPlan, value: unknown, what: string): unknown {
+  switch (field.range) {
+    case Range.Enum:
+      return checkedNumber(field, value, 0x7fffffff, '2^31-1', what);
+    case Range.Uint32:
+      return checkedNumber(field, value, 0xffffffff, '2^32-1', what);
+    case Range.Long:
+      return BigInt(checkedNumber(field, value, Number.MAX_SAFE_INTEGER, '2^53-1', what));
+    default:
+      return field.message === undefined ? value : fromModel(field.message, value as Fields, what);
+  }
 }
 
-function fromModel(desc: DescMessage, model: Fields, what: string): Message {
-  const message = create(desc);
+function checkedNumber(field: FieldPlan, value: unknown, max: number, range: string, what: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > max) {
+    throw invalid(
+      what,
+      `field ${field.field.name} must be an integer from 0 to ${range}, got ${String(value)}`,
+    );
+  }
+  return value;
+}
+
+function fromModel(plan: MessagePlan, model: Fields, what: string): Message {
+  const message = create(plan.desc);
   const msg = message as unknown as Fields;
-  const oneof = desc.oneofs[0];
+  const oneof = plan.oneof;
   if (oneof !== undefined) {
     const kind = model.kind;
-    const field = oneof.fields.find((f) => f.localName === kind);
-    if (field?.message !== undefined) {
-      msg[oneof.localName] = { case: field.localName, value: fromModel(field.message, model, what) };
+    const field = typeof kind === 'string' ? oneof.cases.get(kind) : undefined;
+    if (field !== undefined) {
+      msg[oneof.local] = { case: field.local, value: fromModel(field.message!, model, what) };
     } else if (kind !== 'unknown') {
       throw invalid(what, `unknown ${oneof.name} kind ${String(kind)}`);
     }
-    const raw = model[`${oneof.localName}UnknownFields`];
+    const raw = model[oneof.unknownKey];
     if (raw instanceof Uint8Array) message.$unknown = bufferToUnknown(raw);
     return message;
   }
-  for (const { field, local, model: name, list } of planOf(desc)) {
-    const value = model[name];
+  for (const field of plan.fields) {
+    const value = model[field.model];
     if (value === undefined) continue;
-    msg[local] = list
-      ? (value as unknown[]).map((v) => scalarFromModel(field, v, what))
-      : scalarFromModel(field, value, what);
+    if (field.list) {
+      const values = value as unknown[];
+      const out = new Array<unknown>(values.length);
+      for (let i = 0; i < values.length; i++) out[i] = valueFromModel(field, values[i], what);
+      msg[field.local] = out;
+    } else {
+      msg[field.local] = valueFromModel(field, value, what);
+    }
   }
   if (model.unknownFields instanceof Uint8Array) message.$unknown = bufferToUnknown(model.unknownFields);
   return message;
 }
+
+const KEEP_UNKNOWN = { readUnknownFields: true };
+const DROP_UNKNOWN = { readUnknownFields: false };
 
 /**
  * Decodes `bytes` as a `desc` message into the project's model. `what` names
@@ -458,10 +644,11 @@ function fromModel(desc: DescMessage, model: Fields, what: string): Message {
  * back) rather than dropping them.
  */
 export function decodeModel<T>(desc: DescMessage, bytes: Uint8Array, what: string, keepUnknown: boolean): T {
-  new WireCheck(bytes, desc, what).run();
+  const plan = planOf(desc);
+  new WireCheck(bytes).run(plan, what);
   let message: Message;
   try {
-    message = fromBinary(desc, bytes, { readUnknownFields: keepUnknown });
+    message = fromBinary(desc, bytes, keepUnknown ? KEEP_UNKNOWN : DROP_UNKNOWN);
   } catch (err) {
     throw new WalArchiverError(
       ErrorCodes.CORRUPT,
@@ -469,13 +656,13 @@ export function decodeModel<T>(desc: DescMessage, bytes: Uint8Array, what: strin
       { retryable: false, cause: err, details: { message: what } },
     );
   }
-  return toModel(desc, message) as T;
+  return toModel(plan, message, {}) as T;
 }
 
 /** Encodes the project's model of a `desc` message; a value a field cannot hold is INVALID_ARGUMENT. */
 export function encodeModel(desc: DescMessage, model: object, what: string = desc.name): Buffer {
   try {
-    const bytes = toBinary(desc, fromModel(desc, model as Fields, what));
+    const bytes = toBinary(desc, fromModel(planOf(desc), model as Fields, what));
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   } catch (err) {
     if (err instanceof WalArchiverError) throw err;
