@@ -174,39 +174,25 @@ interface ValueKind {
 }
 
 function valueKindOf(field: DescField): ValueKind {
-  const none = { message: undefined, scalar: undefined, isEnum: false, delimited: false };
-  const text = { longAsString: false, utf8Validation: false };
-  switch (field.fieldKind) {
-    case 'message':
-      return { ...none, ...text, message: field.message, delimited: field.delimitedEncoding };
-    case 'scalar':
-      return {
-        ...none,
-        ...text,
-        scalar: field.scalar,
-        longAsString: field.longAsString,
-        utf8Validation: field.utf8Validation,
-      };
-    case 'enum':
-      return { ...none, ...text, isEnum: true };
-    case 'map':
-      return { ...none, ...text };
-    case 'list':
-      switch (field.listKind) {
-        case 'message':
-          return { ...none, ...text, message: field.message, delimited: field.delimitedEncoding };
-        case 'scalar':
-          return {
-            ...none,
-            ...text,
-            scalar: field.scalar,
-            longAsString: field.longAsString,
-            utf8Validation: field.utf8Validation,
-          };
-        case 'enum':
-          return { ...none, ...text, isEnum: true };
-      }
+  const kind: ValueKind = {
+    message: undefined,
+    scalar: undefined,
+    isEnum: false,
+    delimited: false,
+    longAsString: false,
+    utf8Validation: false,
+  };
+  // A repeated field's values are of its element kind; a singular field's of its own.
+  const element = field.fieldKind === 'list' ? field.listKind : field.fieldKind;
+  if (element === 'message') {
+    const f = field as DescField & { message: DescMessage; delimitedEncoding: boolean };
+    return { ...kind, message: f.message, delimited: f.delimitedEncoding };
   }
+  if (element === 'scalar') {
+    const f = field as DescField & { scalar: ScalarType; longAsString: boolean; utf8Validation: boolean };
+    return { ...kind, scalar: f.scalar, longAsString: f.longAsString, utf8Validation: f.utf8Validation };
+  }
+  return element === 'enum' ? { ...kind, isEnum: true } : kind;
 }
 
 function fieldPlan(field: DescField): FieldPlan {
