@@ -378,7 +378,7 @@ class WireCheck {
       const tagOffset = this.pos;
       const key = this.tag(end, scope);
       const field = plan.byNumber.get(key >>> 3);
-      if (field === undefined) this.skip(key >>> 3, key & 7, tagOffset, end, scope, 0);
+      if (field === undefined) this.skip(key, tagOffset, end, scope, 0);
       else this.field(field, key & 7, tagOffset, end, scope, depth);
     }
   }
@@ -439,20 +439,14 @@ class WireCheck {
       }
       default:
         // Fixed-width values need no check beyond their length; a group is checked as skipped.
-        this.skip(field.field.number, field.wireType, tagOffset, end, scope, 0);
+        this.skip(field.field.number * 8 + field.wireType, tagOffset, end, scope, 0);
     }
   }
 
-  /** Skips one value of wire type `wireType`, whose tag (for field `no`) began at `tagOffset`. */
-  private skip(
-    no: number,
-    wireType: number,
-    tagOffset: number,
-    end: number,
-    scope: Scope,
-    depth: number,
-  ): void {
-    switch (wireType) {
+  /** Skips one value whose tag `key` (field number and wire type) began at `tagOffset`. */
+  private skip(key: number, tagOffset: number, end: number, scope: Scope, depth: number): void {
+    const no = key >>> 3;
+    switch (key & 7) {
       case WireType.Varint:
         this.varint(end, scope);
         return;
@@ -478,7 +472,7 @@ class WireCheck {
             }
             return;
           }
-          this.skip(innerNo, inner & 7, innerOffset, end, scope, depth + 1);
+          this.skip(inner, innerOffset, end, scope, depth + 1);
         }
       default:
         throw corrupt(scope, tagOffset, `unexpected group end (field ${no})`);
