@@ -1,6 +1,6 @@
 // Hostile and unusual protobuf input, through the decoders the WAL uses (the
-// generated messages behind src/wal/raftpb.ts, log-entry.ts and
-// src/entry-info.ts, checked by contract/proto/codec.ts): everything malformed
+// generated messages behind contract/wal/raftpb.ts, log-entry.ts and
+// entry-info.ts, checked by contract/proto/codec.ts): everything malformed
 // is CORRUPT, naming the message and the byte offset.
 import { describe, expect, it } from 'vitest';
 
