@@ -59,7 +59,7 @@ export interface WalArchivedEvent {
   archived_at: string;
 }
 
-export const BACKUP_TRIGGERS = ['size', 'age', 'entries', 'manual', 'first'] as const;
+export const BACKUP_TRIGGERS = ['size', 'age', 'entries', 'manual', 'first', 'restore'] as const;
 export type BackupTrigger = (typeof BACKUP_TRIGGERS)[number];
 
 /** `wal.backups`: one uploaded base backup. */

@@ -91,6 +91,13 @@ export interface PlanOptions {
    * the archived range, for segments) are leftovers of an interrupted run.
    */
   objects?: Iterable<string>;
+  /**
+   * LSNs that must stay restorable whatever the policy: the branch points of
+   * later timelines that have no base backup of their own there yet (their
+   * history up to it is this timeline's). The newest backup at or before
+   * each is kept, and every segment above it.
+   */
+  protect?: readonly number[];
 }
 
 /** Plans retention for one partition (pure). */
@@ -102,6 +109,7 @@ export function planRetention(
 ): RetentionPlan {
   validateRetentionPolicy(policy);
   const partition = manifest.partition;
+  const timeline = manifest.timeline ?? 1;
   const backups = [...manifest.backups].sort((a, b) => a.lsn - b.lsn);
   const reasons: Record<string, string> = {};
   const plan: RetentionPlan = {
@@ -137,6 +145,11 @@ export function planRetention(
     }
     if (anchor && !keep.has(anchor.key)) keep.set(anchor.key, 'restore point for the start of the keep age');
   }
+  for (const lsn of options.protect ?? []) {
+    const needed = backups.filter((b) => b.lsn <= lsn).at(-1);
+    if (needed && !keep.has(needed.key))
+      keep.set(needed.key, `a later timeline branches at LSN ${lsn} and needs it`);
+  }
   for (const b of backups) {
     const why = keep.get(b.key);
     if (why !== undefined) {
@@ -167,7 +180,7 @@ export function planRetention(
     const archivedFirst = manifest.archived?.first_lsn;
     for (const key of options.objects) {
       if (named.has(key)) continue;
-      const seg = tryParseSegmentKey(key);
+      const seg = tryParseSegmentKey(key, timeline);
       if (seg?.partition === partition) {
         if (archivedFirst !== undefined && seg.lastLsn < archivedFirst && seg.lastLsn <= windowStart) {
           plan.orphans.push(key);
@@ -175,7 +188,7 @@ export function planRetention(
         }
         continue;
       }
-      const base = tryParseBaseKey(key);
+      const base = tryParseBaseKey(key, timeline);
       if (base?.partition === partition && base.lsn < oldestBackup) {
         plan.orphans.push(key);
         reasons[key] = `delete: unreferenced base backup older than every listed one`;
@@ -190,9 +203,10 @@ export async function listPartitionObjects(
   store: ObjectStore,
   partition: string,
   signal?: AbortSignal,
+  timeline = 1,
 ): Promise<string[]> {
   const keys: string[] = [];
-  for (const prefix of [baseBackupPrefix(partition), segmentPrefix(partition)]) {
+  for (const prefix of [baseBackupPrefix(partition, timeline), segmentPrefix(partition, timeline)]) {
     for await (const o of store.list(prefix, { signal })) keys.push(o.key);
   }
   return keys;
@@ -203,6 +217,8 @@ export interface ApplyRetentionOptions extends Omit<CasOptions, 'signal'> {
   signal?: AbortSignal;
   logger?: Logger;
   now?: () => Date;
+  /** The timeline the plan is for (default 1). */
+  timeline?: number;
 }
 
 export interface RetentionResult {
@@ -233,7 +249,8 @@ export async function applyRetention(
   options: ApplyRetentionOptions = {},
 ): Promise<RetentionResult> {
   const now = options.now ?? (() => new Date());
-  const log = (options.logger ?? silentLogger).child({ partition });
+  const timeline = options.timeline ?? 1;
+  const log = (options.logger ?? silentLogger).child({ partition, ...(timeline !== 1 ? { timeline } : {}) });
   const signal = options.signal;
   const result: RetentionResult = {
     partition,
@@ -270,8 +287,8 @@ export async function applyRetention(
   if (removeBackups.length + removeSegments.length > 0) {
     const written = await updateDocument<PartitionManifest>(
       store,
-      partitionManifestKey(partition),
-      (v) => parsePartitionManifest(v, partition),
+      partitionManifestKey(partition, timeline),
+      (v) => parsePartitionManifest(v, partition, timeline),
       (current) => {
         if (current === undefined) return undefined;
         const w = writer ?? current.leader;
@@ -284,7 +301,7 @@ export async function applyRetention(
         if (update.removeBackups.length + update.removeSegments.length === 0) return undefined;
         // A newer backup listed meanwhile only moves the window up, never down:
         // everything planned is still below it.
-        const applied = applyPartitionUpdate(current, partition, w, update, now());
+        const applied = applyPartitionUpdate(current, partition, w, update, now(), timeline);
         return applied.changed ? applied.manifest : undefined;
       },
       { ...options, signal },

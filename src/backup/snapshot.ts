@@ -9,6 +9,7 @@ import { describeError, ErrorCodes, isWalArchiverError, WalArchiverError } from 
 import { unreachable } from '../node/http-node.js';
 import type { StorageNode } from '../node/storage-node.js';
 import { TarCheck } from './tar-check.js';
+import { packState } from '../../contract/state/snapshot.js';
 
 /** A node's snapshot of a partition, checked, compressed and spooled to a local file. */
 export interface Spooled {
@@ -79,5 +80,53 @@ export async function spoolSnapshot(o: SnapshotSource, spoolDir: string): Promis
     rawBytes: raw.bytes,
     sha256: compressed.hash.digest('hex'),
     ...(snap.maxCommittedAt !== undefined ? { maxCommittedAt: snap.maxCommittedAt } : {}),
+  };
+}
+
+/**
+ * Packs a local state folder (a restored partition's state at `lsn`, which
+ * nothing changes meanwhile) as the node packs its snapshots, and spools it
+ * like one: the same tar, so the same base backup the node would serve.
+ */
+export async function spoolLocalState(
+  o: {
+    stateDir: string;
+    partition: string;
+    lsn: number;
+    maxCommittedAt?: string;
+    zstdLevel?: number;
+    signal?: AbortSignal;
+  },
+  spoolDir: string,
+): Promise<Spooled> {
+  const path = join(spoolDir, `base-${o.partition}-${o.lsn}-${randomBytes(6).toString('hex')}.tar.zst`);
+  const raw = new HashingStream();
+  const compressed = new HashingStream();
+  try {
+    await dfs.mkdir(spoolDir, { recursive: true });
+    await pipeline(
+      packState(o.stateDir),
+      raw,
+      new CompressStream({ compressionLevel: o.zstdLevel ?? DEFAULT_ZSTD_LEVEL, checksumFlag: true }),
+      compressed,
+      dfs.createWriteStream(path, { flags: 'wx' }),
+      ...(o.signal ? [{ signal: o.signal }] : []),
+    );
+  } catch (err) {
+    await dfs.rm(path, { force: true });
+    if (isWalArchiverError(err)) throw err;
+    throw new WalArchiverError(
+      ErrorCodes.UNAVAILABLE,
+      `base backup of partition ${o.partition} from ${o.stateDir}: ${describeError(err)}`,
+      { cause: err, retryable: true, details: { partition: o.partition, lsn: o.lsn } },
+    );
+  }
+  return {
+    path,
+    lsn: o.lsn,
+    bytes: compressed.bytes,
+    rawBytes: raw.bytes,
+    sha256: compressed.hash.digest('hex'),
+    ...(o.maxCommittedAt !== undefined ? { maxCommittedAt: o.maxCommittedAt } : {}),
   };
 }

@@ -14,7 +14,7 @@ import {
 import { walBackupEvent, type BackupTrigger, type WalBackupEvent } from '../../contract/events/schemas.js';
 import { MetadataKeys, type ObjectStore, type Retention } from '../store/object-store.js';
 import { assertLeader, type StorageNode } from '../node/storage-node.js';
-import { spoolSnapshot } from './snapshot.js';
+import { spoolLocalState, spoolSnapshot, type Spooled } from './snapshot.js';
 import { verifyBaseBackup } from './verify.js';
 
 /**
@@ -88,7 +88,9 @@ export interface TakeBaseBackupOptions {
   zstdLevel?: number;
   /** Ask the node first that it leads the partition in `term` (default true). */
   checkLeader?: boolean;
-  manifestOptions?: Omit<PartitionManifestOptions, 'signal'>;
+  /** The timeline the backup belongs to (default 1). */
+  timeline?: number;
+  manifestOptions?: Omit<PartitionManifestOptions, 'signal' | 'timeline'>;
 }
 
 export interface BaseBackupResult {
@@ -111,12 +113,57 @@ export interface BaseBackupResult {
  * by a failure.
  */
 export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBackupResult> {
-  const now = o.now ?? (() => new Date());
-  const log = (o.logger ?? silentLogger).child({ partition: o.partition, term: o.term, trigger: o.trigger });
-  const startedAt = now();
+  const startedAt = (o.now ?? (() => new Date()))();
   if (o.checkLeader ?? true) await assertLeader(o.storageNode, o.partition, o.term, o.signal);
   const spooled = await spoolSnapshot(o, o.spoolDir ?? join(tmpdir(), 'wal-archiver-spool'));
-  const key = baseBackupKey(o.partition, spooled.lsn);
+  return storeBaseBackup(o, spooled, startedAt, o.term);
+}
+
+export interface RestoredBaseOptions extends Omit<
+  TakeBaseBackupOptions,
+  'storageNode' | 'trigger' | 'checkLeader'
+> {
+  /** The restored state (`archiver/restored-state`), at `lsn`. */
+  stateDir: string;
+  lsn: number;
+  /** The term of the entry at `lsn`. */
+  lsnTerm: number;
+  maxCommittedAt?: string;
+}
+
+/**
+ * The first base backup of a new timeline: the state a restore left at the
+ * branch point, packed here (the node may have applied more by now), with
+ * trigger `restore`. Like any base backup it is created once, checked when it
+ * exists already, and listed in the timeline's manifest.
+ */
+export async function uploadRestoredBase(o: RestoredBaseOptions): Promise<BaseBackupResult> {
+  const startedAt = (o.now ?? (() => new Date()))();
+  const spooled = await spoolLocalState(
+    {
+      stateDir: o.stateDir,
+      partition: o.partition,
+      lsn: o.lsn,
+      ...(o.maxCommittedAt !== undefined ? { maxCommittedAt: o.maxCommittedAt } : {}),
+      ...(o.zstdLevel !== undefined ? { zstdLevel: o.zstdLevel } : {}),
+      ...(o.signal ? { signal: o.signal } : {}),
+    },
+    o.spoolDir ?? join(tmpdir(), 'wal-archiver-spool'),
+  );
+  return storeBaseBackup({ ...o, trigger: 'restore' }, spooled, startedAt, o.lsnTerm);
+}
+
+/** Uploads a spooled base backup, records it in the manifest and makes its event (the spool is removed). */
+async function storeBaseBackup(
+  o: Omit<TakeBaseBackupOptions, 'storageNode'>,
+  spooled: Spooled,
+  startedAt: Date,
+  recordTerm: number,
+): Promise<BaseBackupResult> {
+  const now = o.now ?? (() => new Date());
+  const log = (o.logger ?? silentLogger).child({ partition: o.partition, term: o.term, trigger: o.trigger });
+  const timeline = o.timeline ?? 1;
+  const key = baseBackupKey(o.partition, spooled.lsn, timeline);
   let bytes = spooled.bytes;
   let sha256 = spooled.sha256;
   let reused = false;
@@ -164,7 +211,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
     bytes,
     sha256,
     trigger: o.trigger,
-    term: o.term,
+    term: recordTerm,
     node: o.node,
   };
   let write;
@@ -174,7 +221,7 @@ export async function takeBaseBackup(o: TakeBaseBackupOptions): Promise<BaseBack
       o.partition,
       { node: o.node, term: o.term },
       { backups: [record] },
-      { ...o.manifestOptions, now, signal: o.signal },
+      { ...o.manifestOptions, now, timeline, ...(o.signal ? { signal: o.signal } : {}) },
     );
   } catch (err) {
     // The object is complete and checked, just not listed: restore ignores it,

@@ -27,6 +27,8 @@ export interface BackupTriggerOptions {
   node: number;
   /** The term the partition is led in: the backup's manifest write is fenced by it. */
   term: number;
+  /** The timeline the partition is archived to (known once the archiver resumed). */
+  timeline: () => number;
   /** Aborts a backup in flight (the partition's archiver stopped). */
   signal: AbortSignal;
   metrics: ArchiverMetrics;
@@ -96,6 +98,7 @@ export class BackupTrigger {
         partition: this.o.partition,
         node: this.o.node,
         term: this.o.term,
+        timeline: this.o.timeline(),
         trigger,
         ...(b.retention ? { retention: b.retention } : {}),
         signal: this.o.signal,
@@ -128,6 +131,7 @@ export class BackupTrigger {
     const writer = { node: this.o.node, term: this.o.term };
     const outcome = await applyRetention(this.o.store, this.o.partition, writer, plan, {
       logger: this.o.logger,
+      timeline: this.o.timeline(),
     });
     if (outcome.locked.length > 0)
       this.o.logger.info('retention kept objects still under lock', { locked: outcome.locked.length });

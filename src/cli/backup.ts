@@ -1,7 +1,8 @@
 import { Topics } from '../../contract/events/event-bus.js';
 import { createLogger } from '../../contract/log.js';
 import { listArchivedPartitions } from '../manifest/archived-partitions.js';
-import { readPartitionManifest } from '../manifest/partition-manifest.js';
+import { onTimeline, readPartitionManifest, type PartitionManifest } from '../manifest/partition-manifest.js';
+import { listTimelines, type TimelineInfo } from '../timeline/history.js';
 import { HttpStorageNode } from '../node/http-node.js';
 import { assertLeader } from '../node/storage-node.js';
 import { takeBaseBackup } from '../backup/take.js';
@@ -9,6 +10,7 @@ import { applyRetention, listPartitionObjects, planRetention } from '../backup/r
 import { archiveCommand, flagParser, objectStoreFlag, openBusFlag } from './shared-flags.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { UsageError } from '../../contract/cli/flags.js';
+import type { ObjectStore } from '../store/object-store.js';
 import { EXIT_FAILURE, EXIT_OK } from '../../contract/cli/runner.js';
 
 /**
@@ -27,6 +29,12 @@ const backupFlags = {
     env: 'WAL_ARCHIVER_NODE_URL',
   },
   partition: { type: 'string', help: 'the partition to back up', value: 'ID', required: true },
+  timeline: {
+    type: 'int',
+    help: "the archive timeline (default: the one the leader's sidecar archives to)",
+    value: 'N',
+    min: 1,
+  },
   events: { type: 'string', help: 'publish the wal.backups event on this bus', value: 'URL' },
   'retention-mode': {
     type: 'string',
@@ -42,7 +50,7 @@ const backupFlags = {
 } as const;
 
 const backupHelp = {
-  usage: 'wal-archiver backup --object-store URL --node-url U --partition P [--events URL]',
+  usage: 'wal-archiver backup --object-store URL --node-url U --partition P [--timeline N] [--events URL]',
   description:
     'Takes one base backup of a partition now (trigger "manual"): a consistent snapshot of the\n' +
     "partition's applied state from its leader, zstd-compressed to partitions/<P>/base/<LSN>.tar.zst\n" +
@@ -68,10 +76,12 @@ export const backupCommand = archiveCommand(
     const storageNode = new HttpStorageNode(f['node-url']);
     const status = await assertLeader(storageNode, f.partition, undefined, ctx.signal);
     const mode = f['retention-mode'] as 'GOVERNANCE' | 'COMPLIANCE' | undefined;
+    const timeline = f.timeline ?? (await leaderTimeline(store, f.partition, status, ctx.signal));
     const result = await takeBaseBackup({
       store,
       storageNode,
       partition: f.partition,
+      timeline,
       node: status.node,
       term: status.term,
       trigger: 'manual',
@@ -138,37 +148,94 @@ export const retentionCommand = archiveCommand(
         ? [f.partition]
         : [...(await listArchivedPartitions(store, { signal: ctx.signal })).keys()];
     for (const partition of partitions) {
-      const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
-      if (!stored) {
-        ctx.stderr.write(`wal-archiver retention: partition ${partition} has no manifest; skipped\n`);
-        continue;
+      const timelines = await listTimelines(store, partition, ctx.signal);
+      const manifests = new Map<number, PartitionManifest>();
+      for (const t of timelines) {
+        const stored = await readPartitionManifest(store, partition, {
+          signal: ctx.signal,
+          timeline: t.timeline,
+        });
+        if (stored) manifests.set(t.timeline, stored.value);
       }
-      const now = new Date();
-      const plan = planRetention(
-        stored.value,
-        { keepCount: f['keep-count'], ...(f['keep-age'] !== undefined ? { keepAge: f['keep-age'] } : {}) },
-        now,
-        { objects: await listPartitionObjects(store, partition, ctx.signal) },
-      );
-      const result = await applyRetention(store, partition, undefined, plan, {
-        dryRun: f['dry-run'],
-        signal: ctx.signal,
-      });
-      const verb = f['dry-run'] ? 'would delete' : 'deleted';
-      ctx.stdout.write(
-        `partition ${partition}: ${verb} ${result.deleted.length} objects ` +
-          `(${plan.deleteBackups.length} base backups, ${plan.deleteSegments.length} segments, ${plan.orphans.length} leftovers); ` +
-          `kept ${plan.keepBackups.length} base backups from LSN ${plan.windowStartLsn ?? '-'} on, ${plan.keepSegments} segments\n`,
-      );
-      for (const key of result.deleted) ctx.stdout.write(`  ${verb} ${key}  (${plan.reasons[key] ?? ''})\n`);
-      for (const l of result.locked) {
-        ctx.stdout.write(`  locked  ${l.key}${l.retainUntil ? ` until ${l.retainUntil}` : ''}: kept\n`);
-      }
-      for (const x of result.failed) {
-        problems++;
-        ctx.stderr.write(`wal-archiver retention: ${x.key}: ${x.error}\n`);
+      for (const t of timelines) {
+        const which = `partition ${partition}${onTimeline(t.timeline)}`;
+        const manifest = manifests.get(t.timeline);
+        if (!manifest) {
+          if (t.timeline === 1 || timelines.length === 1)
+            ctx.stderr.write(`wal-archiver retention: ${which} has no manifest; skipped\n`);
+          continue;
+        }
+        const now = new Date();
+        const plan = planRetention(
+          manifest,
+          { keepCount: f['keep-count'], ...(f['keep-age'] !== undefined ? { keepAge: f['keep-age'] } : {}) },
+          now,
+          {
+            objects: await listPartitionObjects(store, partition, ctx.signal, t.timeline),
+            protect: branchPointsNeeding(timelines, manifests, t.timeline),
+          },
+        );
+        const result = await applyRetention(store, partition, undefined, plan, {
+          dryRun: f['dry-run'],
+          signal: ctx.signal,
+          timeline: t.timeline,
+        });
+        const verb = f['dry-run'] ? 'would delete' : 'deleted';
+        ctx.stdout.write(
+          `${which}: ${verb} ${result.deleted.length} objects ` +
+            `(${plan.deleteBackups.length} base backups, ${plan.deleteSegments.length} segments, ${plan.orphans.length} leftovers); ` +
+            `kept ${plan.keepBackups.length} base backups from LSN ${plan.windowStartLsn ?? '-'} on, ${plan.keepSegments} segments\n`,
+        );
+        for (const key of result.deleted)
+          ctx.stdout.write(`  ${verb} ${key}  (${plan.reasons[key] ?? ''})\n`);
+        for (const l of result.locked) {
+          ctx.stdout.write(`  locked  ${l.key}${l.retainUntil ? ` until ${l.retainUntil}` : ''}: kept\n`);
+        }
+        for (const x of result.failed) {
+          problems++;
+          ctx.stderr.write(`wal-archiver retention: ${x.key}: ${x.error}\n`);
+        }
       }
     }
     return problems > 0 ? EXIT_FAILURE : EXIT_OK;
   },
 );
+
+/**
+ * The branch points of the timelines branching off `timeline` that have no
+ * base backup of their own at their branch LSN: their history up to it is
+ * this timeline's, so retention here keeps it restorable.
+ */
+function branchPointsNeeding(
+  timelines: readonly TimelineInfo[],
+  manifests: ReadonlyMap<number, PartitionManifest>,
+  timeline: number,
+): number[] {
+  return timelines
+    .filter((c) => c.parent === timeline && c.timeline !== timeline)
+    .filter((c) => !(manifests.get(c.timeline)?.backups ?? []).some((b) => b.lsn <= c.branchLsn))
+    .map((c) => c.branchLsn);
+}
+
+/**
+ * The timeline the leader's sidecar archives a partition to: the one whose
+ * manifest it claimed (same node and term). A leader whose sidecar has not
+ * claimed one yet (or a node run without one) needs `--timeline`.
+ */
+async function leaderTimeline(
+  store: ObjectStore,
+  partition: string,
+  leader: { node: number; term: number },
+  signal: AbortSignal,
+): Promise<number> {
+  const timelines = await listTimelines(store, partition, signal);
+  if (timelines.length === 1) return 1;
+  for (const t of [...timelines].reverse()) {
+    const m = (await readPartitionManifest(store, partition, { signal, timeline: t.timeline }))?.value;
+    if (m?.leader?.node === leader.node && m.leader.term === leader.term) return t.timeline;
+  }
+  throw new UsageError(
+    `partition ${partition} has timelines ${timelines.map((t) => t.timeline).join(', ')} and none is claimed by ` +
+      `node ${leader.node} at term ${leader.term} (its sidecar has not started archiving); give --timeline N`,
+  );
+}

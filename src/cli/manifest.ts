@@ -13,7 +13,9 @@ import {
   type RebuildProblem,
 } from '../manifest/global-manifest.js';
 import { GLOBAL_MANIFEST_KEY, partitionPrefix } from '../manifest/keys.js';
-import { readPartitionManifest } from '../manifest/partition-manifest.js';
+import { readPartitionManifest, type PartitionManifest } from '../manifest/partition-manifest.js';
+import { findTimeline, listTimelines } from '../timeline/history.js';
+import { formatTimelineTree } from '../timeline/format.js';
 import { objectStoreFlag, openBusFlag, parseCommandFlags, archiveCommand } from './shared-flags.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
@@ -43,6 +45,12 @@ const flags = {
     type: 'bool',
     help: 'with --partition: list every segment too',
     default: false,
+  },
+  timeline: {
+    type: 'int',
+    help: "with --partition: show that timeline's manifest (default: the latest)",
+    value: 'N',
+    min: 1,
   },
   json: {
     type: 'bool',
@@ -78,7 +86,7 @@ type Flags = ParsedFlags<typeof flags>;
 
 const help = {
   usage:
-    'wal-archiver manifest --object-store URL [--partition ID [--segments]] [--json]\n' +
+    'wal-archiver manifest --object-store URL [--partition ID [--timeline N] [--segments]] [--json]\n' +
     '       wal-archiver manifest --object-store URL --rebuild [--from-events URL] [--dry-run] [--json]',
   description:
     'Shows the global manifest: every partition with its leader, archived LSN, lag and latest base\n' +
@@ -103,6 +111,8 @@ export function parseManifestFlags(argv: readonly string[], env: NodeJS.ProcessE
     throw new UsageError('--rebuild rebuilds the global manifest; it takes no --partition');
   }
   if (f.segments && f.partition === undefined) throw new UsageError('flag --segments needs --partition');
+  if (f.timeline !== undefined && f.partition === undefined)
+    throw new UsageError('flag --timeline needs --partition');
   if (argv.some((a) => a === '--idle' || a.startsWith('--idle=')) && f['from-events'] === undefined) {
     throw new UsageError('flag --idle needs --from-events');
   }
@@ -267,7 +277,23 @@ async function showPartition(
   partition: string,
   ctx: CommandContext,
 ): Promise<number> {
-  const stored = await readPartitionManifest(store, partition, { signal: ctx.signal });
+  const timelines = await listTimelines(store, partition, ctx.signal);
+  const manifests = new Map<number, PartitionManifest>();
+  for (const t of timelines) {
+    const m = await readPartitionManifest(store, partition, { signal: ctx.signal, timeline: t.timeline });
+    if (m) manifests.set(t.timeline, m.value);
+  }
+  const shown = f.timeline ?? timelines.at(-1)!.timeline;
+  findTimeline(timelines, partition, shown);
+  const value = manifests.get(shown);
+  const stored = value ? { value } : undefined;
+  if (!stored && shown !== 1) {
+    throw new WalArchiverError(
+      ErrorCodes.NOT_FOUND,
+      `partition ${partition} timeline ${shown} has no manifest yet (its sidecar writes it when it starts archiving)`,
+      { retryable: false },
+    );
+  }
   if (!stored) {
     let objects = 0;
     for await (const _ of store.list(partitionPrefix(partition), { signal: ctx.signal })) objects++;
@@ -281,7 +307,11 @@ async function showPartition(
     );
   }
   if (f.json) ctx.stdout.write(encodeJson(stored.value));
-  else ctx.stdout.write(formatPartitionManifest(stored.value, { now: new Date(), segments: f.segments }));
+  else {
+    if (timelines.length > 1) ctx.stdout.write(`timelines:\n${formatTimelineTree(timelines, manifests)}\n`);
+    if (timelines.length > 1) ctx.stdout.write(`timeline ${shown}:\n`);
+    ctx.stdout.write(formatPartitionManifest(stored.value, { now: new Date(), segments: f.segments }));
+  }
   return EXIT_OK;
 }
 

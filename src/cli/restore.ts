@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseTimeTarget, type RestoreTarget } from '../restore/plan.js';
@@ -30,6 +31,12 @@ const restoreFlags = {
     value: 'TIME',
   },
   latest: { type: 'bool', help: 'restore up to the last archived LSN', default: false },
+  timeline: {
+    type: 'int',
+    help: "restore this archive timeline's history (default: the latest timeline that holds the target)",
+    value: 'N',
+    min: 1,
+  },
   target: {
     type: 'string',
     help: 'with --partition: the partition directory to create (<data-dir>/partitions/<id>); with --all: the folder that gets node-<i>/partitions/<id>/ for every node',
@@ -57,9 +64,9 @@ const restoreFlags = {
 
 const restoreHelp = {
   usage:
-    'wal-archiver restore --object-store URL (--partition P | --all) (--to-lsn N | --to-time T | --latest) --target DIR [--force] [--nodes N] [--concurrency N]',
+    'wal-archiver restore --object-store URL (--partition P | --all) (--to-lsn N | --to-time T | --latest) [--timeline N] --target DIR [--force] [--nodes N] [--concurrency N]',
   description:
-    'Restores a partition (or, with --all, every partition) to an LSN or a point in time: the newest base\nbackup at or before the target plus the archived WAL after it, every object checked against its SHA-256\nand every entry against its content digest. The result is a partition directory storage-node boots from.\nIt is built in DIR.partial and renamed to DIR only once complete.',
+    'Restores a partition (or, with --all, every partition) to an LSN or a point in time: the newest base\nbackup at or before the target plus the archived WAL after it, every object checked against its SHA-256\nand every entry against its content digest. The result is a partition directory storage-node boots from.\nIt is built in DIR.partial and renamed to DIR only once complete. The sidecar started beside the\nrestored node archives it on a new timeline of the same archive, branching at the restored LSN.',
 };
 
 const verifyFlags = {
@@ -174,6 +181,13 @@ function describeTarget(t: RestoreTarget): string {
       : 'the latest archived LSN';
 }
 
+/** ", read from timeline N" when the history restored is an ancestor's up to there. */
+function fromNote(r: { timeline: number; fromTimeline: number }): string {
+  return r.fromTimeline === r.timeline
+    ? ''
+    : ` (read from timeline ${r.fromTimeline}, before the branch point)`;
+}
+
 export const restoreCommand: Command = {
   summary: 'restore a partition, or every partition, to an LSN or a point in time',
   async run(argv: string[], ctx: CommandContext): Promise<number> {
@@ -183,12 +197,15 @@ export const restoreCommand: Command = {
     const target = parseTarget(f);
     if (f.all && target.kind === 'lsn')
       throw new UsageError("--to-lsn names one partition's LSN: with --all use --to-time or --latest");
+    const branch = { restoreId: randomUUID(), reason: `restore to ${describeTarget(target)}` };
     const store = await openObjectStore(f['object-store']);
     const progress = progressRenderer(ctx.stderr);
     try {
       if (f.all) {
         const result = await restoreAll({
           store,
+          branch,
+          ...(f.timeline !== undefined ? { timeline: f.timeline } : {}),
           target: target as Exclude<RestoreTarget, { kind: 'lsn' }>,
           targetDir: f.target,
           nodes: f.nodes,
@@ -201,7 +218,7 @@ export const restoreCommand: Command = {
         progress.end();
         for (const r of result.partitions) {
           ctx.stdout.write(
-            `partition ${r.partition}: LSN ${r.targetLsn} (term ${r.term})${r.backup ? `, base backup at LSN ${r.backup.lsn}` : ''}, ${r.segments.length} segments, ${r.entries} entries replayed (listed in the ${result.sources[r.partition] ?? 'objects'})\n`,
+            `partition ${r.partition}: LSN ${r.targetLsn} of timeline ${r.timeline}${fromNote(r)} (term ${r.term})${r.backup ? `, base backup at LSN ${r.backup.lsn}` : ''}, ${r.segments.length} segments, ${r.entries} entries replayed (listed in the ${result.sources[r.partition] ?? 'objects'})\n`,
           );
         }
         for (const s of result.skipped)
@@ -220,6 +237,8 @@ export const restoreCommand: Command = {
         store,
         partition: f.partition!,
         target,
+        branch,
+        ...(f.timeline !== undefined ? { timeline: f.timeline } : {}),
         targetDir: f.target,
         voters: Array.from({ length: f.nodes }, (_, i) => i + 1),
         force: f.force,
@@ -230,7 +249,7 @@ export const restoreCommand: Command = {
       progress.end();
       if (result.note) ctx.stderr.write(`restore: ${result.note}\n`);
       ctx.stdout.write(
-        `restored partition ${result.partition} to LSN ${result.targetLsn} (term ${result.term}) in ${result.targetDir}: ` +
+        `restored partition ${result.partition} to LSN ${result.targetLsn} of timeline ${result.timeline}${fromNote(result)} (term ${result.term}) in ${result.targetDir}: ` +
           `${result.backup ? `base backup ${result.backup.key} + ` : ''}${result.segments.length} segments, ${result.entries} entries replayed, ${formatBytes(result.bytes)} downloaded\n`,
       );
       return EXIT_OK;

@@ -15,8 +15,14 @@
  *                     "first_committed_at", "last_committed_at", "max_committed_at" (optional),
  *                     "archived_at", "term", "node" } ],
  *     "backups":  [ { "key", "lsn", "taken_at", "max_committed_at" (optional), "bytes", "sha256", "trigger", "term", "node" } ],
- *     "updated_at": "2025-01-01T00:00:00.000Z"
+ *     "updated_at": "2025-01-01T00:00:00.000Z",
+ *     "timeline": 2                                  // only on timelines after the first
  *   }
+ *
+ * A partition's timeline N >= 2 (src/timeline/history.ts) has a manifest of
+ * its own, `partitions/<id>/timelines/<N>/manifest.json`, whose records all
+ * name keys of that timeline; fencing is per timeline, since a restored
+ * cluster's terms start again.
  *
  * Segments are sorted by first LSN (then last LSN), backups by LSN.
  *
@@ -120,6 +126,8 @@ export interface PartitionManifest {
    */
   published_lsn: number;
   updated_at: string;
+  /** The timeline this manifest is of; absent: timeline 1. */
+  timeline?: number;
 }
 
 /** Who writes: the sidecar of the partition's leader, with the Raft term it leads in. */
@@ -149,10 +157,19 @@ export interface PartitionManifestUpdate {
  */
 function recordParser<T>(
   kind: string,
-  read: (r: FieldReader, partition: string) => T,
-): (value: unknown, partition: string, index: number) => T {
-  return (value, partition, index) =>
-    read(new FieldReader(value, `partition ${partition} manifest ${kind} ${index}`), partition);
+  read: (r: FieldReader, partition: string, timeline: number) => T,
+): (value: unknown, partition: string, index: number, timeline: number) => T {
+  return (value, partition, index, timeline) =>
+    read(
+      new FieldReader(value, `partition ${partition}${onTimeline(timeline)} manifest ${kind} ${index}`),
+      partition,
+      timeline,
+    );
+}
+
+/** " timeline N" after the partition in messages, for timelines after the first. */
+export function onTimeline(timeline: number): string {
+  return timeline === 1 ? '' : ` timeline ${timeline}`;
 }
 
 /** `max_committed_at`, which records written before it existed lack. */
@@ -160,7 +177,7 @@ function maxCommittedAt(r: FieldReader): { max_committed_at?: string } {
   return r.has('max_committed_at') ? { max_committed_at: r.time('max_committed_at') } : {};
 }
 
-function readSegmentRecord(r: FieldReader, partition: string): SegmentRecord {
+function readSegmentRecord(r: FieldReader, partition: string, timeline: number): SegmentRecord {
   const s: SegmentRecord = {
     key: r.string('key'),
     first_lsn: r.lsn('first_lsn'),
@@ -176,7 +193,7 @@ function readSegmentRecord(r: FieldReader, partition: string): SegmentRecord {
     term: r.term('term'),
     node: r.node('node'),
   };
-  const parsed = tryParseSegmentKey(s.key);
+  const parsed = tryParseSegmentKey(s.key, timeline);
   if (
     !parsed ||
     parsed.partition !== partition ||
@@ -185,7 +202,7 @@ function readSegmentRecord(r: FieldReader, partition: string): SegmentRecord {
   ) {
     throw r.fail(
       'key',
-      `is not the segment key of partition ${partition}, LSNs ${s.first_lsn}-${s.last_lsn}`,
+      `is not the segment key of partition ${partition}${onTimeline(timeline)}, LSNs ${s.first_lsn}-${s.last_lsn}`,
     );
   }
   if (s.entries > s.last_lsn - s.first_lsn + 1) throw r.fail('entries', 'is more than the LSN range holds');
@@ -194,7 +211,7 @@ function readSegmentRecord(r: FieldReader, partition: string): SegmentRecord {
   return s;
 }
 
-function readBackupRecord(r: FieldReader, partition: string): BackupRecord {
+function readBackupRecord(r: FieldReader, partition: string, timeline: number): BackupRecord {
   const b: BackupRecord = {
     key: r.string('key'),
     lsn: r.lsn('lsn'),
@@ -206,9 +223,12 @@ function readBackupRecord(r: FieldReader, partition: string): BackupRecord {
     term: r.term('term'),
     node: r.node('node'),
   };
-  const parsed = tryParseBaseKey(b.key);
+  const parsed = tryParseBaseKey(b.key, timeline);
   if (!parsed || parsed.partition !== partition || parsed.lsn !== b.lsn) {
-    throw r.fail('key', `is not the base backup key of partition ${partition}, LSN ${b.lsn}`);
+    throw r.fail(
+      'key',
+      `is not the base backup key of partition ${partition}${onTimeline(timeline)}, LSN ${b.lsn}`,
+    );
   }
   return b;
 }
@@ -235,26 +255,35 @@ function parseArchived(r: FieldReader): ArchivedRange | null {
  * for a different partition than `expectedPartition`, or for an `archived`
  * range the segments do not cover.
  */
-export function parsePartitionManifest(value: unknown, expectedPartition?: string): PartitionManifest {
+export function parsePartitionManifest(
+  value: unknown,
+  expectedPartition?: string,
+  expectedTimeline = 1,
+): PartitionManifest {
   const r = new FieldReader(
     value,
-    expectedPartition ? `partition ${expectedPartition} manifest` : 'partition manifest',
+    expectedPartition
+      ? `partition ${expectedPartition}${onTimeline(expectedTimeline)} manifest`
+      : 'partition manifest',
   );
   r.schema(PARTITION_MANIFEST_SCHEMA);
   const partition = r.partition();
   if (expectedPartition !== undefined && partition !== expectedPartition) {
     throw r.fail('partition', `is not ${expectedPartition}`);
   }
+  const timeline = r.has('timeline') ? r.int('timeline', 1) : 1;
+  if (timeline !== expectedTimeline) throw r.fail('timeline', `is not ${expectedTimeline}`);
   const m: PartitionManifest = {
     schema: 1,
     partition,
     leader: parseLeader(r),
     version: r.int('version', 1),
     archived: parseArchived(r),
-    segments: r.array('segments').map((s, i) => parseSegmentRecord(s, partition, i)),
-    backups: r.array('backups').map((b, i) => parseBackupRecord(b, partition, i)),
+    segments: r.array('segments').map((s, i) => parseSegmentRecord(s, partition, i, timeline)),
+    backups: r.array('backups').map((b, i) => parseBackupRecord(b, partition, i, timeline)),
     published_lsn: r.has('published_lsn') ? r.int('published_lsn', 0) : 0,
     updated_at: r.time('updated_at'),
+    ...(timeline !== 1 ? { timeline } : {}),
   };
   const keys = new Set<string>();
   for (const s of m.segments) {
@@ -429,7 +458,7 @@ function mergeRecords<T extends { key: string }>(
 }
 
 /** An empty manifest at version 0, as the base of a partition's first write. */
-export function emptyPartitionManifest(partition: string, now: Date): PartitionManifest {
+export function emptyPartitionManifest(partition: string, now: Date, timeline = 1): PartitionManifest {
   return {
     schema: 1,
     partition: parsePartitionId(partition),
@@ -440,6 +469,7 @@ export function emptyPartitionManifest(partition: string, now: Date): PartitionM
     backups: [],
     published_lsn: 0,
     updated_at: now.toISOString(),
+    ...(timeline !== 1 ? { timeline } : {}),
   };
 }
 
@@ -465,8 +495,9 @@ export function applyPartitionUpdate(
   writer: ManifestWriter,
   update: PartitionManifestUpdate,
   now: Date,
+  timeline = 1,
 ): ApplyResult {
-  const base = current ?? emptyPartitionManifest(partition, now);
+  const base = current ?? emptyPartitionManifest(partition, now, timeline);
   if (base.partition !== partition) {
     throw corrupt(`partition ${partition} manifest`, `holds partition ${base.partition}`);
   }
@@ -495,7 +526,7 @@ export function applyPartitionUpdate(
   mergeRecords(
     segments,
     update.segments,
-    (raw, i) => parseSegmentRecord(raw, partition, i),
+    (raw, i) => parseSegmentRecord(raw, partition, i, timeline),
     sameSegmentObject,
     (was, now) =>
       `segment ${now.key} is recorded with sha256 ${was.sha256} (${was.bytes} bytes), now reported with ${now.sha256} (${now.bytes} bytes)`,
@@ -504,7 +535,7 @@ export function applyPartitionUpdate(
   mergeRecords(
     backups,
     update.backups,
-    (raw, i) => parseBackupRecord(raw, partition, i),
+    (raw, i) => parseBackupRecord(raw, partition, i, timeline),
     sameBackupObject,
     (was, now) =>
       `base backup ${now.key} is recorded with sha256 ${was.sha256}, now reported with ${now.sha256}`,
@@ -537,6 +568,7 @@ export function applyPartitionUpdate(
     backups: [...backups.values()].sort(compareBackups),
     published_lsn: Math.max(base.published_lsn, update.publishedLsn ?? 0),
     updated_at: now.toISOString(),
+    ...(timeline !== 1 ? { timeline } : {}),
   };
   if (current && contentOf(current) === contentOf(next)) return { manifest: current, changed: false };
   return { manifest: next, changed: true };
@@ -568,6 +600,8 @@ export function latestBackupAtOrBefore(
 export interface PartitionManifestOptions extends UpdateOptions<PartitionManifest> {
   /** The clock (tests pass a fixed one). */
   now?: () => Date;
+  /** The timeline whose manifest this is (default 1). */
+  timeline?: number;
 }
 
 export interface PartitionManifestWrite {
@@ -582,13 +616,14 @@ export interface PartitionManifestWrite {
 export async function readPartitionManifest(
   store: ObjectStore,
   partition: string,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; timeline?: number } = {},
 ): Promise<StoredDocument<PartitionManifest> | undefined> {
+  const timeline = options.timeline ?? 1;
   return readDocument(
     store,
-    partitionManifestKey(partition),
-    (v) => parsePartitionManifest(v, partition),
-    options,
+    partitionManifestKey(partition, timeline),
+    (v) => parsePartitionManifest(v, partition, timeline),
+    options.signal ? { signal: options.signal } : {},
   );
 }
 
@@ -606,18 +641,19 @@ export async function updatePartitionManifest(
   options: PartitionManifestOptions = {},
 ): Promise<PartitionManifestWrite> {
   const now = options.now ?? (() => new Date());
+  const timeline = options.timeline ?? 1;
   const result = await updateDocument(
     store,
-    partitionManifestKey(partition),
-    (v) => parsePartitionManifest(v, partition),
+    partitionManifestKey(partition, timeline),
+    (v) => parsePartitionManifest(v, partition, timeline),
     (current) => {
-      const applied = applyPartitionUpdate(current, partition, writer, update, now());
+      const applied = applyPartitionUpdate(current, partition, writer, update, now(), timeline);
       return applied.changed ? applied.manifest : undefined;
     },
     options,
   );
   return {
-    manifest: result.value ?? emptyPartitionManifest(partition, now()),
+    manifest: result.value ?? emptyPartitionManifest(partition, now(), timeline),
     written: result.written,
     etag: result.etag,
     attempts: result.attempts,

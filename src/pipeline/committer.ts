@@ -36,13 +36,16 @@ export class Committer {
    */
   async claim(): Promise<PartitionManifest | undefined> {
     const c = this.ctx;
-    const stored = await readPartitionManifest(c.o.store, c.partition, { signal: c.signal });
+    const stored = await readPartitionManifest(c.o.store, c.partition, {
+      signal: c.signal,
+      timeline: c.timeline,
+    });
     const claimed = await updatePartitionManifest(
       c.o.store,
       c.partition,
       this.writer,
       {},
-      { signal: c.signal, current: stored },
+      { signal: c.signal, current: stored, timeline: c.timeline },
     );
     this.remember(claimed);
     this.recordedPublished = stored?.value.published_lsn ?? 0;
@@ -62,7 +65,9 @@ export class Committer {
   /** Reads the manifest for the backup policy only (an idle partition writes nothing). */
   async readForPolicy(): Promise<PartitionManifest | undefined> {
     const c = this.ctx;
-    this.manifest = (await readPartitionManifest(c.o.store, c.partition, { signal: c.signal }))?.value;
+    this.manifest = (
+      await readPartitionManifest(c.o.store, c.partition, { signal: c.signal, timeline: c.timeline })
+    )?.value;
     return this.manifest;
   }
 
@@ -78,7 +83,7 @@ export class Committer {
           c.partition,
           this.writer,
           { segments: [record], publishedLsn: sentPublished },
-          { signal: c.signal, current: this.stored },
+          { signal: c.signal, current: this.stored, timeline: c.timeline },
         ),
       {
         attempts: 5,
@@ -105,7 +110,7 @@ export class Committer {
       c.partition,
       this.writer,
       { publishedLsn: cursor },
-      { signal: c.signal, current: this.stored },
+      { signal: c.signal, current: this.stored, timeline: c.timeline },
     );
     this.remember(written);
     this.recordedPublished = Math.max(this.recordedPublished, cursor);

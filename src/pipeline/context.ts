@@ -21,6 +21,12 @@ export class PartitionContext {
   readonly labels: { partition: string };
   readonly resumed: Promise<void>;
 
+  /**
+   * The archive timeline this partition is written to (src/timeline), and
+   * the LSN it branched at (0 on timeline 1): known once resuming began.
+   */
+  timeline = 1;
+  branchLsn = 0;
   state: ArchiverState = 'starting';
   error: string | undefined;
   archivedLsn = 0;

@@ -63,6 +63,7 @@ export class PartitionArchiver {
         partition: o.partition,
         node: o.node,
         term: o.term,
+        timeline: () => ctx.timeline,
         signal: ctx.signal,
         metrics: o.metrics,
         logger: ctx.log,
@@ -92,7 +93,13 @@ export class PartitionArchiver {
     const ctx = this.ctx;
     const archiving = supervise(ctx, 'archive', () =>
       archiveLoop(ctx, {
-        resume: () => resume(ctx, this.committer, () => this.considerBackup()),
+        resume: () =>
+          resume(
+            ctx,
+            this.committer,
+            () => this.considerBackup(),
+            (result) => this.backupTaken(result),
+          ),
         complete: (p) => this.complete(p),
         read: (e) => this.publisher?.keep(e),
         waited: () => this.considerBackup(),

@@ -3,6 +3,9 @@ import { readCommitLsn } from '../tail/committed.js';
 import { listEntryLsns, readArchiverPosition } from '../../contract/wal/entry.js';
 import type { Committer } from './committer.js';
 import { jitter, type PartitionContext } from './context.js';
+import type { BaseBackupResult } from '../backup/take.js';
+import type { PartitionManifest } from '../manifest/partition-manifest.js';
+import { enterTimeline, restoredBasePending, uploadRestoredBaseIfNeeded } from './timeline-entry.js';
 
 /**
  * Where a new leader's archiver starts: the LSN after the archived prefix,
@@ -14,11 +17,19 @@ export async function resume(
   ctx: PartitionContext,
   committer: Committer,
   considerBackup: () => void,
+  backupTaken: (result: BaseBackupResult) => void,
 ): Promise<number> {
-  await idleUntilActive(ctx, committer, considerBackup);
+  const marker = await enterTimeline(ctx);
+  // A restored partition's first base backup is due before anything else: not idle.
+  const pending = await restoredBasePending(ctx, marker);
+  if (!pending) await idleUntilActive(ctx, committer, considerBackup);
   const release = await ctx.o.resumes?.acquire(ctx.signal);
   try {
-    return await resumeFromManifest(ctx, committer, considerBackup);
+    return await resumeFromManifest(ctx, committer, considerBackup, async (before) => {
+      if (!pending || !marker) return;
+      const taken = await uploadRestoredBaseIfNeeded(ctx, marker, before);
+      if (taken) backupTaken(taken);
+    });
   } finally {
     release?.();
   }
@@ -76,13 +87,16 @@ async function resumeFromManifest(
   ctx: PartitionContext,
   committer: Committer,
   considerBackup: () => void,
+  claimed: (before: PartitionManifest | undefined) => Promise<void>,
 ): Promise<number> {
   const before = await committer.claim();
-  const archived = before?.archived?.last_lsn ?? 0;
+  await claimed(before);
+  // A new timeline's history up to its branch point is its parent's (and its first base backup).
+  const archived = Math.max(before?.archived?.last_lsn ?? 0, ctx.branchLsn);
   ctx.archivedLsn = archived;
   ctx.readThrough = archived;
   ctx.readProgressAt = ctx.now();
-  ctx.publishedLsn = Math.max(ctx.publishedLsn, before?.published_lsn ?? 0);
+  ctx.publishedLsn = Math.max(ctx.publishedLsn, before?.published_lsn ?? 0, ctx.branchLsn);
   if (!ctx.o.events) ctx.publishedLsn = Number.MAX_SAFE_INTEGER;
   const last = before?.segments.at(-1);
   if (last) ctx.lastCommitTime = Date.parse(last.last_committed_at);

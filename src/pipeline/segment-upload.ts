@@ -53,7 +53,7 @@ export async function sealAndUpload(ctx: PartitionContext, open: OpenSegment): P
   const lastAt = open.lastAt || open.firstAt || fallback;
   const segment = await open.writer.seal();
   try {
-    const key = segmentKey(ctx.partition, segment.firstLsn, segment.lastLsn);
+    const key = segmentKey(ctx.partition, segment.firstLsn, segment.lastLsn, ctx.timeline);
     const release = await ctx.o.uploads.acquire(ctx.signal);
     const started = performance.now();
     let stored: AdoptedSegment;

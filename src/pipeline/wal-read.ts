@@ -49,7 +49,12 @@ export async function classifyReadError(ctx: PartitionContext, lsn: number, err:
  * resumes after what is archived. Only otherwise is it a gap: CORRUPT.
  */
 async function explainMissing(ctx: PartitionContext, lsn: number, cause: unknown): Promise<WalArchiverError> {
-  const m = (await readPartitionManifest(ctx.o.store, ctx.partition, { signal: ctx.signal }))?.value;
+  const m = (
+    await readPartitionManifest(ctx.o.store, ctx.partition, {
+      signal: ctx.signal,
+      timeline: ctx.timeline,
+    })
+  )?.value;
   if (m?.leader && (m.leader.term > ctx.term || (m.leader.term === ctx.term && m.leader.node !== ctx.node))) {
     return new WalArchiverError(
       ErrorCodes.FENCED,

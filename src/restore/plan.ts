@@ -1,6 +1,6 @@
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { baseBackupPrefix, segmentPrefix, tryParseBaseKey, tryParseSegmentKey } from '../manifest/keys.js';
-import { readPartitionManifest, type PartitionManifest } from '../manifest/partition-manifest.js';
+import { onTimeline, readPartitionManifest, type PartitionManifest } from '../manifest/partition-manifest.js';
 import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 
 /**
@@ -55,6 +55,8 @@ export interface ArchiveBackup {
 
 export interface PartitionArchive {
   partition: string;
+  /** The timeline this is the archive of (its own objects only; 1 when absent). */
+  timeline?: number;
   /** Where the view came from. */
   source: 'manifest' | 'objects';
   /** Sorted by first LSN, then last LSN. */
@@ -108,6 +110,7 @@ function compareSegments(a: ArchiveSegment, b: ArchiveSegment): number {
 export function archiveFromManifest(m: PartitionManifest): PartitionArchive {
   return {
     partition: m.partition,
+    ...(m.timeline !== undefined && m.timeline !== 1 ? { timeline: m.timeline } : {}),
     source: 'manifest',
     segments: m.segments
       .map((s) => ({
@@ -163,11 +166,12 @@ export function archiveFromObjects(
   partition: string,
   objects: readonly ListedObject[],
   note?: string,
+  timeline = 1,
 ): PartitionArchive {
   const segments: ArchiveSegment[] = [];
   const backups: ArchiveBackup[] = [];
   for (const o of objects) {
-    const seg = tryParseSegmentKey(o.key);
+    const seg = tryParseSegmentKey(o.key, timeline);
     if (seg && seg.partition === partition) {
       const max = metadataTime(o.metadata[MetadataKeys.MAX_COMMITTED_AT]);
       segments.push({
@@ -180,7 +184,7 @@ export function archiveFromObjects(
       });
       continue;
     }
-    const base = tryParseBaseKey(o.key);
+    const base = tryParseBaseKey(o.key, timeline);
     if (base && base.partition === partition) {
       const takenAt = o.lastModified?.getTime();
       const max = metadataTime(o.metadata[MetadataKeys.MAX_COMMITTED_AT]);
@@ -200,6 +204,7 @@ export function archiveFromObjects(
   const last = Math.max(0, ...segments.map((s) => s.lastLsn));
   return {
     partition,
+    ...(timeline !== 1 ? { timeline } : {}),
     source: 'objects',
     segments,
     backups,
@@ -215,22 +220,25 @@ export function archiveFromObjects(
 export async function loadPartitionArchive(
   store: ObjectStore,
   partition: string,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; timeline?: number } = {},
 ): Promise<PartitionArchive> {
+  const timeline = options.timeline ?? 1;
+  const signal = options.signal ? { signal: options.signal } : {};
+  const which = `partition ${partition}${onTimeline(timeline)}`;
   let note: string;
   try {
-    const stored = await readPartitionManifest(store, partition, options);
+    const stored = await readPartitionManifest(store, partition, { ...signal, timeline });
     if (stored) return archiveFromManifest(stored.value);
-    note = `partition ${partition} has no manifest; planning from the object listing`;
+    note = `${which} has no manifest; planning from the object listing`;
   } catch (err) {
     if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
-    note = `partition ${partition} manifest is damaged (${err.message}); planning from the object listing`;
+    note = `${which} manifest is damaged (${err.message}); planning from the object listing`;
   }
   const objects: ListedObject[] = [];
-  for (const prefix of [segmentPrefix(partition), baseBackupPrefix(partition)]) {
-    for await (const o of store.list(prefix, options)) {
-      if (!tryParseSegmentKey(o.key) && !tryParseBaseKey(o.key)) continue;
-      const info = await store.head(o.key, options);
+  for (const prefix of [segmentPrefix(partition, timeline), baseBackupPrefix(partition, timeline)]) {
+    for await (const o of store.list(prefix, signal)) {
+      if (!tryParseSegmentKey(o.key, timeline) && !tryParseBaseKey(o.key, timeline)) continue;
+      const info = await store.head(o.key, signal);
       if (info)
         objects.push({
           key: o.key,
@@ -240,7 +248,7 @@ export async function loadPartitionArchive(
         });
     }
   }
-  return archiveFromObjects(partition, objects, note);
+  return archiveFromObjects(partition, objects, note, timeline);
 }
 
 // ---------------------------------------------------------------------------

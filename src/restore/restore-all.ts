@@ -9,6 +9,8 @@ import { Semaphore } from '../semaphore.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { PARTITIONS_DIR } from '../../contract/wal/entry.js';
 import { BEFORE_ARCHIVE } from './plan.js';
+import { listTimelines } from '../timeline/history.js';
+import { RESTORED_STATE_DIR, linkRestoredState } from '../timeline/restored.js';
 import {
   DEFAULT_RESTORE_CONCURRENCY,
   PARTIAL_SUFFIX,
@@ -49,6 +51,10 @@ export interface RestoreAllOptions {
   targetDir: string;
   nodes: number;
   force?: boolean;
+  /** `--timeline N`: that timeline's history, for every partition that has it (others: their default). */
+  timeline?: number;
+  /** Marks every replica as the start of a new timeline with this restore (see restorePartition). */
+  branch?: { restoreId: string; reason: string; at?: Date };
   /** Partitions restored at once, and segment downloads in flight across them (default 4). */
   concurrency?: number;
   signal?: AbortSignal;
@@ -115,12 +121,19 @@ export async function archivedPartitions(
 }
 
 /** Copies a tree, keeping file and directory modes (the copy is byte-identical under treeDigest). */
-export async function copyTree(from: string, to: string): Promise<void> {
+export async function copyTree(
+  from: string,
+  to: string,
+  skip: readonly string[] = [],
+  rel = '',
+): Promise<void> {
   await mkdir(to, { recursive: true });
   for (const d of await readdir(from, { withFileTypes: true })) {
     const src = join(from, d.name);
     const dst = join(to, d.name);
-    if (d.isDirectory()) await copyTree(src, dst);
+    const path = rel ? join(rel, d.name) : d.name;
+    if (skip.includes(path)) continue;
+    if (d.isDirectory()) await copyTree(src, dst, skip, path);
     else if (d.isFile()) await copyFile(src, dst);
     else continue;
     await chmod(dst, (await lstat(src)).mode & 0o7777);
@@ -172,6 +185,11 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
                 target: o.target,
                 targetDir: first,
                 voters,
+                ...(o.timeline !== undefined &&
+                (await hasTimeline(o.store, partition, o.timeline, controller.signal))
+                  ? { timeline: o.timeline }
+                  : {}),
+                ...(o.branch ? { branch: o.branch } : {}),
                 atomic: false,
                 concurrency,
                 downloads,
@@ -193,7 +211,10 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
             throw err;
           }
           for (let n = 2; n <= o.nodes; n++) {
-            await copyTree(first, join(nodeDir(build, n), PARTITIONS_DIR, partition));
+            const copy = join(nodeDir(build, n), PARTITIONS_DIR, partition);
+            // The restored state is links into state/: each replica links its own rather than copying it twice.
+            await copyTree(first, copy, [RESTORED_STATE_DIR]);
+            if (o.branch) await linkRestoredState(copy);
           }
         }
       }),
@@ -220,4 +241,13 @@ export async function restoreAll(o: RestoreAllOptions): Promise<RestoreAllResult
   results.sort((a, b) => comparePartitionIds(a.partition, b.partition));
   for (const r of results) r.targetDir = join(targetDir, 'node-1', PARTITIONS_DIR, r.partition);
   return { targetDir, nodes: o.nodes, partitions: results, skipped, sources, source };
+}
+
+async function hasTimeline(
+  store: ObjectStore,
+  partition: string,
+  timeline: number,
+  signal: AbortSignal,
+): Promise<boolean> {
+  return (await listTimelines(store, partition, signal)).some((t) => t.timeline === timeline);
 }

@@ -17,8 +17,9 @@ import { MetadataKeys, type ObjectStore } from '../store/object-store.js';
 import { decodeLogEntry, type LogEntry } from '../../contract/wal/log-entry.js';
 import { parseStagedFileName } from '../../contract/wal/lsn.js';
 import { decodeRaftEntry } from '../../contract/wal/raftpb.js';
+import { chooseTimeline } from '../timeline/select.js';
+import { markRestored } from '../timeline/restored.js';
 import {
-  loadPartitionArchive,
   planObjects,
   planRestore,
   resolveTarget,
@@ -94,8 +95,16 @@ export interface RestorePartitionOptions {
   concurrency?: number;
   /** Shared bound on downloads across partitions (restore --all). */
   downloads?: Semaphore;
-  /** The archive view, when the caller has loaded it already. */
+  /** The archive view, when the caller has loaded it already (it is restored as it is, on its timeline). */
   archive?: PartitionArchive;
+  /** `--timeline N`: restore that timeline's history (default: the latest holding the target). */
+  timeline?: number;
+  /**
+   * Marks the result as the start of a new timeline (archiver/restored.json
+   * and the restored state beside it), with this restore id; `restore --all`
+   * gives every partition and replica the same one. Off for a drill.
+   */
+  branch?: { restoreId: string; reason: string; at?: Date };
   /**
    * false: `targetDir` is inside a folder the caller builds and renames
    * itself; it is written in place (it must be empty or absent).
@@ -107,6 +116,9 @@ export interface RestorePartitionOptions {
 
 export interface RestoreResult {
   partition: string;
+  /** The timeline whose history was restored, and the one whose objects were read. */
+  timeline: number;
+  fromTimeline: number;
   targetLsn: number;
   /** Term of the entry at the target LSN. */
   term: number;
@@ -522,14 +534,32 @@ export async function planPartitionRestore(
   partition: string,
   target: RestoreTarget,
   scratch: string,
-  options: { archive?: PartitionArchive; signal?: AbortSignal } = {},
-): Promise<{ archive: PartitionArchive; plan: RestorePlan }> {
-  const archive = options.archive ?? (await loadPartitionArchive(store, partition, options));
+  options: { archive?: PartitionArchive; timeline?: number; signal?: AbortSignal } = {},
+): Promise<{ archive: PartitionArchive; plan: RestorePlan; timeline: number; fromTimeline: number }> {
   await mkdir(scratch, { recursive: true });
-  const lsn = await resolveTarget(archive, target, (seg) =>
-    readSegmentTimes(store, partition, seg, scratch, options.signal),
-  );
-  return { archive, plan: planRestore(archive, lsn) };
+  const readEntryTimes = (seg: ArchiveSegment) =>
+    readSegmentTimes(store, partition, seg, scratch, options.signal);
+  if (options.archive) {
+    const lsn = await resolveTarget(options.archive, target, readEntryTimes);
+    const tl = options.archive.timeline ?? 1;
+    return {
+      archive: options.archive,
+      plan: planRestore(options.archive, lsn),
+      timeline: tl,
+      fromTimeline: tl,
+    };
+  }
+  const choice = await chooseTimeline(store, partition, target, {
+    readEntryTimes,
+    ...(options.timeline !== undefined ? { timeline: options.timeline } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  return {
+    archive: choice.archive,
+    plan: planRestore(choice.archive, choice.targetLsn),
+    timeline: choice.followed,
+    fromTimeline: choice.from,
+  };
 }
 
 /** Restores one partition (see the top of this file). */
@@ -599,10 +629,17 @@ async function restoreInto(
   };
   const report = () => o.onProgress?.({ ...progress });
   report();
-  const { archive, plan } = await planPartitionRestore(store, partition, o.target, work, {
-    ...(o.archive ? { archive: o.archive } : {}),
-    signal,
-  });
+  const { archive, plan, timeline, fromTimeline } = await planPartitionRestore(
+    store,
+    partition,
+    o.target,
+    work,
+    {
+      ...(o.archive ? { archive: o.archive } : {}),
+      ...(o.timeline !== undefined ? { timeline: o.timeline } : {}),
+      signal,
+    },
+  );
   progress.targetLsn = plan.targetLsn;
   progress.fromLsn = plan.fromLsn;
   progress.segmentsTotal = plan.segments.length;
@@ -721,8 +758,23 @@ async function restoreInto(
   progress.phase = 'finishing';
   report();
   await writeBootFiles(build, plan.targetLsn, term, o.voters, { stamp, whole: stampWhole });
+  if (o.branch) {
+    await markRestored(build, {
+      schema: 1,
+      partition,
+      restore_id: o.branch.restoreId,
+      parent_timeline: timeline,
+      branch_lsn: plan.targetLsn,
+      term,
+      ...(stampWhole && stamp > 0 ? { max_committed_at: new Date(stamp).toISOString() } : {}),
+      restored_at: (o.branch.at ?? new Date()).toISOString(),
+      reason: o.branch.reason,
+    });
+  }
   return {
     partition,
+    timeline,
+    fromTimeline,
     targetLsn: plan.targetLsn,
     term,
     backup: plan.backup ? { key: plan.backup.key, lsn: plan.backup.lsn } : undefined,

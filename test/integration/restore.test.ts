@@ -38,6 +38,7 @@ import {
 import { startLocalCluster } from '../../storage-node/cluster.js';
 import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
 import { readArchive, replay, type ArchiveView } from '../helpers/archive-check.js';
+import { expectedRefs, refsIn } from '../helpers/refs.js';
 import { captureContext, runCommand } from '../helpers/cli-context.js';
 import { leaderOf, statusOf, treeDigest, waitFor, writeMany } from '../helpers/node-cluster.js';
 import { s3Url, uniqueName } from '../helpers/services.js';
@@ -138,38 +139,6 @@ async function cli(command: Command, argv: string[]): Promise<CliResult> {
 /** `restore` of one partition of the archive at `url` to a point (`--latest`, `--to-lsn N`, `--to-time T`). */
 function restoreOne(url: string, partition: string, point: string[], target: string): Promise<CliResult> {
   return cli(restoreCommand, ['--object-store', url, '--partition', partition, ...point, '--target', target]);
-}
-
-/** The refs of every repository in a restored state: relative path → ref name → value. */
-async function refsIn(
-  stateDir: string,
-  repositories: string[],
-): Promise<Record<string, Record<string, string>>> {
-  const out: Record<string, Record<string, string>> = {};
-  for (const repo of repositories) {
-    const dir = join(stateDir, 'repositories', repo);
-    const refs: Record<string, string> = {};
-    const walk = async (d: string, name: string) => {
-      for (const e of await readdir(d, { withFileTypes: true }).catch(() => [])) {
-        if (e.isDirectory()) await walk(join(d, e.name), `${name}/${e.name}`);
-        else refs[`${name}/${e.name}`] = (await readFile(join(d, e.name), 'utf8')).trim();
-      }
-    };
-    await walk(join(dir, 'refs'), 'refs');
-    if (Object.keys(refs).length > 0) out[repo] = refs;
-  }
-  return out;
-}
-
-/** What the record says every repository's refs are once the partition is at `lsn`. */
-function expectedRefs(
-  writes: WriteRecord[],
-  partition: string,
-  lsn: number,
-): Record<string, Record<string, string>> {
-  const out: Record<string, Record<string, string>> = {};
-  for (const w of writes) if (w.partition === partition && w.lsn <= lsn) out[w.relativePath] = w.refs;
-  return out;
 }
 
 async function fsckClean(stateDir: string, repositories: string[]): Promise<void> {
