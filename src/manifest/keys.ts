@@ -4,6 +4,7 @@
  *   partitions/<id>/wal/<first LSN>-<last LSN>.tar.zst   a segment
  *   partitions/<id>/base/<LSN>.tar.zst                   a base backup
  *   partitions/<id>/manifest.json                        the partition's manifest
+ *   partitions/<id>/verified.json                        where `verify` got to (timeline 1)
  *   manifest.json                                        the global manifest
  *
  * LSNs are written as the WAL names its entry directories: base 36, lower
@@ -20,6 +21,7 @@ export const PARTITIONS_PREFIX = 'partitions/';
 export const PARTITION_MANIFEST_NAME = 'manifest.json';
 export const SEGMENT_SUFFIX = '.tar.zst';
 export const BASE_BACKUP_SUFFIX = '.tar.zst';
+export const VERIFIED_NAME = 'verified.json';
 
 const LSN = `[0-9a-z]{${LSN_NAME_LENGTH}}`;
 const SEGMENT_NAME = new RegExp(`^(${LSN})-(${LSN})\\.tar\\.zst$`);
@@ -48,6 +50,18 @@ export function partitionPrefix(partition: string): string {
 /** `partitions/<id>/manifest.json` */
 export function partitionManifestKey(partition: string): string {
   return `${partitionPrefix(partition)}${PARTITION_MANIFEST_NAME}`;
+}
+
+/**
+ * Where `verify` records how far it got: `partitions/<id>/verified.json` for
+ * timeline 1, `partitions/<id>/timelines/<N>/verified.json` for timeline N.
+ * No listing, rebuild, retention or restore reads it.
+ */
+export function verifiedKey(partition: string, timeline = 1): string {
+  if (!Number.isSafeInteger(timeline) || timeline < 1)
+    throw invalid(`timeline ${timeline} is not a timeline`);
+  const folder = timeline === 1 ? '' : `timelines/${timeline}/`;
+  return `${partitionPrefix(partition)}${folder}${VERIFIED_NAME}`;
 }
 
 /** `partitions/<id>/wal/`: lists a partition's segments in LSN order. */
