@@ -1,10 +1,10 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseTimeTarget, type RestoreTarget } from '../restore/plan.js';
 import { DEFAULT_NODES, restoreAll } from '../restore/restore-all.js';
 import { DEFAULT_RESTORE_CONCURRENCY, restorePartition, type RestoreProgress } from '../restore/restore.js';
-import { verifyArchive } from '../restore/verify.js';
+import { DEFAULT_SAMPLE, verifyArchive, type IncrementalOptions } from '../restore/verify.js';
 import { objectStoreFlag, parseCommandFlags } from './shared-flags.js';
 import { openObjectStore } from '../store/open.js';
 import { UsageError } from '../../contract/cli/flags.js';
@@ -80,13 +80,61 @@ const verifyFlags = {
     max: 64,
     default: DEFAULT_RESTORE_CONCURRENCY,
   },
+  incremental: {
+    type: 'bool',
+    help: "download only objects new since each partition's verified point, plus a sample of older ones",
+    default: false,
+  },
+  sample: {
+    type: 'int',
+    help: `with --incremental: older objects checked per partition (default ${DEFAULT_SAMPLE})`,
+    value: 'N',
+    min: 0,
+  },
+  'sample-fraction': {
+    type: 'string',
+    help: 'with --incremental: the share of older objects checked, 0 to 1, instead of --sample',
+    value: 'F',
+  },
+  seed: {
+    type: 'int',
+    help: 'with --incremental: seeds the sample (default random; printed)',
+    value: 'S',
+    min: 0,
+    max: 2 ** 32 - 1,
+  },
 } as const;
 
 const verifyHelp = {
-  usage: 'wal-archiver verify --object-store URL [--partition P] [--concurrency N]',
+  usage:
+    'wal-archiver verify --object-store URL [--partition P] [--concurrency N] [--incremental [--sample N | --sample-fraction F] [--seed S]]',
   description:
-    'Checks the archive without restoring: every segment and base backup present, checksums (downloaded and\nhashed), entry digests, LSN coverage with no gap from each base backup to the archived LSN, manifests\nconsistent with the objects. Prints each problem with its object; exits 1 on any fault.',
+    'Checks the archive without restoring: every segment and base backup present, checksums (downloaded and\nhashed), entry digests, LSN coverage with no gap from each base backup to the archived LSN, manifests\nconsistent with the objects. Prints each problem with its object; exits 1 on any fault. A clean\npartition advances its verified point (partitions/<id>/verified.json); --incremental then downloads only\nwhat is new since it, plus a seeded sample of older objects.',
 };
+
+/** The sampling of `verify --incremental`, from its flags. */
+function parseIncremental(f: {
+  incremental: boolean;
+  sample: number | undefined;
+  'sample-fraction': string | undefined;
+  seed: number | undefined;
+}): IncrementalOptions | undefined {
+  const given = (['sample', 'sample-fraction', 'seed'] as const).filter((k) => f[k] !== undefined);
+  if (!f.incremental) {
+    if (given.length > 0) throw new UsageError(`--${given[0]} needs --incremental`);
+    return undefined;
+  }
+  if (f.sample !== undefined && f['sample-fraction'] !== undefined)
+    throw new UsageError('give at most one of --sample N and --sample-fraction F');
+  const seed = f.seed ?? randomBytes(4).readUInt32BE(0);
+  if (f['sample-fraction'] === undefined)
+    return { seed, ...(f.sample !== undefined ? { sample: f.sample } : {}) };
+  const raw = f['sample-fraction'];
+  const fraction = /^(0|1|0?\.\d+|1\.0*)$/.test(raw) ? Number(raw) : NaN;
+  if (!(fraction >= 0 && fraction <= 1))
+    throw new UsageError(`flag --sample-fraction: must be a number from 0 to 1 (got "${raw}")`);
+  return { seed, fraction };
+}
 
 function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
@@ -264,26 +312,34 @@ export const verifyCommand: Command = {
   summary: 'check the archive: objects present, checksums, coverage, manifests',
   async run(argv: string[], ctx: CommandContext): Promise<number> {
     const f = parseCommandFlags(argv, verifyFlags, verifyHelp, ctx.env);
+    const incremental = parseIncremental(f);
     const store = await openObjectStore(f['object-store']);
     try {
+      if (incremental)
+        ctx.stdout.write(
+          `verify: incremental, sampling ${incremental.fraction !== undefined ? `${incremental.fraction * 100}%` : (incremental.sample ?? DEFAULT_SAMPLE)} of the older objects per partition (--seed ${incremental.seed})\n`,
+        );
       const report = await verifyArchive(store, {
         ...(f.partition !== undefined ? { partition: f.partition } : {}),
+        ...(incremental ? { incremental } : {}),
         concurrency: f.concurrency,
         scratch: resolve(tmpdir()),
         signal: ctx.signal,
         onFinding: (x) =>
           ctx.stdout.write(
-            `${x.severity === 'fault' ? 'FAULT' : 'WARN '} ${x.partition !== undefined ? `partition ${x.partition}` : 'archive'}${x.key ? ` ${x.key}` : ''}: ${x.message}\n`,
+            `${x.severity === 'fault' ? 'FAULT' : 'WARN '} ${x.partition !== undefined ? `partition ${x.partition}${x.timeline !== undefined ? ` timeline ${x.timeline}` : ''}` : 'archive'}${x.key ? ` ${x.key}` : ''}: ${x.message}\n`,
           ),
         onPartition: (r) =>
           ctx.stdout.write(
-            `${r.faults > 0 ? 'BAD  ' : 'OK   '} partition ${r.partition}: ${r.segments} segments, ${r.backups} base backups, ` +
+            `${r.faults > 0 ? 'BAD  ' : 'OK   '} partition ${r.partition}${r.timeline !== 1 ? ` timeline ${r.timeline}` : ''}: ${r.segments} segments, ${r.backups} base backups, ` +
               `${r.archived ? `LSNs ${r.archived.firstLsn}-${r.archived.lastLsn}` : 'no WAL'}, ${formatBytes(r.bytes)} checked` +
+              `${r.incremental ? ` (${r.incremental.fresh} new and ${r.incremental.sampled} sampled of ${r.incremental.total} objects)` : ''}` +
+              `${r.verifiedLsn !== undefined ? `, verified through LSN ${r.verifiedLsn}` : ''}` +
               `${r.faults ? `, ${r.faults} faults` : ''}${r.warnings ? `, ${r.warnings} warnings` : ''}\n`,
           ),
       });
       ctx.stdout.write(
-        `verify: ${report.partitions.length} partitions, ${report.faults} faults, ${report.warnings} warnings\n`,
+        `verify: ${new Set(report.partitions.map((p) => p.partition)).size} partitions, ${report.faults} faults, ${report.warnings} warnings, ${report.checked} objects checked\n`,
       );
       if (report.faults > 0) {
         ctx.stderr.write(`wal-archiver verify: the archive has ${report.faults} fault(s) (listed above)\n`);

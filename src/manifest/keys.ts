@@ -4,6 +4,7 @@
  *   partitions/<id>/wal/<first LSN>-<last LSN>.tar.zst   a segment
  *   partitions/<id>/base/<LSN>.tar.zst                   a base backup
  *   partitions/<id>/manifest.json                        the partition's manifest
+ *   partitions/<id>/verified.json                        where `verify` got to (timeline 1)
  *   manifest.json                                        the global manifest
  *
  * Those are timeline 1. A partition restored to an earlier point continues on
@@ -32,6 +33,7 @@ export const PARTITIONS_PREFIX = 'partitions/';
 export const PARTITION_MANIFEST_NAME = 'manifest.json';
 export const SEGMENT_SUFFIX = '.tar.zst';
 export const BASE_BACKUP_SUFFIX = '.tar.zst';
+export const VERIFIED_NAME = 'verified.json';
 
 const LSN = `[0-9a-z]{${LSN_NAME_LENGTH}}`;
 const SEGMENT_NAME = new RegExp(`^(${LSN})-(${LSN})\\.tar\\.zst$`);
@@ -89,6 +91,15 @@ export function timelinePrefix(partition: string, timeline = 1): string {
   return checkTimeline(timeline) === 1
     ? partitionPrefix(partition)
     : `${timelinesPrefix(partition)}${timeline}/`;
+}
+
+/**
+ * Where `verify` records how far it got: `partitions/<id>/verified.json` for
+ * timeline 1, `partitions/<id>/timelines/<N>/verified.json` for timeline N.
+ * No listing, rebuild, retention or restore reads it.
+ */
+export function verifiedKey(partition: string, timeline = 1): string {
+  return `${timelinePrefix(partition, timeline)}${VERIFIED_NAME}`;
 }
 
 /** `partitions/<id>/timelines/<N>/history.json`: where timeline N >= 2 branched off. */

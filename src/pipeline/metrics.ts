@@ -126,6 +126,18 @@ export function createArchiverMetrics(registry: Registry = new Registry()) {
       labelNames,
       registers: r,
     }),
+    verifiedLsn: new Gauge({
+      name: 'wal_archiver_verified_lsn',
+      help: 'LSN the archive records `verify` last found the partition clean through (absent: never verified)',
+      labelNames,
+      registers: r,
+    }),
+    verifiedTimestamp: new Gauge({
+      name: 'wal_archiver_verified_timestamp_seconds',
+      help: 'When `verify` last found the partition clean, from the archive (absent: never verified)',
+      labelNames,
+      registers: r,
+    }),
     leading: new Gauge({
       name: 'wal_archiver_partition_archiving',
       help: '1 while this sidecar archives the partition',

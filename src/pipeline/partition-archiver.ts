@@ -78,6 +78,10 @@ export class PartitionArchiver {
   get error(): string | undefined {
     return this.ctx.error;
   }
+  /** The archive timeline it writes to (1 until it resumed). */
+  get timeline(): number {
+    return this.ctx.timeline;
+  }
   get archivedLsn(): number {
     return this.ctx.archivedLsn;
   }

@@ -14,6 +14,7 @@ import {
 } from '../../contract/wal/entry.js';
 import { createArchiverMetrics, type ArchiverMetrics } from './metrics.js';
 import { PartitionArchiver, type ArchiverConfig } from './partition-archiver.js';
+import { VerifiedPointExporter } from './verified-point.js';
 import { Semaphore } from '../semaphore.js';
 import { BackupSlots, resolveThresholds, type ThresholdOverrides, type Thresholds } from '../policy/index.js';
 import type { BackupRetentionConfig } from '../backup/take.js';
@@ -54,6 +55,8 @@ export interface SidecarOptions {
     retention?: BackupRetentionConfig;
     keep?: RetentionPolicy;
   };
+  /** How often the verified points of led partitions are read for /metrics (default 60 s). */
+  verifiedPollMs?: number;
   /** Extra parts to start and stop with the sidecar (the global manifest projector). */
   companions?: Array<{ start(): Promise<void>; stop(): Promise<void> }>;
 }
@@ -75,6 +78,7 @@ export class Sidecar {
   private readonly uploads: Semaphore;
   private readonly resumes: Semaphore;
   private readonly backupSlots: BackupSlots | undefined;
+  private readonly verified: VerifiedPointExporter;
   private readonly abort = new AbortController();
   private watcher: CommitWatcher | undefined;
   private follower: Promise<void> | undefined;
@@ -88,6 +92,14 @@ export class Sidecar {
     this.uploads = new Semaphore(o.uploadConcurrency);
     this.resumes = new Semaphore(RESUME_CONCURRENCY);
     this.backupSlots = o.backups ? new BackupSlots(o.backups.concurrency) : undefined;
+    this.verified = new VerifiedPointExporter({
+      store: o.store,
+      metrics: this.metrics,
+      logger: o.logger,
+      leading: () => [...this.archivers.keys()],
+      timelineOf: (p) => this.archivers.get(p)?.timeline ?? 1,
+      ...(o.verifiedPollMs !== undefined ? { intervalMs: o.verifiedPollMs } : {}),
+    });
   }
 
   async start(): Promise<void> {
@@ -95,6 +107,7 @@ export class Sidecar {
     await this.pinAll();
     this.watcher = new CommitWatcher(this.o.dataDir, (p) => this.archivers.get(p)?.notify());
     if (this.o.metricsPort !== undefined) await this.listen(this.o.metricsPort);
+    this.verified.start();
     // Companions (the global manifest projector) start beside archiving, never
     // before it: joining a consumer group can wait for a dead member's session
     // to expire, and archiving must not wait for that.
@@ -189,12 +202,14 @@ export class Sidecar {
     this.archivers.set(partition, a);
     this.watcher?.add(partition);
     a.start();
+    void a.whenResumed().then(() => this.verified.refresh(partition));
   }
 
   private async release(partition: string): Promise<void> {
     const a = this.archivers.get(partition);
     if (!a) return;
     this.archivers.delete(partition);
+    this.verified.forget(partition);
     this.watcher?.remove(partition);
     await a.stop();
     this.o.logger.info('no longer leader; stopped archiving', { partition, term: a.term });
@@ -268,6 +283,7 @@ export class Sidecar {
 
   async stop(): Promise<void> {
     this.abort.abort();
+    await this.verified.stop();
     await this.follower;
     await Promise.all([...this.transitions.values()]);
     await Promise.all([...this.archivers.values()].map((a) => a.stop()));
