@@ -46,7 +46,7 @@ describe('the verified record key', () => {
     expect(verifiedKey('1')).toBe('partitions/1/verified.json');
     expect(verifiedKey('a.b', 1)).toBe('partitions/a.b/verified.json');
     expect(verifiedKey('7', 3)).toBe('partitions/7/timelines/3/verified.json');
-    expect(() => verifiedKey('7', 0)).toThrow(/not a timeline/);
+    expect(() => verifiedKey('7', 0)).toThrow(/timeline 0 is not an integer from 1/);
     expect(() => verifiedKey('../x')).toThrow(/invalid partition ID/);
   });
 
