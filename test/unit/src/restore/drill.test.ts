@@ -1,0 +1,213 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { buffer } from 'node:stream/consumers';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CompressStream } from 'zstd-napi';
+import { packState } from '../../../../contract/state/snapshot.js';
+import { contentDigest, encodeEntryInfo } from '../../../../contract/wal/entry-info.js';
+import { entryDir, writeEntry } from '../../../../contract/wal/entry.js';
+import { encodeLogEntry, newLogEntry, operation } from '../../../../contract/wal/log-entry.js';
+import { spoolSegment, type SegmentEntry } from '../../../../src/archive/segment-writer.js';
+import { baseBackupKey, segmentKey } from '../../../../src/manifest/keys.js';
+import {
+  chooseBackupPair,
+  describeDrill,
+  drillPartition,
+  type DrillResult,
+} from '../../../../src/restore/drill.js';
+import type { ArchiveBackup } from '../../../../src/restore/plan.js';
+import { restorePartition } from '../../../../src/restore/restore.js';
+import type { ObjectStore } from '../../../../src/store/object-store.js';
+import { openObjectStore } from '../../../../src/store/open.js';
+
+/**
+ * Drills over a real folder store: segments written by the segment writer,
+ * base backups packed from restored states the way a node packs its own.
+ */
+
+let root: string;
+let archiveDir: string;
+let store: ObjectStore;
+let scratch: string;
+
+/** Writes LSNs 1..n of `partition` as WAL entries and uploads them as segments of two entries each. */
+async function archiveWal(partition: string, n: number): Promise<void> {
+  const wal = join(root, 'wal', partition, 'partitions', partition);
+  const entries: SegmentEntry[] = [];
+  for (let lsn = 1; lsn <= n; lsn++) {
+    const manifest = newLogEntry({
+      relativePath: 'r.git',
+      operations: [
+        ...(lsn === 1 ? [operation.createDirectory('r.git', 0o755)] : []),
+        operation.setKey(`k${lsn}`, `v${lsn}`),
+      ],
+    });
+    const contentSha256 = contentDigest({ manifest: encodeLogEntry(manifest), files: [] });
+    await writeEntry(wal, lsn, {
+      manifest,
+      raft: {
+        term: 1,
+        index: lsn,
+        type: 0,
+        data: encodeEntryInfo({ contentSha256, committedAt: 1000 + lsn, files: 0 }),
+      },
+    });
+    const dir = entryDir(wal, lsn);
+    entries.push({ lsn, name: basename(dir), dir, files: (await readdir(dir)).sort() });
+  }
+  for (let first = 1; first <= n; first += 2) {
+    const last = Math.min(n, first + 1);
+    const seg = await spoolSegment(entries.slice(first - 1, last), join(root, 'spool'));
+    await store.create(segmentKey(partition, first, last), await readFile(seg.path), {
+      metadata: { sha256: seg.sha256, partition },
+    });
+  }
+}
+
+/** Uploads a base backup of `partition` at `lsn` holding the state restored at `stateLsn`. */
+async function backUp(partition: string, lsn: number, stateLsn = lsn): Promise<void> {
+  const dir = join(root, 'states', `${partition}-${lsn}-${stateLsn}`);
+  await restorePartition({
+    store,
+    partition,
+    target: { kind: 'lsn', lsn: stateLsn },
+    targetDir: dir,
+    voters: [1],
+  });
+  const body = await buffer(packState(join(dir, 'state')).pipe(new CompressStream()));
+  const sha256 = createHash('sha256').update(body).digest('hex');
+  await store.create(baseBackupKey(partition, lsn), body, { metadata: { sha256, partition } });
+}
+
+const drill = (partition: string, extra: Parameters<typeof drillPartition>[2] = {}) =>
+  drillPartition(store, partition, { scratchDir: scratch, ...extra });
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'drill-unit-'));
+  archiveDir = join(root, 'archive');
+  store = await openObjectStore(`file://${archiveDir}`);
+  scratch = join(root, 'scratch');
+  await mkdir(scratch);
+  // 1: backups at 2 and 4, WAL 1-6. 2: one backup at 2. 3: no backup. 4: a backup at 4 that holds LSN 3's state.
+  await archiveWal('1', 6);
+  await backUp('1', 2);
+  await backUp('1', 4);
+  await archiveWal('2', 4);
+  await backUp('2', 2);
+  await archiveWal('3', 4);
+  await archiveWal('4', 4);
+  await backUp('4', 2);
+  await backUp('4', 4, 3);
+}, 60_000);
+
+afterAll(async () => {
+  await store?.close();
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('drillPartition', () => {
+  it('restores from the older backup plus the WAL and matches the newer backup file by file', async () => {
+    const r = await drill('1');
+    expect(r).toMatchObject<Partial<DrillResult>>({
+      partition: '1',
+      timeline: 1,
+      mode: 'compare',
+      ok: true,
+      baseLsn: 2,
+      baseKey: baseBackupKey('1', 2),
+      compareKey: baseBackupKey('1', 4),
+      drilledLsn: 4,
+    });
+    expect(r.files).toBeGreaterThan(0);
+    expect(r.bytes).toBeGreaterThan(0);
+    expect(describeDrill(r)).toMatch(/^drill: partition 1 timeline 1 OK base 2 → LSN 4 .*files, \d+ bytes$/);
+    expect(await readdir(scratch)).toEqual([]);
+  });
+
+  it('fails naming the first differing file when the newer backup holds another state', async () => {
+    const r = await drill('4');
+    expect(r.ok).toBe(false);
+    expect(r.failure).toMatchObject({ lsn: 4, file: 'kv-state', key: baseBackupKey('4', 4) });
+    expect(describeDrill(r)).toMatch(/^drill: partition 4 timeline 1 FAILED at LSN 4: kv-state: /);
+    expect(await readdir(scratch)).toEqual([]);
+  });
+
+  it('with one backup, replays from it to the archived end', async () => {
+    const r = await drill('2');
+    expect(r).toMatchObject({ mode: 'replay', ok: true, baseLsn: 2, drilledLsn: 4 });
+    expect(r.files).toBeGreaterThan(0);
+    expect(describeDrill(r)).toMatch(/OK base 2 → LSN 4/);
+  });
+
+  it('with no backup, replays from LSN 1', async () => {
+    const r = await drill('3');
+    expect(r).toMatchObject({ mode: 'replay', ok: true, baseLsn: 0, drilledLsn: 4 });
+    expect(describeDrill(r)).toMatch(/OK LSN 1 → LSN 4/);
+  });
+
+  it('fails naming a segment that no longer matches its SHA-256', async () => {
+    const key = segmentKey('1', 3, 4);
+    const path = join(archiveDir, key);
+    const original = await readFile(path);
+    const bad = Buffer.from(original);
+    bad[bad.length >> 1] ^= 0xff;
+    await writeFile(path, bad);
+    try {
+      const r = await drill('1');
+      expect(r.ok).toBe(false);
+      expect(r.failure?.key).toBe(key);
+      expect(describeDrill(r)).toContain(key);
+      expect(describeDrill(r)).toMatch(/^drill: partition 1 timeline 1 FAILED at LSN \d+: /);
+    } finally {
+      await writeFile(path, original);
+    }
+    expect(await readdir(scratch)).toEqual([]);
+  });
+
+  it('fails when the WAL does not reach the newer backup', async () => {
+    const key = segmentKey('1', 3, 4);
+    const path = join(archiveDir, key);
+    const original = await readFile(path);
+    await rm(path);
+    try {
+      const r = await drill('1');
+      expect(r.ok).toBe(false);
+      expect(r.failure?.lsn).toBe(3);
+      expect(describeDrill(r)).toMatch(/FAILED at LSN 3: .*no segment holds LSN 3/);
+    } finally {
+      await writeFile(path, original);
+    }
+  });
+
+  it('refuses to start when its objects exceed the scratch budget', async () => {
+    await expect(drill('1', { budget: { maxScratchBytes: 10 } })).rejects.toThrow(
+      /would download \d+ bytes, more than the scratch budget of 10 bytes/,
+    );
+    expect(await readdir(scratch)).toEqual([]);
+  });
+});
+
+describe('chooseBackupPair', () => {
+  const backups = [2, 4, 6, 8].map((lsn) => ({
+    key: `b${lsn}`,
+    lsn,
+    sha256: undefined,
+    bytes: 1,
+  })) as ArchiveBackup[];
+  it('takes the newest two without a seed, none with fewer than two', () => {
+    expect(chooseBackupPair(backups, undefined)?.map((b) => b.lsn)).toEqual([6, 8]);
+    expect(chooseBackupPair(backups.slice(0, 1), 7)).toBeUndefined();
+  });
+  it('takes consecutive backups, the same for the same seed, and every pair for some seed', () => {
+    const seen = new Set<number>();
+    for (let seed = 0; seed < 50; seed++) {
+      const [a, b] = chooseBackupPair(backups, seed)!;
+      expect(backups.indexOf(b)).toBe(backups.indexOf(a) + 1);
+      expect(chooseBackupPair(backups, seed)![0]).toBe(a);
+      seen.add(a.lsn);
+    }
+    expect([...seen].sort()).toEqual([2, 4, 6]);
+  });
+});
