@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
 import { rm } from '../../contract/fs/durable-fs.js';
+import { tryParseSegmentKey } from '../manifest/keys.js';
 import type { ObjectStore } from '../store/object-store.js';
 import {
   lastRestorableLsn,
@@ -277,7 +278,9 @@ function failed(
     throw err;
   const details = err.details ?? {};
   const key = typeof details['key'] === 'string' ? details['key'] : undefined;
-  const at = typeof details['lsn'] === 'number' ? details['lsn'] : lsn;
+  // A segment that fails its checksum names no entry: its first LSN is where the drill stopped.
+  const segment = key !== undefined ? tryParseSegmentKey(key) : undefined;
+  const at = typeof details['lsn'] === 'number' ? details['lsn'] : (segment?.firstLsn ?? lsn);
   const prefix = `partition ${base.partition}: `;
   const message = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
   return {
@@ -409,6 +412,6 @@ export function describeDrill(r: DrillResult): string {
   if (!r.ok) return `${head} FAILED at LSN ${r.failure!.lsn}: ${r.failure!.message}`;
   if (r.drilledLsn === 0) return `${head} OK nothing archived`;
   const from = r.baseLsn > 0 ? `base ${r.baseLsn}` : 'LSN 1';
-  const what = r.mode === 'compare' ? `compared with base ${r.drilledLsn}` : 'replayed to the archived end';
-  return `${head} OK ${from} → LSN ${r.drilledLsn} (${what}), ${r.files} files, ${r.bytes} bytes`;
+  const replay = r.mode === 'replay' ? ' (replayed to the archived end: fewer than two base backups)' : '';
+  return `${head} OK ${from} → LSN ${r.drilledLsn}, ${r.files} files, ${r.bytes} bytes${replay}`;
 }

@@ -21,6 +21,9 @@ import type { ArchiveBackup } from '../../../../src/restore/plan.js';
 import { restorePartition } from '../../../../src/restore/restore.js';
 import type { ObjectStore } from '../../../../src/store/object-store.js';
 import { openObjectStore } from '../../../../src/store/open.js';
+import { DrillScheduler } from '../../../../src/pipeline/drill-scheduler.js';
+import { createLogger } from '../../../../contract/log.js';
+import { Registry } from 'prom-client';
 
 /**
  * Drills over a real folder store: segments written by the segment writer,
@@ -122,7 +125,9 @@ describe('drillPartition', () => {
     });
     expect(r.files).toBeGreaterThan(0);
     expect(r.bytes).toBeGreaterThan(0);
-    expect(describeDrill(r)).toMatch(/^drill: partition 1 timeline 1 OK base 2 → LSN 4 .*files, \d+ bytes$/);
+    expect(describeDrill(r)).toMatch(
+      /^drill: partition 1 timeline 1 OK base 2 → LSN 4, [1-9]\d* files, [1-9]\d* bytes$/,
+    );
     expect(await readdir(scratch)).toEqual([]);
   });
 
@@ -138,7 +143,7 @@ describe('drillPartition', () => {
     const r = await drill('2');
     expect(r).toMatchObject({ mode: 'replay', ok: true, baseLsn: 2, drilledLsn: 4 });
     expect(r.files).toBeGreaterThan(0);
-    expect(describeDrill(r)).toMatch(/OK base 2 → LSN 4/);
+    expect(describeDrill(r)).toMatch(/OK base 2 → LSN 4, [1-9]\d* files, \d+ bytes \(replayed/);
   });
 
   it('with no backup, replays from LSN 1', async () => {
@@ -159,7 +164,7 @@ describe('drillPartition', () => {
       expect(r.ok).toBe(false);
       expect(r.failure?.key).toBe(key);
       expect(describeDrill(r)).toContain(key);
-      expect(describeDrill(r)).toMatch(/^drill: partition 1 timeline 1 FAILED at LSN \d+: /);
+      expect(describeDrill(r)).toMatch(/^drill: partition 1 timeline 1 FAILED at LSN 3: .*checksum mismatch/);
     } finally {
       await writeFile(path, original);
     }
@@ -209,5 +214,53 @@ describe('chooseBackupPair', () => {
       seen.add(a.lsn);
     }
     expect([...seen].sort()).toEqual([2, 4, 6]);
+  });
+});
+
+// The scheduler over the same archive (src/pipeline/drill-scheduler.ts): one drill at a time, metrics and a log line.
+describe('DrillScheduler', () => {
+  const scheduler = (partitions: string[], lines: string[]) => {
+    const registry = new Registry();
+    const s = new DrillScheduler({
+      store,
+      partitions: () => partitions,
+      intervalMs: 60_000,
+      seed: 3,
+      scratchDir: scratch,
+      registry,
+      logger: createLogger({}, { level: 'debug', write: (line) => lines.push(line) }),
+      now: () => 1_700_000_000_000,
+    });
+    return { s, registry };
+  };
+
+  it('exports the success time and the drilled LSN of a passing drill', async () => {
+    const lines: string[] = [];
+    const { s, registry } = scheduler(['1'], lines);
+    expect((await s.drillOnce())?.ok).toBe(true);
+    const text = await registry.metrics();
+    expect(text).toContain('wal_archiver_drill_last_success_timestamp_seconds{partition="1"} 1700000000');
+    expect(text).toContain('wal_archiver_drill_lsn{partition="1"} 4');
+    expect(text).not.toMatch(/wal_archiver_drill_failures_total\{partition="1"\} [1-9]/);
+    await s.stop();
+  });
+
+  it('counts a failed drill and logs one error naming the partition, the LSN and the file', async () => {
+    const lines: string[] = [];
+    const { s, registry } = scheduler(['4'], lines);
+    expect((await s.drillOnce())?.ok).toBe(false);
+    expect(await registry.metrics()).toContain('wal_archiver_drill_failures_total{partition="4"} 1');
+    const errors = lines.filter((l) => l.includes('"level":"error"'));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(/restore drill failed at LSN 4: kv-state/);
+    expect(JSON.parse(errors[0]!)).toMatchObject({ partition: '4', lsn: 4, file: 'kv-state' });
+    await s.stop();
+  });
+
+  it('drills nothing while it leads nothing, and stops at once', async () => {
+    const { s } = scheduler([], []);
+    s.start();
+    expect(await s.drillOnce()).toBeUndefined();
+    await s.stop();
   });
 });
