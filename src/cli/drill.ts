@@ -98,7 +98,11 @@ export const drillCommand = archiveCommand(
     }
     const failures = results.filter((r) => !r.ok).length;
     if (f.json) ctx.stdout.write(`${JSON.stringify({ partitions: results, failures }, null, 2)}\n`);
-    else if (results.length === 0) ctx.stdout.write('drill: the archive holds no partition\n');
+    if (results.length === 0) {
+      // A wrong URL must not pass as a proven archive.
+      ctx.stderr.write(`wal-archiver drill: ${store.url} holds no archived partition: nothing to drill\n`);
+      return EXIT_FAILURE;
+    }
     if (failures > 0) {
       ctx.stderr.write(
         `wal-archiver drill: ${failures} of ${results.length} partition(s) failed (listed above)\n`,

@@ -119,6 +119,11 @@ export class DrillScheduler {
       log.error('restore drill could not run', { error: err });
       return undefined;
     }
+    if (r.empty) {
+      // A partition led before anything of it is archived: nothing to drill yet, and nothing wrong.
+      log.debug('restore drill skipped: nothing archived yet');
+      return r;
+    }
     if (r.ok) {
       this.metrics.lastSuccess.set(labels, now() / 1000);
       this.metrics.lsn.set(labels, r.drilledLsn);

@@ -83,6 +83,8 @@ export interface DrillResult {
   /** Compressed bytes downloaded. */
   downloaded: number;
   failure?: DrillFailure;
+  /** The partition has nothing archived (no segment, no base backup): nothing to drill. */
+  empty?: boolean;
 }
 
 /** mulberry32: a small seeded random source, so a seeded drill chooses the same every time. */
@@ -164,10 +166,13 @@ export async function drillPartition(
   const archive = await loadArchive(store, partition, timeline, signal);
   const base = { partition, timeline };
   if (!archive.archived && archive.backups.length === 0) {
+    // Nothing proves that nothing restores: a drill of an empty partition fails, marked empty.
     return {
       ...base,
       mode: 'replay',
-      ok: true,
+      ok: false,
+      empty: true,
+      failure: { lsn: 0, message: 'nothing is archived (no segment and no base backup)' },
       baseLsn: 0,
       drilledLsn: 0,
       files: 0,
@@ -410,7 +415,6 @@ export async function compareTrees(
 export function describeDrill(r: DrillResult): string {
   const head = `drill: partition ${r.partition} timeline ${r.timeline}`;
   if (!r.ok) return `${head} FAILED at LSN ${r.failure!.lsn}: ${r.failure!.message}`;
-  if (r.drilledLsn === 0) return `${head} OK nothing archived`;
   const from = r.baseLsn > 0 ? `base ${r.baseLsn}` : 'LSN 1';
   const replay = r.mode === 'replay' ? ' (replayed to the archived end: fewer than two base backups)' : '';
   return `${head} OK ${from} → LSN ${r.drilledLsn}, ${r.files} files, ${r.bytes} bytes${replay}`;

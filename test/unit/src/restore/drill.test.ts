@@ -186,6 +186,14 @@ describe('drillPartition', () => {
     }
   });
 
+  it('fails for a partition with nothing archived, marked empty', async () => {
+    const r = await drill('9');
+    expect(r).toMatchObject({ ok: false, empty: true, drilledLsn: 0 });
+    expect(describeDrill(r)).toBe(
+      'drill: partition 9 timeline 1 FAILED at LSN 0: nothing is archived (no segment and no base backup)',
+    );
+  });
+
   it('refuses to start when its objects exceed the scratch budget', async () => {
     await expect(drill('1', { budget: { maxScratchBytes: 10 } })).rejects.toThrow(
       /would download \d+ bytes, more than the scratch budget of 10 bytes/,
@@ -254,6 +262,15 @@ describe('DrillScheduler', () => {
     expect(errors).toHaveLength(1);
     expect(errors[0]).toMatch(/restore drill failed at LSN 4: kv-state/);
     expect(JSON.parse(errors[0]!)).toMatchObject({ partition: '4', lsn: 4, file: 'kv-state' });
+    await s.stop();
+  });
+
+  it('neither counts nor reports a led partition with nothing archived yet', async () => {
+    const lines: string[] = [];
+    const { s, registry } = scheduler(['9'], lines);
+    expect((await s.drillOnce())?.empty).toBe(true);
+    expect(await registry.metrics()).not.toMatch(/partition="9"/);
+    expect(lines.filter((l) => l.includes('"level":"error"'))).toEqual([]);
     await s.stop();
   });
 
