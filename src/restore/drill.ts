@@ -368,6 +368,16 @@ async function firstDifference(a: string, b: string): Promise<number | undefined
   }
 }
 
+/** The order `walk` lists paths in: segment by segment, so a folder's contents come right after it. */
+function comparePaths(a: string, b: string): number {
+  const x = a.split('/');
+  const y = b.split('/');
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return x[i]! < y[i]! ? -1 : 1;
+  }
+  return x.length - y.length;
+}
+
 /**
  * Compares two state folders: the same names, kinds, modes, sizes and bytes.
  * Returns the files compared, their bytes, and the first difference in path order.
@@ -385,7 +395,7 @@ export async function compareTrees(
   const differs = (file: string, why: string) => ({ files, bytes, first: { file, why } });
   for (const mine of left) {
     // The first difference in path order: a file only the backup holds may come before this one.
-    if (missing && missing.rel < mine.rel)
+    if (missing && comparePaths(missing.rel, mine.rel) < 0)
       return differs(missing.rel, 'in the base backup, not in the restored state');
     const theirs = byPath.get(mine.rel);
     if (!theirs) return differs(mine.rel, 'in the restored state, not in the base backup');

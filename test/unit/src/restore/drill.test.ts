@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { buffer } from 'node:stream/consumers';
@@ -13,6 +13,7 @@ import { spoolSegment, type SegmentEntry } from '../../../../src/archive/segment
 import { baseBackupKey, segmentKey } from '../../../../src/manifest/keys.js';
 import {
   chooseBackupPair,
+  compareTrees,
   describeDrill,
   drillPartition,
   type DrillResult,
@@ -279,5 +280,47 @@ describe('DrillScheduler', () => {
     s.start();
     expect(await s.drillOnce()).toBeUndefined();
     await s.stop();
+  });
+});
+
+describe('compareTrees', () => {
+  const make = async (name: string, files: Record<string, string | number>) => {
+    const dir = join(root, 'trees', name);
+    for (const [rel, content] of Object.entries(files)) {
+      await mkdir(join(dir, rel, '..'), { recursive: true });
+      if (typeof content === 'number') await mkdir(join(dir, rel), { recursive: true, mode: content });
+      else await writeFile(join(dir, rel), content, { mode: 0o644 });
+    }
+    return dir;
+  };
+
+  it('reports the first difference in path order: missing, extra, size, bytes, mode', async () => {
+    const base = { 'a/x': 'one', 'a-b': 'two', z: 'three' };
+    const same = await make('same', base);
+    expect(await compareTrees(same, await make('same2', base))).toEqual({ files: 3, bytes: 11 });
+    // a/x comes before a-b in the walk (a folder's contents right after it).
+    const noAx = await make('no-ax', { a: 0o755, 'a-b': 'twX', z: 'three' });
+    expect((await compareTrees(noAx, same)).first).toEqual({
+      file: 'a/x',
+      why: 'in the base backup, not in the restored state',
+    });
+    const extra = await make('extra', { ...base, zz: '' });
+    expect((await compareTrees(extra, same)).first?.file).toBe('zz');
+    const longer = await make('longer', { ...base, z: 'three!' });
+    expect((await compareTrees(longer, same)).first).toEqual({
+      file: 'z',
+      why: '6 bytes restored, 5 in the base backup',
+    });
+    const other = await make('other', { ...base, 'a-b': 'twO' });
+    expect((await compareTrees(other, same)).first).toEqual({
+      file: 'a-b',
+      why: 'bytes differ from offset 2',
+    });
+    const mode = await make('mode', base);
+    await chmod(join(mode, 'z'), 0o600);
+    expect((await compareTrees(mode, same)).first).toEqual({
+      file: 'z',
+      why: 'mode 600 restored, 644 in the base backup',
+    });
   });
 });
