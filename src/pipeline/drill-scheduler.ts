@@ -102,17 +102,22 @@ export class DrillScheduler {
     const labels = { partition };
     const log = this.o.logger.child({ component: 'drill', partition });
     const now = this.o.now ?? Date.now;
+    const options = {
+      seed: Math.floor(this.random() * 2 ** 32),
+      concurrency: DEFAULT_DRILL_CONCURRENCY,
+      signal: this.abort.signal,
+      ...(this.o.scratchDir !== undefined ? { scratchDir: this.o.scratchDir } : {}),
+      ...(this.o.maxScratchBytes !== undefined
+        ? { budget: { maxScratchBytes: this.o.maxScratchBytes } }
+        : {}),
+    };
     let r: DrillResult;
     try {
-      r = await drillPartition(this.o.store, partition, {
-        seed: Math.floor(this.random() * 2 ** 32),
-        concurrency: DEFAULT_DRILL_CONCURRENCY,
-        signal: this.abort.signal,
-        ...(this.o.scratchDir !== undefined ? { scratchDir: this.o.scratchDir } : {}),
-        ...(this.o.maxScratchBytes !== undefined
-          ? { budget: { maxScratchBytes: this.o.maxScratchBytes } }
-          : {}),
-      });
+      r = await drillPartition(this.o.store, partition, options);
+      // Retention beside archiving may remove an object between the listing and its download:
+      // a missing object counts only when a drill on a fresh listing misses it too.
+      if (r.failure?.code === ErrorCodes.NOT_FOUND)
+        r = await drillPartition(this.o.store, partition, options);
     } catch (err) {
       if (this.abort.signal.aborted || isWalArchiverError(err, ErrorCodes.ABORTED)) return undefined;
       this.metrics.failures.inc(labels);

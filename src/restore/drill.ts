@@ -61,6 +61,8 @@ export interface DrillFailure {
   key?: string;
   /** One line: what differs or failed. */
   message: string;
+  /** The error code, when the restore path raised the failure: NOT_FOUND for a missing object or a gap. */
+  code?: string;
 }
 
 export interface DrillResult {
@@ -299,7 +301,7 @@ function failed(
       downloaded: 0,
     }),
     ok: false,
-    failure: { lsn: at, ...(key ? { key } : {}), message: message.split('\n')[0]! },
+    failure: { lsn: at, ...(key ? { key } : {}), message: message.split('\n')[0]!, code: err.code },
   };
 }
 

@@ -228,10 +228,10 @@ describe('chooseBackupPair', () => {
 
 // The scheduler over the same archive (src/pipeline/drill-scheduler.ts): one drill at a time, metrics and a log line.
 describe('DrillScheduler', () => {
-  const scheduler = (partitions: string[], lines: string[]) => {
+  const scheduler = (partitions: string[], lines: string[], through: ObjectStore = store) => {
     const registry = new Registry();
     const s = new DrillScheduler({
-      store,
+      store: through,
       partitions: () => partitions,
       intervalMs: 60_000,
       seed: 3,
@@ -273,6 +273,33 @@ describe('DrillScheduler', () => {
     expect(await registry.metrics()).not.toMatch(/partition="9"/);
     expect(lines.filter((l) => l.includes('"level":"error"'))).toEqual([]);
     await s.stop();
+  });
+
+  it('drills again on a fresh listing when an object went missing meanwhile (retention), counting only a second miss', async () => {
+    const key = segmentKey('1', 3, 4);
+    let misses = 0;
+    const missing = (times: number) =>
+      new Proxy(store, {
+        get(target, prop, receiver) {
+          if (prop === 'head')
+            return (k: string, o?: object) =>
+              k === key && misses++ < times ? Promise.resolve(undefined) : target.head(k, o);
+          return Reflect.get(target, prop, receiver) as unknown;
+        },
+      });
+    const once = scheduler(['1'], [], missing(1));
+    expect((await once.s.drillOnce())?.ok).toBe(true);
+    expect(misses).toBeGreaterThanOrEqual(2);
+    expect(await once.registry.metrics()).not.toMatch(
+      /wal_archiver_drill_failures_total\{partition="1"\} [1-9]/,
+    );
+    misses = 0;
+    const lines: string[] = [];
+    const always = scheduler(['1'], lines, missing(Infinity));
+    const r = await always.s.drillOnce();
+    expect(r?.failure).toMatchObject({ lsn: 3, code: 'NOT_FOUND' });
+    expect(await always.registry.metrics()).toContain('wal_archiver_drill_failures_total{partition="1"} 1');
+    expect(lines.filter((l) => l.includes('"level":"error"'))).toHaveLength(1);
   });
 
   it('drills nothing while it leads nothing, and stops at once', async () => {
