@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { open, lstat, mkdtemp, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -89,16 +90,10 @@ export interface DrillResult {
   empty?: boolean;
 }
 
-/** mulberry32: a small seeded random source, so a seeded drill chooses the same every time. */
+/** A seeded random source in [0, 1): SHA-256 of the seed and a counter, so a seeded drill chooses the same every time. */
 export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  let n = 0;
+  return () => createHash('sha256').update(`${seed}:${n++}`).digest().readUInt32BE(0) / 4294967296;
 }
 
 /** The pair of consecutive base backups a drill compares: seeded, or the newest two. */
