@@ -136,7 +136,7 @@ function parseIncremental(f: {
   return { seed, fraction };
 }
 
-function formatBytes(n: number): string {
+export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
@@ -146,7 +146,7 @@ function formatBytes(n: number): string {
 /** Renders restore progress on stderr: a bar on a terminal, throttled plain lines otherwise. */
 export function progressRenderer(
   stderr: NodeJS.WritableStream,
-  options: { tty?: boolean; now?: () => number } = {},
+  options: { tty?: boolean; now?: () => number; label?: string } = {},
 ): { update(p: RestoreProgress): void; end(): void } {
   const tty = options.tty ?? (stderr as NodeJS.WriteStream).isTTY === true;
   const now = options.now ?? Date.now;
@@ -192,7 +192,7 @@ export function progressRenderer(
       const t = now();
       if (!prev || prev.phase !== p.phase || t - prev.at >= PROGRESS_EVERY_MS) {
         lastLine.set(p.partition, { at: t, phase: p.phase });
-        stderr.write(`restore: ${describe(p).text}\n`);
+        stderr.write(`${options.label ?? 'restore'}: ${describe(p).text}\n`);
       }
     },
     end() {

@@ -13,6 +13,7 @@ import { createLogger } from '../../contract/log.js';
 import { GlobalManifestProjector } from '../manifest/projector.js';
 import { DEFAULT_ARCHIVER_CONFIG } from '../pipeline/partition-archiver.js';
 import { registerProjectorMetrics } from '../pipeline/metrics.js';
+import { DrillScheduler } from '../pipeline/drill-scheduler.js';
 import { Sidecar } from '../pipeline/sidecar.js';
 import { verifyConditionalWrites } from '../store/conditional-check.js';
 import { openObjectStore } from '../store/open.js';
@@ -201,6 +202,27 @@ export const RUN_FLAGS = {
     default: true,
     env: 'WAL_ARCHIVER_MANIFEST_PROJECTOR',
   },
+  'drill-interval': {
+    type: 'duration',
+    help: 'every this long, drill one led partition (restore in scratch and compare); default: off',
+    value: 'DURATION',
+    min: 1,
+    env: 'WAL_ARCHIVER_DRILL_INTERVAL',
+  },
+  'drill-seed': {
+    type: 'int',
+    help: 'seeds which partition and backups each drill takes (default: random)',
+    value: 'S',
+    min: 0,
+    env: 'WAL_ARCHIVER_DRILL_SEED',
+  },
+  'drill-max-scratch': {
+    type: 'bytes',
+    help: 'skip (and count as failed) a drill whose objects exceed this',
+    value: 'SIZE',
+    min: 1,
+    env: 'WAL_ARCHIVER_DRILL_MAX_SCRATCH',
+  },
   'spool-dir': {
     type: 'string',
     help: 'where segments are staged before upload (default: <data-dir>/.wal-archiver-spool)',
@@ -299,11 +321,26 @@ export const runCommand: Command = {
           : {}),
       });
       if (projector) registerProjectorMetrics(sidecar.metrics.registry, () => projector.stats);
+      const drills =
+        f['drill-interval'] !== undefined
+          ? new DrillScheduler({
+              store,
+              partitions: () => sidecar.status().map((p) => p.partition),
+              timelineOf: (p) => sidecar.timelineOf(p),
+              intervalMs: f['drill-interval'],
+              ...(f['drill-seed'] !== undefined ? { seed: f['drill-seed'] } : {}),
+              ...(f['drill-max-scratch'] !== undefined ? { maxScratchBytes: f['drill-max-scratch'] } : {}),
+              registry: sidecar.metrics.registry,
+              logger,
+            })
+          : undefined;
       await sidecar.start();
+      drills?.start();
       ctx.stderr.write(`wal-archiver: archiving to ${store.url}; metrics at ${sidecar.metricsUrl}/metrics\n`);
       await new Promise<void>((resolve) =>
         ctx.signal.addEventListener('abort', () => resolve(), { once: true }),
       );
+      await drills?.stop();
       await sidecar.stop();
       return 0;
     } finally {

@@ -1,4 +1,5 @@
 import { backupCommand, retentionCommand } from './backup.js';
+import { drillCommand } from './drill.js';
 import { eventsCommand } from './events.js';
 import { manifestCommand } from './manifest.js';
 import { restoreCommand, verifyCommand } from './restore.js';
@@ -23,6 +24,7 @@ await runCli(
     manifest: manifestCommand,
     verify: verifyCommand,
     restore: restoreCommand,
+    drill: drillCommand,
     backup: backupCommand,
     retention: retentionCommand,
     events: eventsCommand,

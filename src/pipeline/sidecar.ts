@@ -102,6 +102,11 @@ export class Sidecar {
     });
   }
 
+  /** The archive timeline a led partition is written to (1 when it is not led or not resumed yet). */
+  timelineOf(partition: string): number {
+    return this.archivers.get(partition)?.timeline ?? 1;
+  }
+
   async start(): Promise<void> {
     await dfs.mkdir(this.o.spoolDir, { recursive: true });
     await this.pinAll();

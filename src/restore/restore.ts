@@ -241,7 +241,7 @@ function withPartition(partition: string, err: unknown): unknown {
   });
 }
 
-async function checksumOf(
+export async function checksumOf(
   store: ObjectStore,
   partition: string,
   key: string,
@@ -460,7 +460,8 @@ export async function publishBuildDir(buildDir: string, targetDir: string): Prom
 // ---------------------------------------------------------------------------
 // Restore
 
-async function extractBackup(
+/** Downloads a base backup, checks its SHA-256 and extracts its state into `stateDir`; returns the bytes read. */
+export async function extractBackup(
   store: ObjectStore,
   partition: string,
   backup: { key: string; lsn: number },

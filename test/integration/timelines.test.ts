@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Command } from '../../contract/cli/runner.js';
+import { drillCommand } from '../../src/cli/drill.js';
 import { manifestCommand } from '../../src/cli/manifest.js';
 import { restoreCommand, verifyCommand } from '../../src/cli/restore.js';
 import { readPartitionManifest } from '../../src/manifest/partition-manifest.js';
@@ -264,6 +265,10 @@ describe.each([
     expect(m.stdout).toMatch(new RegExp(`timeline 3 .*from timeline 2 at LSN ${b2}`));
     const v = await cli(verifyCommand, ['--object-store', url]);
     expect(v.code, v.stdout + v.stderr).toBe(0);
-    expect(v.stdout).toMatch(/partition 1 timeline 3.*OK|OK.*partition 1 timeline 3/);
+    expect(v.stdout).toMatch(/OK +partition 1 timeline 3:/);
+    // A drill of the latest timeline replays from its first base backup (the restored state) to its end.
+    const d = await cli(drillCommand, ['--object-store', url, '--partition', P]);
+    expect(d.code, d.stdout + d.stderr).toBe(0);
+    expect(d.stdout).toContain(`drill: partition ${P} timeline 3 OK`);
   }, 300_000);
 });
