@@ -57,6 +57,8 @@ export interface WalArchivedEvent {
   first_committed_at: string;
   last_committed_at: string;
   archived_at: string;
+  /** The archive timeline the segment belongs to; absent: timeline 1. */
+  timeline?: number;
 }
 
 export const BACKUP_TRIGGERS = ['size', 'age', 'entries', 'manual', 'first', 'restore'] as const;
@@ -75,10 +77,16 @@ export interface WalBackupEvent {
   node: number;
   started_at: string;
   finished_at: string;
+  /** The archive timeline the backup belongs to; absent: timeline 1. */
+  timeline?: number;
 }
 
-/**
- * A Raft member's role, as the Raft core names it (`storage-node/raft/types.ts`
+/** `timeline` as events carry it: only for timelines after the first. */
+function timelineField(timeline: number | undefined): { timeline?: number } {
+  return timeline !== undefined && timeline !== 1 ? { timeline } : {};
+}
+
+/** A Raft member's role, as the Raft core names it (`storage-node/raft/types.ts`
  * `Role`). The storage node's status and leadership events use this type, so
  * what it publishes is what `parseWalLeadershipEvent` accepts.
  */
@@ -136,6 +144,7 @@ export function walArchivedEvent(f: Omit<WalArchivedEvent, 'schema'>): WalArchiv
     first_committed_at: f.first_committed_at,
     last_committed_at: f.last_committed_at,
     archived_at: f.archived_at,
+    ...timelineField(f.timeline),
   };
 }
 
@@ -153,6 +162,7 @@ export function walBackupEvent(f: Omit<WalBackupEvent, 'schema'>): WalBackupEven
     node: f.node,
     started_at: f.started_at,
     finished_at: f.finished_at,
+    ...timelineField(f.timeline),
   };
 }
 
@@ -358,6 +368,7 @@ export const parseWalArchivedEvent = eventParser<WalArchivedEvent>('wal.archived
     first_committed_at: r.time('first_committed_at'),
     last_committed_at: r.time('last_committed_at'),
     archived_at: r.time('archived_at'),
+    ...timelineField(r.has('timeline') ? r.int('timeline', 1) : undefined),
   };
   checkRange(r, event.first_lsn, event.last_lsn);
   if (event.entries > event.last_lsn - event.first_lsn + 1) {
@@ -382,6 +393,7 @@ export const parseWalBackupEvent = eventParser<WalBackupEvent>('wal.backups even
     node: r.node('node'),
     started_at: r.time('started_at'),
     finished_at: r.time('finished_at'),
+    ...timelineField(r.has('timeline') ? r.int('timeline', 1) : undefined),
   };
   checkOrder(r, 'started_at', 'finished_at', event.started_at, event.finished_at);
   return event;

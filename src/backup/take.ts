@@ -241,6 +241,7 @@ async function storeBaseBackup(
     node: recorded.node,
     started_at: startedAt.toISOString(),
     finished_at: recorded.taken_at < startedAt.toISOString() ? startedAt.toISOString() : recorded.taken_at,
+    timeline,
   });
   const durationMs = Math.max(0, finishedAt.getTime() - startedAt.getTime());
   log.info('base backup taken', {

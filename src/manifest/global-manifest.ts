@@ -16,7 +16,8 @@
  *         "latest_backup": { "key", "lsn", "taken_at", "bytes" } | null,
  *         "backups_count": 3,
  *         "segments_count": 17,
- *         "archived_bytes": 123456
+ *         "archived_bytes": 123456,
+ *         "timeline": 2                         // only after a restore: the timeline the line is of
  *       }
  *     },
  *     "updated_at": "…"
@@ -31,6 +32,11 @@
  * partition (a segment past `archived_lsn`, a backup past the latest), so a
  * redelivered event is not counted twice; built from the objects they are
  * exact.
+ *
+ * A partition's line is of its latest archive timeline (src/timeline): an
+ * event of a later timeline than the line's starts the line again from it
+ * (a restored cluster's LSNs and terms start over), one of an earlier
+ * timeline is ignored.
  *
  * `GlobalManifestWriter` applies batches with compare-and-swap, so several
  * sidecars writing at once never lose each other's updates.
@@ -62,6 +68,7 @@ import { MetadataKeys } from '../store/object-store.js';
 import { readDocument, updateDocument, type CasOptions, type StoredDocument } from './cas.js';
 import { GLOBAL_MANIFEST_KEY, tryParseBaseKey, tryParseSegmentKey } from './keys.js';
 import { listArchivedPartitions, type ArchivedPartition } from './archived-partitions.js';
+import { listTimelines } from '../timeline/history.js';
 import { formatLsn } from '../../contract/wal/lsn.js';
 import { contiguousPrefix, readPartitionManifest, type PartitionManifest } from './partition-manifest.js';
 
@@ -91,6 +98,8 @@ export interface GlobalPartitionEntry {
   backups_count: number;
   segments_count: number;
   archived_bytes: number;
+  /** The archive timeline the line describes; absent: timeline 1. */
+  timeline?: number;
 }
 
 export interface GlobalManifest {
@@ -141,6 +150,10 @@ function parseEntry(value: unknown, id: string): GlobalPartitionEntry {
     segments_count: r.int('segments_count'),
     archived_bytes: r.int('archived_bytes'),
   };
+  if (r.has('timeline')) {
+    const timeline = r.int('timeline', 1);
+    if (timeline !== 1) entry.timeline = timeline;
+  }
   if (r.has('lag_seconds')) {
     const v = r.obj.lag_seconds;
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0)
@@ -263,6 +276,15 @@ export function foldEvents(state: GlobalManifest, events: readonly ManifestEvent
     if (!entry) entry = emptyPartitionEntry();
     else if (!copied.has(id)) entry = copyEntry(entry);
     copied.add(id);
+    if (event.topic !== Topics.LEADERSHIP) {
+      const timeline = event.value.timeline ?? 1;
+      const current = entry.timeline ?? 1;
+      if (timeline < current) {
+        partitions[id] = entry;
+        continue;
+      }
+      if (timeline > current) entry = { ...emptyPartitionEntry(), timeline };
+    }
     partitions[id] = entry;
     switch (event.topic) {
       case Topics.ARCHIVED:
@@ -286,6 +308,9 @@ export function foldEvent(state: GlobalManifest, event: ManifestEvent): GlobalMa
 
 /** The join of two entries of one partition: the larger of everything. */
 export function mergeEntries(a: GlobalPartitionEntry, b: GlobalPartitionEntry): GlobalPartitionEntry {
+  // Lines of different timelines do not mix: the later timeline's is the partition's now.
+  if ((a.timeline ?? 1) !== (b.timeline ?? 1))
+    return copyEntry((a.timeline ?? 1) > (b.timeline ?? 1) ? a : b);
   const ahead = a.archived_lsn >= b.archived_lsn ? a : b;
   const backupOf = (x: GlobalPartitionEntry, y: GlobalPartitionEntry) =>
     !y.latest_backup || (x.latest_backup !== null && x.latest_backup.lsn >= y.latest_backup.lsn) ? x : y;
@@ -300,6 +325,7 @@ export function mergeEntries(a: GlobalPartitionEntry, b: GlobalPartitionEntry): 
     backups_count: Math.max(a.backups_count, b.backups_count),
     segments_count: Math.max(a.segments_count, b.segments_count),
     archived_bytes: Math.max(a.archived_bytes, b.archived_bytes),
+    ...(a.timeline !== undefined && a.timeline !== 1 ? { timeline: a.timeline } : {}),
   };
   const lagSeconds = ahead.lag_seconds ?? (a === ahead ? b : a).lag_seconds;
   if (lagSeconds !== undefined) out.lag_seconds = lagSeconds;
@@ -367,6 +393,7 @@ export function entryFromPartitionManifest(m: PartitionManifest): GlobalPartitio
     backups_count: m.backups.length,
     segments_count: m.segments.length,
     archived_bytes: bytes,
+    ...(m.timeline !== undefined && m.timeline !== 1 ? { timeline: m.timeline } : {}),
   };
   if (lagSeconds !== undefined) entry.lag_seconds = lagSeconds;
   return entry;
@@ -735,6 +762,19 @@ export async function rebuildFromObjects(
   const problems: RebuildProblem[] = [];
   for (const [id, p] of listed) {
     throwIfAborted(options.signal);
+    // After a restore the partition's line is of its latest timeline.
+    const latest = (await listTimelines(store, id, options.signal).catch(() => [])).at(-1)?.timeline ?? 1;
+    if (latest !== 1) {
+      const stored = await readPartitionManifest(store, id, {
+        timeline: latest,
+        signal: options.signal,
+      }).catch(() => undefined);
+      if (stored) {
+        partitions[id] = entryFromPartitionManifest(stored.value);
+        sources[id] = 'manifest';
+        continue;
+      }
+    }
     if (p.manifest) {
       try {
         const stored = await readPartitionManifest(store, id, { signal: options.signal });

@@ -26,7 +26,7 @@ export class EventOutbox {
   constructor(private readonly partition: string) {}
 
   /** A segment was recorded in the manifest (`committedLsn`: the commit LSN then, for lag). */
-  archived(record: SegmentRecord, committedLsn: number): void {
+  archived(record: SegmentRecord, committedLsn: number, timeline = 1): void {
     this.queues[Topics.ARCHIVED].push(
       walArchivedEvent({
         partition: this.partition,
@@ -43,6 +43,7 @@ export class EventOutbox {
         first_committed_at: record.first_committed_at,
         last_committed_at: record.last_committed_at,
         archived_at: record.archived_at,
+        timeline,
       }),
     );
   }

@@ -152,7 +152,7 @@ export class PartitionArchiver {
     ctx.oldestPendingTime = 0;
     ctx.updateLag();
     if (this.publisher) {
-      this.outbox.archived(record, ctx.committedLsn);
+      this.outbox.archived(record, ctx.committedLsn, ctx.timeline);
       ctx.wake('publish');
     }
     await this.committer.writePosition();

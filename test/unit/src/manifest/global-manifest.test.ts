@@ -362,3 +362,29 @@ describe('rebuildFromEvents (in-memory bus)', () => {
     expect(result.manifest.partitions['2']).toBeUndefined();
   });
 });
+
+describe('foldEvents across timelines', () => {
+  it("keeps a partition's line on its latest timeline, whatever order the events come in", () => {
+    const events = [
+      A('1', 1, 40, { term: 9 }),
+      B('1', 40, { term: 9 }),
+      A('1', 21, 25, { term: 2, timeline: 2, key: segmentKey('1', 21, 25, 2) }),
+      B('1', 20, { term: 2, timeline: 2, key: baseBackupKey('1', 20, 2), trigger: 'restore' }),
+      A('1', 41, 45, { term: 9 }),
+    ];
+    for (const order of permutations(events)) {
+      const e = foldEvents(empty(), order).partitions['1']!;
+      expect(e.timeline).toBe(2);
+      expect(e.archived_lsn).toBe(25);
+      expect(e.latest_backup?.lsn).toBe(20);
+      expect(e.segments_count).toBe(1);
+      expect(e.leader?.term).toBe(2);
+    }
+    // The document keeps the timeline through a parse, and a line of timeline 1 never merges into it.
+    const folded = foldEvents(empty(), events);
+    const parsed = parseGlobalManifest(JSON.parse(JSON.stringify({ ...folded, version: 1 })));
+    expect(parsed.partitions['1']!.timeline).toBe(2);
+    const older = foldEvents(empty(), [A('1', 1, 90, { term: 9 })]);
+    expect(mergePartitions(parsed, older.partitions).partitions['1']!.archived_lsn).toBe(25);
+  });
+});
