@@ -277,7 +277,8 @@ export const restoreCommand: Command = {
         ).join(',');
         ctx.stdout.write(
           `restored ${result.partitions.length} partitions to ${describeTarget(target)} for ${result.nodes} nodes in ${result.targetDir} (partitions from the ${result.source})\n` +
-            `start each node on its folder, e.g.: storage-node run --id I --data-dir ${join(result.targetDir, 'node-I')} --listen HOST-I:PORT --peers ${peers}\n`,
+            `start each node on its folder, e.g.: storage-node run --id I --data-dir ${join(result.targetDir, 'node-I')} --listen HOST-I:PORT --peers ${peers}\n` +
+            `and beside each node its sidecar, on the same archive (it continues on a new timeline): wal-archiver run --data-dir ${join(result.targetDir, 'node-I')} --node-url http://HOST-I:PORT --object-store ${store.url}\n`,
         );
         return EXIT_OK;
       }

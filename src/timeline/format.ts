@@ -26,7 +26,10 @@ export function formatTimelineTree(
   const children = (n: number) => timelines.filter((t) => t.parent === n && t.timeline !== n);
   const describe = (t: TimelineInfo): string => {
     const m = manifests.get(t.timeline);
-    const counts = m ? `, ${m.segments.length} segments, ${m.backups.length} base backups` : ', no manifest';
+    const n = (count: number, what: string) => `${count} ${what}${count === 1 ? '' : 's'}`;
+    const counts = m
+      ? `, ${n(m.segments.length, 'segment')}, ${n(m.backups.length, 'base backup')}`
+      : ', no manifest';
     const branch =
       t.timeline === 1
         ? ''
