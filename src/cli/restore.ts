@@ -44,6 +44,11 @@ const restoreFlags = {
     required: true,
   },
   force: { type: 'bool', help: 'replace a target that is not empty', default: false },
+  replica: {
+    type: 'bool',
+    help: "with --partition: the result replaces one replica of a live partition, which its leader catches up; it continues the partition's timeline instead of starting a new one",
+    default: false,
+  },
   nodes: {
     type: 'int',
     help: 'the cluster the restored partitions start in: voters 1..N (with --all, a data directory per node)',
@@ -64,7 +69,7 @@ const restoreFlags = {
 
 const restoreHelp = {
   usage:
-    'wal-archiver restore --object-store URL (--partition P | --all) (--to-lsn N | --to-time T | --latest) [--timeline N] --target DIR [--force] [--nodes N] [--concurrency N]',
+    'wal-archiver restore --object-store URL (--partition P | --all) (--to-lsn N | --to-time T | --latest) [--timeline N] --target DIR [--force] [--replica] [--nodes N] [--concurrency N]',
   description:
     'Restores a partition (or, with --all, every partition) to an LSN or a point in time: the newest base\nbackup at or before the target plus the archived WAL after it, every object checked against its SHA-256\nand every entry against its content digest. The result is a partition directory storage-node boots from.\nIt is built in DIR.partial and renamed to DIR only once complete. The sidecar started beside the\nrestored node archives it on a new timeline of the same archive, branching at the restored LSN.',
 };
@@ -243,6 +248,8 @@ export const restoreCommand: Command = {
     if ((f.partition !== undefined) === f.all)
       throw new UsageError('give exactly one of --partition P or --all');
     const target = parseTarget(f);
+    if (f.all && f.replica)
+      throw new UsageError('--replica replaces one replica: it goes with --partition, not --all');
     if (f.all && target.kind === 'lsn')
       throw new UsageError("--to-lsn names one partition's LSN: with --all use --to-time or --latest");
     const branch = { restoreId: randomUUID(), reason: `restore to ${describeTarget(target)}` };
@@ -286,7 +293,7 @@ export const restoreCommand: Command = {
         store,
         partition: f.partition!,
         target,
-        branch,
+        ...(f.replica ? {} : { branch }),
         ...(f.timeline !== undefined ? { timeline: f.timeline } : {}),
         targetDir: f.target,
         voters: Array.from({ length: f.nodes }, (_, i) => i + 1),

@@ -688,6 +688,8 @@ async function restoredPartition(rig: Rig): Promise<void> {
           target,
           '--nodes',
           '3',
+          // One replica of a live partition: it goes on in its cluster's history, no new timeline.
+          '--replica',
         ],
         { env: { ...process.env, WAL_ARCHIVER_LOG_LEVEL: 'warn' } },
       )
