@@ -11,7 +11,7 @@ import { readPartitionManifest } from '../../src/manifest/partition-manifest.js'
 import type { ObjectStore } from '../../src/store/object-store.js';
 import { openObjectStore } from '../../src/store/open.js';
 import { listTimelines } from '../../src/timeline/history.js';
-import { RESTORED_STATE_DIR } from '../../src/timeline/restored.js';
+import { RESTORED_FILE, RESTORED_STATE_DIR } from '../../src/timeline/restored.js';
 import { startLocalCluster, type StartedCluster } from '../../storage-node/cluster.js';
 import { LOAD_DEFAULTS, readLoadRecord, runLoad, type WriteRecord } from '../../storage-node/load.js';
 import { captureContext, runCommand } from '../helpers/cli-context.js';
@@ -256,6 +256,21 @@ describe.each([
       timeline: 3,
     });
     await stop(era3);
+    // One replica replaced in a live cluster goes on in its partition's history: no new timeline.
+    const replica = join(work, 'replica', 'partitions', P);
+    const rr = await cli(restoreCommand, [
+      '--object-store',
+      url,
+      '--partition',
+      P,
+      '--latest',
+      '--replica',
+      '--target',
+      replica,
+    ]);
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(await stat(join(replica, RESTORED_FILE)).catch(() => null)).toBeNull();
+    expect(await stat(join(r2, 'node-1', 'partitions', P, RESTORED_FILE))).toBeTruthy();
 
     // The operator's view: the timelines as a tree, and verify checks each.
     const m = await cli(manifestCommand, ['--object-store', url, '--partition', P]);
