@@ -1,9 +1,7 @@
-import { readdir, readFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { writeKvEntry } from './test-entries.js';
+import { join } from 'node:path';
 import { spoolSegment, type SegmentEntry } from '../../src/archive/segment-writer.js';
-import { contentDigest, encodeEntryInfo } from '../../contract/wal/entry-info.js';
-import { entryDir, writeEntry } from '../../contract/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation, referenceChange } from '../../contract/wal/log-entry.js';
 import { segmentKey } from '../../src/manifest/keys.js';
 import { updatePartitionManifest, type SegmentRecord } from '../../src/manifest/partition-manifest.js';
 import type { ObjectStore } from '../../src/store/object-store.js';
@@ -33,28 +31,7 @@ export class SegmentArchive {
       const last = first + perSegment - 1;
       const entries: SegmentEntry[] = [];
       for (let lsn = first; lsn <= last; lsn++) {
-        const manifest = newLogEntry({
-          relativePath: 'r.git',
-          operations: [
-            ...(lsn === 1 ? [operation.createDirectory('r.git', 0o755)] : []),
-            operation.setKey(`k${lsn}`, `v${lsn}`),
-          ],
-          referenceTransactions: [
-            { changes: [referenceChange('refs/heads/main', String(lsn % 10).repeat(40))] },
-          ],
-        });
-        const contentSha256 = contentDigest({ manifest: encodeLogEntry(manifest), files: [] });
-        await writeEntry(wal, lsn, {
-          manifest,
-          raft: {
-            term: 1,
-            index: lsn,
-            type: 0,
-            data: encodeEntryInfo({ contentSha256, committedAt: 1_000 + lsn, files: 0 }),
-          },
-        });
-        const dir = entryDir(wal, lsn);
-        entries.push({ lsn, name: basename(dir), dir, files: (await readdir(dir)).sort() });
+        entries.push(await writeKvEntry(wal, lsn, String(lsn % 10).repeat(40)));
       }
       const seg = await spoolSegment(entries, join(this.work, 'spool'));
       const key = segmentKey(this.partition, first, last);

@@ -148,6 +148,19 @@ describe.each([
       expect(await refsIn(join(dir, 'state'), repos)).toEqual(expectedRefs(history, P, expected.lsn));
       await rm(join(dir, '..', '..'), { recursive: true, force: true });
     };
+    /** Step 1 of the flow: every partition to a time, for three nodes. */
+    const restoreAll = (time: string, target: string) =>
+      cli(restoreCommand, [
+        '--object-store',
+        url,
+        '--all',
+        '--to-time',
+        time,
+        '--nodes',
+        '3',
+        '--target',
+        target,
+      ]);
     /** The last LSN committed at or before `time` in a write record. */
     const lsnAt = (writes: WriteRecord[], time: string) =>
       Math.max(...writes.filter((w) => Date.parse(w.committedAt) <= Date.parse(time)).map((w) => w.lsn));
@@ -167,17 +180,7 @@ describe.each([
     const b1 = lsnAt(w1, t1);
     expect(b1).toBeLessThan(end1);
     const r1 = join(work, 'restored-1');
-    const all1 = await cli(restoreCommand, [
-      '--object-store',
-      url,
-      '--all',
-      '--to-time',
-      t1,
-      '--nodes',
-      '3',
-      '--target',
-      r1,
-    ]);
+    const all1 = await restoreAll(t1, r1);
     expect(all1.code, all1.stderr).toBe(0);
     const era2 = await start(r1);
     // The sidecar's first step: the new timeline, with a base backup at the restored LSN.
@@ -224,17 +227,7 @@ describe.each([
 
     // Twice: restore from the continuation (a time on timeline 2), boot, write.
     const r2 = join(work, 'restored-2');
-    const all2 = await cli(restoreCommand, [
-      '--object-store',
-      url,
-      '--all',
-      '--to-time',
-      t2,
-      '--nodes',
-      '3',
-      '--target',
-      r2,
-    ]);
+    const all2 = await restoreAll(t2, r2);
     expect(all2.code, all2.stderr).toBe(0);
     const b2 = lsnAt(w2, t2);
     expect(all2.stdout).toContain(`partition ${P}: LSN ${b2} of timeline 2`);

@@ -1,21 +1,14 @@
 import { lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { writeKvEntry } from '../../../helpers/test-entries.js';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setDurableObserver, type DurableEvent } from '../../../../contract/fs/durable-fs.js';
-import { contentDigest, encodeEntryInfo } from '../../../../contract/wal/entry-info.js';
 import { segmentKey } from '../../../../src/manifest/keys.js';
 import { spoolSegment, type SegmentEntry } from '../../../../src/archive/segment-writer.js';
 import { INCOMPLETE_MARKER, restorePartition } from '../../../../src/restore/restore.js';
 import type { ObjectStore } from '../../../../src/store/object-store.js';
 import { openObjectStore } from '../../../../src/store/open.js';
-import { entryDir, writeEntry } from '../../../../contract/wal/entry.js';
-import {
-  encodeLogEntry,
-  newLogEntry,
-  operation,
-  referenceChange,
-} from '../../../../contract/wal/log-entry.js';
 
 /**
  * Restore's build-and-publish crashed at every durable step: after the crash
@@ -79,26 +72,7 @@ beforeAll(async () => {
   const wal = join(root, 'wal', 'partitions', P);
   const entries: SegmentEntry[] = [];
   for (let lsn = 1; lsn <= 4; lsn++) {
-    const manifest = newLogEntry({
-      relativePath: 'r.git',
-      operations: [
-        ...(lsn === 1 ? [operation.createDirectory('r.git', 0o755)] : []),
-        operation.setKey(`k${lsn}`, `v${lsn}`),
-      ],
-      referenceTransactions: [{ changes: [referenceChange('refs/heads/main', String(lsn).repeat(40))] }],
-    });
-    const contentSha256 = contentDigest({ manifest: encodeLogEntry(manifest), files: [] });
-    await writeEntry(wal, lsn, {
-      manifest,
-      raft: {
-        term: 1,
-        index: lsn,
-        type: 0,
-        data: encodeEntryInfo({ contentSha256, committedAt: 1000 + lsn, files: 0 }),
-      },
-    });
-    const dir = entryDir(wal, lsn);
-    entries.push({ lsn, name: basename(dir), dir, files: (await readdir(dir)).sort() });
+    entries.push(await writeKvEntry(wal, lsn, String(lsn).repeat(40)));
   }
   for (const [first, last] of [
     [1, 2],

@@ -1,14 +1,12 @@
 import { createHash } from 'node:crypto';
+import { writeKvEntry } from '../../../helpers/test-entries.js';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CompressStream } from 'zstd-napi';
 import { packState } from '../../../../contract/state/snapshot.js';
-import { contentDigest, encodeEntryInfo } from '../../../../contract/wal/entry-info.js';
-import { entryDir, writeEntry } from '../../../../contract/wal/entry.js';
-import { encodeLogEntry, newLogEntry, operation } from '../../../../contract/wal/log-entry.js';
 import { spoolSegment, type SegmentEntry } from '../../../../src/archive/segment-writer.js';
 import { baseBackupKey, segmentKey } from '../../../../src/manifest/keys.js';
 import {
@@ -41,25 +39,7 @@ async function archiveWal(partition: string, n: number): Promise<void> {
   const wal = join(root, 'wal', partition, 'partitions', partition);
   const entries: SegmentEntry[] = [];
   for (let lsn = 1; lsn <= n; lsn++) {
-    const manifest = newLogEntry({
-      relativePath: 'r.git',
-      operations: [
-        ...(lsn === 1 ? [operation.createDirectory('r.git', 0o755)] : []),
-        operation.setKey(`k${lsn}`, `v${lsn}`),
-      ],
-    });
-    const contentSha256 = contentDigest({ manifest: encodeLogEntry(manifest), files: [] });
-    await writeEntry(wal, lsn, {
-      manifest,
-      raft: {
-        term: 1,
-        index: lsn,
-        type: 0,
-        data: encodeEntryInfo({ contentSha256, committedAt: 1000 + lsn, files: 0 }),
-      },
-    });
-    const dir = entryDir(wal, lsn);
-    entries.push({ lsn, name: basename(dir), dir, files: (await readdir(dir)).sort() });
+    entries.push(await writeKvEntry(wal, lsn));
   }
   for (let first = 1; first <= n; first += 2) {
     const last = Math.min(n, first + 1);
