@@ -19,6 +19,17 @@ afterEach(async () => {
  * workload writes for as long as the quickstart runs (past the load
  * command's default duration), and each base backup is logged once.
  */
+function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
 describe('quickstart', () => {
   it('writes until stopped, prints no warning, logs each base backup once', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'quickstart-'));
@@ -64,5 +75,11 @@ describe('quickstart', () => {
     expect(taken.length).toBeGreaterThan(0);
     expect(taken.every((k) => typeof k === 'string')).toBe(true);
     expect(new Set(taken).size).toBe(taken.length);
+
+    // The quickstart's archive passes a restore drill, as its closing screen suggests.
+    const drill = await runCli(['drill', '--object-store', pathToFileURL(join(dir, 'archive')).href]);
+    expect(drill.code, drill.stderr).toBe(0);
+    for (const p of ['1', '2'])
+      expect(drill.stdout).toMatch(new RegExp(`^drill: partition ${p} timeline 1 OK`, 'm'));
   }, 120_000);
 });
