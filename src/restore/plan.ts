@@ -272,9 +272,12 @@ export function lastRestorableLsn(archive: PartitionArchive): number {
 
 function assertSomethingArchived(archive: PartitionArchive): void {
   if (!archive.archived && archive.backups.length === 0) {
-    throw notFound(`partition ${archive.partition}: nothing is archived (no segment and no base backup)`, {
-      partition: archive.partition,
-    });
+    throw notFound(
+      `partition ${archive.partition}${onTimeline(archive.timeline ?? 1)}: nothing is archived (no segment and no base backup)`,
+      {
+        partition: archive.partition,
+      },
+    );
   }
 }
 
@@ -290,7 +293,7 @@ export function checkLsnTarget(archive: PartitionArchive, lsn: number): number {
   if (lsn > last) {
     const seg = lastSegment(archive);
     throw notFound(
-      `partition ${archive.partition}: LSN ${lsn} is beyond the archive, which ends at LSN ${last}` +
+      `partition ${archive.partition}${onTimeline(archive.timeline ?? 1)}: LSN ${lsn} is beyond the archive, which ends at LSN ${last}` +
         (seg ? ` (last segment ${seg.key})` : ''),
       { partition: archive.partition, lsn, key: seg?.key },
     );
@@ -366,7 +369,7 @@ export async function resolveTimeTarget(
       if (e.lsn !== next) {
         throw new WalArchiverError(
           ErrorCodes.CORRUPT,
-          `partition ${archive.partition}: segment ${seg.key} does not hold LSN ${next}`,
+          `partition ${archive.partition}${onTimeline(archive.timeline ?? 1)}: segment ${seg.key} does not hold LSN ${next}`,
           { retryable: false, details: { partition: archive.partition, lsn: next, key: seg.key } },
         );
       }
@@ -384,7 +387,7 @@ export async function resolveTimeTarget(
     if (next !== seg.lastLsn + 1) {
       throw new WalArchiverError(
         ErrorCodes.CORRUPT,
-        `partition ${archive.partition}: segment ${seg.key} does not hold LSN ${next}`,
+        `partition ${archive.partition}${onTimeline(archive.timeline ?? 1)}: segment ${seg.key} does not hold LSN ${next}`,
         { retryable: false, details: { partition: archive.partition, lsn: next, key: seg.key } },
       );
     }
@@ -403,7 +406,7 @@ export async function resolveTimeTarget(
       ? `; the oldest base backup, LSN ${oldest.lsn}, was taken at ${new Date(oldest.takenAt!).toISOString()}${committedBy}`
       : '';
     throw notFound(
-      `partition ${archive.partition}: ${time.toISOString()} is before the first archived entry ` +
+      `partition ${archive.partition}${onTimeline(archive.timeline ?? 1)}: ${time.toISOString()} is before the first archived entry ` +
         `(LSN ${first}${at}; in ${describeSegment(seg)}${kept})`,
       { partition: archive.partition, lsn: first, key: seg?.key, reason: BEFORE_ARCHIVE },
     );
@@ -459,7 +462,7 @@ export function coverRange(
         .filter(Boolean)
         .join(', ');
       throw notFound(
-        `partition ${archive.partition}: gap in the archive: no segment holds LSN ${next}, needed for ${purpose}; ${around}`,
+        `partition ${archive.partition}${onTimeline(archive.timeline ?? 1)}: gap in the archive: no segment holds LSN ${next}, needed for ${purpose}; ${around}`,
         { partition: archive.partition, lsn: next, key: before?.key ?? after?.key },
       );
     }
