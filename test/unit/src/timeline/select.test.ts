@@ -144,16 +144,16 @@ describe('chooseTimeline', () => {
 
   it('a target beyond a timeline end is NOT_FOUND, clearly', async () => {
     const store = await archive();
-    for (const [target, tl] of [
-      [lsn(95), 3],
-      [lsn(131), 2],
-      [lsn(200), undefined],
+    for (const [n, tl] of [
+      [95, 3],
+      [131, 2],
+      [200, undefined],
     ] as const) {
       const err = await rejection(
-        chooseTimeline(store, P, target, { readEntryTimes, ...(tl ? { timeline: tl } : {}) }),
+        chooseTimeline(store, P, lsn(n), { readEntryTimes, ...(tl ? { timeline: tl } : {}) }),
       );
       expect(isWalArchiverError(err, ErrorCodes.NOT_FOUND), err.message).toBe(true);
-      expect(err.message).toMatch(new RegExp(`partition 7.*\\b${target.lsn}\\b`));
+      expect(err.message).toMatch(new RegExp(`partition 7.*\\b${n}\\b`));
       expect(err.stack ?? '').not.toMatch(/INTERNAL/);
     }
   });
