@@ -31,12 +31,14 @@ import {
   PARTITION,
   openStore,
   readAll,
+  makeRig,
   sha256,
   waitUntil,
   type Rig,
 } from '../sidecar-helpers/fixtures.js';
 import { prepareArchive } from '../sidecar-helpers/prepared.js';
-import { mkdir } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 
 const LAST = 10;
 const BRANCH_LSN = 6;
@@ -92,13 +94,27 @@ async function startSidecar(
     : undefined;
 }
 
+/** The source archive, prepared once and copied for each crash point (setup is not observed). */
+let template: Promise<string> | undefined;
+
+async function sourceRig(root: string): Promise<Rig> {
+  template ??= mkdtemp(join(tmpdir(), 'crash-timeline-')).then(async (dir) => {
+    await prepareArchive(join(dir, 'source'), LAST, [4]);
+    return dir;
+  });
+  const dir = await template;
+  await cp(join(dir, 'source'), join(root, 'source'), { recursive: true });
+  const rig = await makeRig(join(root, 'source'));
+  return rig;
+}
+
 function protocol(withRestore: boolean): CrashProtocol<Ctx> {
   return {
     name: withRestore
       ? 'timeline: restore with a branch, then the sidecar enters the timeline'
       : "timeline: the sidecar enters a restored partition's timeline",
     async setup(root) {
-      const { rig } = await prepareArchive(join(root, 'source'), LAST, [4]);
+      const rig = await sourceRig(root);
       const restored: Rig = {
         ...rig,
         root: join(root, 'restored'),
