@@ -145,9 +145,12 @@ export function planRetention(
     }
     if (anchor && !keep.has(anchor.key)) keep.set(anchor.key, 'restore point for the start of the keep age');
   }
+  // A branch point below every backup was restored from the WAL alone: keep all of it.
+  let fromStart = false;
   for (const lsn of options.protect ?? []) {
     const needed = backups.filter((b) => b.lsn <= lsn).at(-1);
-    if (needed && !keep.has(needed.key))
+    if (!needed) fromStart = true;
+    else if (!keep.has(needed.key))
       keep.set(needed.key, `a later timeline branches at LSN ${lsn} and needs it`);
   }
   for (const b of backups) {
@@ -160,7 +163,7 @@ export function planRetention(
       reasons[b.key] = 'delete: older than every kept backup and outside every keep rule';
     }
   }
-  const windowStart = Math.min(...backups.filter((b) => keep.has(b.key)).map((b) => b.lsn));
+  const windowStart = fromStart ? 0 : Math.min(...backups.filter((b) => keep.has(b.key)).map((b) => b.lsn));
   plan.windowStartLsn = windowStart;
   const archivedLast = manifest.archived?.last_lsn;
   for (const s of [...manifest.segments].sort(

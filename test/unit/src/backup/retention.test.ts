@@ -243,3 +243,34 @@ describe('applyRetention (memory store)', () => {
     for (const k of plan.deleteBackups) expect(await store.head(k)).toBeDefined();
   });
 });
+
+describe('planRetention protect (branch points of later timelines)', () => {
+  it('keeps the newest backup at or before a child branch point, and the WAL above it', () => {
+    const plan = planRetention(manifest([10, 30, 55, 80]), { keepCount: 1 }, atSeconds(1000), {
+      protect: [40],
+    });
+    expect(plan.keepBackups).toEqual([base(30), base(80)]);
+    expect(plan.deleteBackups).toEqual([base(10), base(55)]);
+    expect(plan.reasons[base(30)]).toBe('keep: a later timeline branches at LSN 40 and needs it');
+    expect(plan.windowStartLsn).toBe(30);
+    expect(plan.deleteSegments).toEqual([seg(1, 10), seg(11, 20), seg(21, 30)]);
+    const unprotected = planRetention(manifest([10, 30, 55, 80]), { keepCount: 1 }, atSeconds(1000));
+    expect(unprotected.deleteBackups).toContain(base(30));
+  });
+
+  it('a branch point at a backup keeps that backup', () => {
+    const plan = planRetention(manifest([10, 30, 55, 80]), { keepCount: 1 }, atSeconds(1000), {
+      protect: [55],
+    });
+    expect(plan.keepBackups).toEqual([base(55), base(80)]);
+    expect(plan.windowStartLsn).toBe(55);
+  });
+
+  it('a branch point below every backup keeps the WAL from the start', () => {
+    // Restored from the WAL alone (LSN 1 up) to LSN 5: that history needs segment 1-10.
+    const plan = planRetention(manifest([30, 80]), { keepCount: 1 }, atSeconds(1000), { protect: [5] });
+    expect(plan.deleteSegments).not.toContain(seg(1, 10));
+    expect(plan.deleteSegments).toEqual([]);
+    expect(plan.windowStartLsn).toBe(0);
+  });
+});

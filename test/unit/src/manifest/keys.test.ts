@@ -1,7 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import {
   GLOBAL_MANIFEST_KEY,
+  MAX_TIMELINE,
   baseBackupKey,
+  baseBackupPrefix,
+  historyKey,
+  isTimeline,
+  splitTimelineKey,
+  timelinePrefix,
+  timelinesPrefix,
+  tryParseHistoryKey,
+  tryParseTimeline,
+  verifiedKey,
   parseBaseKey,
   parseSegmentKey,
   partitionManifestKey,
@@ -109,5 +119,78 @@ describe('key order', () => {
     const listed: number[] = [];
     for await (const obj of store.list(segmentPrefix('3'))) listed.push(parseSegmentKey(obj.key).firstLsn);
     expect(listed).toEqual(lsns);
+  });
+});
+
+describe('timeline keys', () => {
+  it('timeline 1 is the layout before timelines; timeline N lives in timelines/<N>/', () => {
+    expect(segmentKey('7', 1, 10, 1)).toBe(segmentKey('7', 1, 10));
+    expect(segmentKey('7', 1, 10, 2)).toBe(
+      'partitions/7/timelines/2/wal/0000000000001-000000000000a.tar.zst',
+    );
+    expect(baseBackupKey('7', 36, 3)).toBe('partitions/7/timelines/3/base/0000000000010.tar.zst');
+    expect(partitionManifestKey('7', 12)).toBe('partitions/7/timelines/12/manifest.json');
+    expect(segmentPrefix('7', 2)).toBe('partitions/7/timelines/2/wal/');
+    expect(baseBackupPrefix('7', 2)).toBe('partitions/7/timelines/2/base/');
+    expect(timelinePrefix('7')).toBe('partitions/7/');
+    expect(timelinePrefix('7', 2)).toBe('partitions/7/timelines/2/');
+    expect(timelinesPrefix('7')).toBe('partitions/7/timelines/');
+  });
+
+  it('parses a key of its own timeline only', () => {
+    const s2 = segmentKey('7', 5, 9, 2);
+    const b2 = baseBackupKey('7', 5, 2);
+    expect(tryParseSegmentKey(s2, 2)).toEqual({ partition: '7', firstLsn: 5, lastLsn: 9 });
+    expect(tryParseBaseKey(b2, 2)).toEqual({ partition: '7', lsn: 5 });
+    expect(tryParseSegmentKey(s2)).toBeUndefined();
+    expect(tryParseSegmentKey(s2, 3)).toBeUndefined();
+    expect(tryParseBaseKey(b2)).toBeUndefined();
+    expect(tryParseSegmentKey(segmentKey('7', 5, 9), 2)).toBeUndefined();
+    expect(tryParseBaseKey(baseBackupKey('7', 5), 2)).toBeUndefined();
+    expect(tryParsePartitionManifestKey(partitionManifestKey('7', 2), 2)).toBe('7');
+    expect(tryParsePartitionManifestKey(partitionManifestKey('7', 2))).toBeUndefined();
+    expect(tryParsePartitionManifestKey(partitionManifestKey('7'), 2)).toBeUndefined();
+    expect(() => parseSegmentKey(s2)).toThrow(/not a segment key/);
+    expect(() => parseBaseKey(b2, 1)).toThrow(/not a base backup key/);
+    expect(partitionOfKey(s2)).toBe('7');
+  });
+
+  it('splits keys by timeline and refuses "timelines/1" and malformed numbers', () => {
+    expect(splitTimelineKey('partitions/7/timelines/2/wal/x')).toEqual({
+      partition: '7',
+      timeline: 2,
+      rest: ['wal', 'x'],
+    });
+    expect(splitTimelineKey('partitions/7/wal/x')).toEqual({
+      partition: '7',
+      timeline: 1,
+      rest: ['wal', 'x'],
+    });
+    for (const n of ['1', '0', '02', '-2', 'x', '', '1234567890', '2.0'])
+      expect(splitTimelineKey(`partitions/7/timelines/${n}/wal/x`)).toBeUndefined();
+  });
+
+  it('refuses timeline numbers that are not integers from 1 to MAX_TIMELINE', () => {
+    for (const n of [0, -1, 1.5, Number.NaN, MAX_TIMELINE + 1, Number.MAX_SAFE_INTEGER + 2]) {
+      expect(isTimeline(n)).toBe(false);
+      expect(() => segmentKey('7', 1, 2, n)).toThrow(/timeline .* is not an integer from 1/);
+      expect(() => partitionManifestKey('7', n)).toThrow(/is not an integer from 1/);
+      expect(() => verifiedKey('7', n)).toThrow(/is not an integer from 1/);
+    }
+    expect(isTimeline(MAX_TIMELINE)).toBe(true);
+    expect(timelinePrefix('7', MAX_TIMELINE)).toBe(`partitions/7/timelines/${MAX_TIMELINE}/`);
+    expect(tryParseTimeline('7')).toBe(7);
+    for (const t of ['0', '07', ' 7', '7 ', '1e3', '1234567890']) expect(tryParseTimeline(t)).toBeUndefined();
+  });
+
+  it('history and verified keys', () => {
+    expect(historyKey('7', 2)).toBe('partitions/7/timelines/2/history.json');
+    expect(() => historyKey('7', 1)).toThrow(/timeline 1 has no history record/);
+    expect(tryParseHistoryKey(historyKey('7', 2))).toEqual({ partition: '7', timeline: 2 });
+    expect(tryParseHistoryKey('partitions/7/history.json')).toBeUndefined();
+    expect(tryParseHistoryKey('partitions/7/timelines/2/wal/history.json')).toBeUndefined();
+    expect(tryParseHistoryKey('partitions/7/timelines/1/history.json')).toBeUndefined();
+    expect(verifiedKey('7')).toBe('partitions/7/verified.json');
+    expect(verifiedKey('7', 3)).toBe('partitions/7/timelines/3/verified.json');
   });
 });
