@@ -37,6 +37,7 @@ import {
   type Rig,
 } from '../sidecar-helpers/fixtures.js';
 import { prepareArchive } from '../sidecar-helpers/prepared.js';
+import { rmSync } from 'node:fs';
 import { cp, mkdir, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 
@@ -99,6 +100,8 @@ let template: Promise<string> | undefined;
 
 async function sourceRig(root: string): Promise<Rig> {
   template ??= mkdtemp(join(tmpdir(), 'crash-timeline-')).then(async (dir) => {
+    // Nothing else owns it: it goes with the process.
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
     await prepareArchive(join(dir, 'source'), LAST, [4]);
     return dir;
   });
