@@ -289,7 +289,9 @@ describe('restore a partition from the archive of a live cluster', () => {
       const target = join(s.work, 'lsn', String(lsn), 'partitions', '1');
       const r = await restoreOne(s.bucket.url, '1', ['--to-lsn', String(lsn)], target);
       expect(r.code, r.stderr).toBe(0);
-      expect(r.stdout).toMatch(new RegExp(`restored partition 1 to LSN ${lsn} of timeline 1 \\(term \\d+\\)`));
+      expect(r.stdout).toMatch(
+        new RegExp(`restored partition 1 to LSN ${lsn} of timeline 1 \\(term \\d+\\)`),
+      );
       expect(r.stderr).toMatch(/^restore: partition 1: /m);
       expect(await treeDigest(join(target, 'state'))).toEqual(await reference('1', lsn));
       expect(await refsIn(join(target, 'state'), repos('1'))).toEqual(expectedRefs(writes, '1', lsn));
