@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
-import { ErrorCodes, WalArchiverError, isWalArchiverError } from '../../contract/errors.js';
+import { ErrorCodes, isWalArchiverError } from '../../contract/errors.js';
+import { FieldReader } from '../../contract/events/schemas.js';
 import { readDocument, updateDocument, type CasOptions, type StoredDocument } from '../manifest/cas.js';
 import { verifiedKey } from '../manifest/keys.js';
 import type { ObjectStore } from '../store/object-store.js';
@@ -52,40 +53,27 @@ export type VerifiedPoint =
   /** Present but unusable: treated as "nothing verified yet". */
   | { state: 'damaged'; etag: string; message: string };
 
-function corrupt(message: string): WalArchiverError {
-  return new WalArchiverError(ErrorCodes.CORRUPT, message, { retryable: false });
-}
-
-const SHA256 = /^[0-9a-f]{64}$/;
-const isCount = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
-
 /** Validates a verified record read from the archive; CORRUPT when it is not one for this partition and timeline. */
 export function parseVerifiedRecord(value: unknown, partition: string, timeline = 1): VerifiedRecord {
-  const v = value as Partial<VerifiedRecord> | null;
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw corrupt('not a JSON object');
-  if (v.schema !== VERIFIED_SCHEMA) throw corrupt(`unknown schema ${JSON.stringify(v.schema)}`);
-  if (v.partition !== partition) throw corrupt(`it names partition ${JSON.stringify(v.partition)}`);
-  if (v.timeline !== timeline) throw corrupt(`it names timeline ${JSON.stringify(v.timeline)}`);
-  if (!isCount(v.verified_lsn)) throw corrupt('verified_lsn is not an LSN');
-  if (typeof v.verified_at !== 'string' || Number.isNaN(Date.parse(v.verified_at)))
-    throw corrupt('verified_at is not a time');
-  if (typeof v.host !== 'string') throw corrupt('host is not a string');
-  if (v.mode !== 'full' && v.mode !== 'incremental') throw corrupt('mode is neither full nor incremental');
-  if (!Array.isArray(v.objects)) throw corrupt('objects is not a list');
-  for (const o of v.objects as unknown[]) {
-    const x = o as Partial<VerifiedObject> | null;
-    if (
-      typeof x !== 'object' ||
-      x === null ||
-      typeof x.key !== 'string' ||
-      x.key === '' ||
-      typeof x.sha256 !== 'string' ||
-      !SHA256.test(x.sha256) ||
-      !isCount(x.bytes)
-    )
-      throw corrupt(`objects holds a malformed entry ${JSON.stringify(o).slice(0, 120)}`);
-  }
-  return v as VerifiedRecord;
+  const r = new FieldReader(value, `partition ${partition} verified record`);
+  r.schema(VERIFIED_SCHEMA);
+  const named = r.partition();
+  if (named !== partition)
+    throw r.fail('partition', `names partition ${JSON.stringify(named)}, not ${partition}`);
+  if (r.int('timeline', 1) !== timeline) throw r.fail('timeline', `is not ${timeline}`);
+  return {
+    schema: VERIFIED_SCHEMA,
+    partition,
+    timeline,
+    verified_lsn: r.int('verified_lsn'),
+    verified_at: r.time('verified_at'),
+    host: r.string('host'),
+    mode: r.oneOf('mode', ['full', 'incremental'] as const),
+    objects: r.array('objects').map((o, i) => {
+      const x = new FieldReader(o, `${r.what} object ${i}`);
+      return { key: x.string('key'), sha256: x.sha256(), bytes: x.int('bytes') };
+    }),
+  };
 }
 
 /** Reads the verified point; a record that does not parse is reported as damaged, never thrown. */
