@@ -762,18 +762,26 @@ export async function rebuildFromObjects(
   const problems: RebuildProblem[] = [];
   for (const [id, p] of listed) {
     throwIfAborted(options.signal);
-    // After a restore the partition's line is of its latest timeline.
-    const latest = (await listTimelines(store, id, options.signal).catch(() => [])).at(-1)?.timeline ?? 1;
-    if (latest !== 1) {
-      const stored = await readPartitionManifest(store, id, {
-        timeline: latest,
-        signal: options.signal,
-      }).catch(() => undefined);
+    // After a restore the partition's line is of its latest timeline (its manifest, when it has one).
+    try {
+      const latest = (await listTimelines(store, id, options.signal)).at(-1)!.timeline;
+      const stored =
+        latest === 1
+          ? undefined
+          : await readPartitionManifest(store, id, { timeline: latest, signal: options.signal });
       if (stored) {
         partitions[id] = entryFromPartitionManifest(stored.value);
         sources[id] = 'manifest';
         continue;
       }
+    } catch (err) {
+      // A damaged history record or manifest is a problem to report; the store being down is not.
+      if (!isWalArchiverError(err, ErrorCodes.CORRUPT)) throw err;
+      problems.push({
+        partition: id,
+        key: String(err.details['key'] ?? `partitions/${id}/timelines/`),
+        message: err.message,
+      });
     }
     if (p.manifest) {
       try {
